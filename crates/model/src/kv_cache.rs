@@ -1,0 +1,120 @@
+//! Paged KV cache storage: per layer, a pool of fixed-size blocks for K and for V.
+//!
+//! Layout of each layer's pool: `[num_blocks, num_kv_heads, block_size, head_dim]`, so the keys of
+//! one KV head inside one block are contiguous (the attention kernel streams them). A token lives at
+//! a *slot* `block_id * block_size + offset`; the forward writes new K/V at the slots of a slot
+//! mapping and attention reads through block tables. Which blocks a sequence owns is the block
+//! manager's business (engine crate); this module only stores values.
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+
+/// K and V pools of one layer.
+pub struct LayerKv {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// The geometry of a KV pool, shared by every layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvGeometry {
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvGeometry {
+    /// Offset of (block, kv head, slot-in-block) in a layer pool.
+    #[inline]
+    pub fn offset(&self, block: usize, head: usize, in_block: usize) -> usize {
+        ((block * self.num_kv_heads + head) * self.block_size + in_block) * self.head_dim
+    }
+
+    fn layer_len(&self) -> usize {
+        self.num_blocks * self.num_kv_heads * self.block_size * self.head_dim
+    }
+}
+
+/// The whole paged KV cache.
+pub struct KvCache {
+    pub geometry: KvGeometry,
+    pub layers: Vec<LayerKv>,
+}
+
+impl KvCache {
+    /// A cache of exactly `num_blocks` blocks. Memory is zero-filled lazily by the OS.
+    pub fn new(config: &ModelConfig, block_size: usize, num_blocks: usize) -> Self {
+        let geometry = KvGeometry {
+            block_size,
+            num_blocks,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+        };
+        let layers = (0..config.num_layers)
+            .map(|_| LayerKv {
+                k: vec![0.0; geometry.layer_len()],
+                v: vec![0.0; geometry.layer_len()],
+            })
+            .collect();
+        Self { geometry, layers }
+    }
+
+    /// Bytes one block takes across all layers (K and V).
+    pub fn block_bytes(config: &ModelConfig, block_size: usize) -> usize {
+        config.kv_bytes_per_token(std::mem::size_of::<f32>()) * block_size
+    }
+
+    /// As many blocks as fit in `budget_bytes` (at least one is required).
+    pub fn with_budget(
+        config: &ModelConfig,
+        block_size: usize,
+        budget_bytes: usize,
+    ) -> Result<Self> {
+        if block_size == 0 {
+            return Err(ModelError::InvalidOption(
+                "block size must be at least 1".into(),
+            ));
+        }
+        let num_blocks = budget_bytes / Self::block_bytes(config, block_size);
+        if num_blocks == 0 {
+            return Err(ModelError::KvCacheTooSmall {
+                budget_bytes,
+                num_blocks,
+                needed: 1,
+            });
+        }
+        Ok(Self::new(config, block_size, num_blocks))
+    }
+
+    /// Number of tokens the cache can hold.
+    pub fn capacity_tokens(&self) -> usize {
+        self.geometry.num_blocks * self.geometry.block_size
+    }
+
+    /// Stores K and V of each token at its slot. `k_rows`/`v_rows` hold `[num_kv_heads * head_dim]`
+    /// values per token, `row_stride` apart.
+    pub fn write(
+        &mut self,
+        layer: usize,
+        slots: &[usize],
+        kv_rows: (&[f32], &[f32]),
+        row_stride: usize,
+    ) {
+        let g = self.geometry;
+        let width = g.num_kv_heads * g.head_dim;
+        let LayerKv { k, v } = &mut self.layers[layer];
+        for (t, &slot) in slots.iter().enumerate() {
+            let (block, in_block) = (slot / g.block_size, slot % g.block_size);
+            let src_k = &kv_rows.0[t * row_stride..t * row_stride + width];
+            let src_v = &kv_rows.1[t * row_stride..t * row_stride + width];
+            for h in 0..g.num_kv_heads {
+                let dst = g.offset(block, h, in_block);
+                k[dst..dst + g.head_dim]
+                    .copy_from_slice(&src_k[h * g.head_dim..(h + 1) * g.head_dim]);
+                v[dst..dst + g.head_dim]
+                    .copy_from_slice(&src_v[h * g.head_dim..(h + 1) * g.head_dim]);
+            }
+        }
+    }
+}

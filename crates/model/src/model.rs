@@ -1,0 +1,258 @@
+//! The Llama-family decoder (Llama, Mistral, Qwen2) with a batched, paged forward pass.
+//!
+//! One [`Model::forward`] call runs one engine step: embeddings, norms, projections, MLP run once over
+//! the flattened tokens of every sequence in the step; attention reads each sequence's K/V through
+//! its block table; the final norm and lm_head run only on the rows whose logits are sampled.
+//! q/k/v and gate/up projections are fused at load time so each is one matmul.
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::ops::activation::silu_mul;
+use crate::ops::attention::{paged_attention, AttentionShape, SeqAttention};
+use crate::ops::matmul::matmul;
+use crate::ops::norm::rms_norm;
+use crate::ops::rope::Rope;
+use crate::weights::{Linear, TensorSource, WeightDtype};
+
+struct Layer {
+    input_norm: Vec<f32>,
+    /// `[q; k; v]` stacked: `qkv_dim × hidden`.
+    qkv: Linear,
+    qkv_bias: Option<Vec<f32>>,
+    o_proj: Linear,
+    post_norm: Vec<f32>,
+    /// `[gate; up]` stacked: `2·intermediate × hidden`.
+    gate_up: Linear,
+    down: Linear,
+}
+
+/// A loaded model: weights plus the rotary tables.
+pub struct Model {
+    pub config: ModelConfig,
+    pub dtype: WeightDtype,
+    embed: Linear,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    /// `None` when the embedding matrix doubles as the output head.
+    lm_head: Option<Linear>,
+    rope: Rope,
+}
+
+/// One step's tokens and where they go.
+pub struct StepBatch<'a> {
+    /// Flattened tokens of every sequence, sequence by sequence.
+    pub token_ids: &'a [u32],
+    pub seqs: &'a [SeqAttention<'a>],
+    /// Rows of `token_ids` whose next-token logits are wanted, in output order.
+    pub logits_rows: &'a [usize],
+}
+
+/// Reusable activation buffers, so a step allocates nothing once warmed up.
+#[derive(Default)]
+pub struct Workspace {
+    positions: Vec<usize>,
+    slots: Vec<usize>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+    selected: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    &mut buf[..len]
+}
+
+impl Model {
+    /// Loads weights by their Hugging Face names. `dtype: None` keeps bf16 as bf16 and everything
+    /// else (f32, f16) as f32.
+    pub fn load(
+        config: ModelConfig,
+        source: &TensorSource,
+        dtype: Option<WeightDtype>,
+    ) -> Result<Self> {
+        let c = &config;
+        let dtype = match dtype {
+            Some(d) => d,
+            None => source.stored_dtype("model.embed_tokens.weight")?,
+        };
+        let d = c.hidden_size;
+        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let embed = source.linear("model.embed_tokens.weight", c.vocab_size, d, dtype)?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let attn = |name: &str, rows: usize| {
+                source.linear(&format!("{p}.self_attn.{name}.weight"), rows, d, dtype)
+            };
+            let qkv = Linear::concat_rows(vec![
+                attn("q_proj", q_dim)?,
+                attn("k_proj", kv_dim)?,
+                attn("v_proj", kv_dim)?,
+            ]);
+            let qkv_bias = if c.qkv_bias {
+                let bias = |name: &str, n: usize| {
+                    source.vector_f32(&format!("{p}.self_attn.{name}.bias"), &[n])
+                };
+                Some(
+                    [
+                        bias("q_proj", q_dim)?,
+                        bias("k_proj", kv_dim)?,
+                        bias("v_proj", kv_dim)?,
+                    ]
+                    .concat(),
+                )
+            } else {
+                None
+            };
+            let mlp = |name: &str, rows: usize, cols: usize| {
+                source.linear(&format!("{p}.mlp.{name}.weight"), rows, cols, dtype)
+            };
+            let inter = c.intermediate_size;
+            layers.push(Layer {
+                input_norm: source.vector_f32(&format!("{p}.input_layernorm.weight"), &[d])?,
+                qkv,
+                qkv_bias,
+                o_proj: source.linear(&format!("{p}.self_attn.o_proj.weight"), d, q_dim, dtype)?,
+                post_norm: source
+                    .vector_f32(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                gate_up: Linear::concat_rows(vec![
+                    mlp("gate_proj", inter, d)?,
+                    mlp("up_proj", inter, d)?,
+                ]),
+                down: mlp("down_proj", d, inter)?,
+            });
+        }
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(source.linear("lm_head.weight", c.vocab_size, d, dtype)?)
+        };
+        Ok(Self {
+            norm: source.vector_f32("model.norm.weight", &[d])?,
+            rope: Rope::new(c.head_dim, c.rope_theta, c.rope_scaling.as_ref()),
+            embed,
+            layers,
+            lm_head,
+            dtype,
+            config,
+        })
+    }
+
+    /// Bytes of weights one decode step reads (every matrix once; the embedding only for lookups).
+    pub fn weight_bytes_per_step(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.qkv.size_bytes()
+                    + l.o_proj.size_bytes()
+                    + l.gate_up.size_bytes()
+                    + l.down.size_bytes()
+            })
+            .sum();
+        layers + self.lm_head.as_ref().unwrap_or(&self.embed).size_bytes()
+    }
+
+    /// Runs one step and returns logits, `logits_rows.len() × vocab_size`, row-major.
+    pub fn forward<'w>(
+        &self,
+        batch: &StepBatch<'_>,
+        kv: &mut KvCache,
+        ws: &'w mut Workspace,
+    ) -> &'w [f32] {
+        let c = &self.config;
+        let t = batch.token_ids.len();
+        let d = c.hidden_size;
+        let (heads, kv_heads, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let qkv_dim = c.qkv_dim();
+        let inter = c.intermediate_size;
+        let bs = kv.geometry.block_size;
+
+        // Attention metadata, built once per step and shared by every layer.
+        ws.positions.clear();
+        ws.slots.clear();
+        for s in batch.seqs {
+            let first = s.context_len - s.num_queries;
+            for pos in first..s.context_len {
+                ws.positions.push(pos);
+                ws.slots
+                    .push(s.block_table[pos / bs] as usize * bs + pos % bs);
+            }
+        }
+        assert_eq!(
+            ws.positions.len(),
+            t,
+            "invariant: sequences cover the step's tokens"
+        );
+        self.rope.tables(&ws.positions, &mut ws.cos, &mut ws.sin);
+
+        let x = sized(&mut ws.x, t * d);
+        for (row, &tok) in x.chunks_mut(d).zip(batch.token_ids) {
+            self.embed.row_to_f32(tok as usize, row);
+        }
+        let h = sized(&mut ws.h, t * d);
+        let qkv = sized(&mut ws.qkv, t * qkv_dim);
+        let attn = sized(&mut ws.attn, t * heads * hd);
+        let gate_up = sized(&mut ws.gate_up, t * 2 * inter);
+        let act = sized(&mut ws.act, t * inter);
+        let shape = AttentionShape {
+            num_heads: heads,
+            geometry: kv.geometry,
+            q_row_stride: qkv_dim,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(x, &layer.input_norm, c.rms_norm_eps, h);
+            matmul(h, t, &layer.qkv, qkv);
+            if let Some(bias) = &layer.qkv_bias {
+                for row in qkv.chunks_mut(qkv_dim) {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                }
+            }
+            self.rope.apply(qkv, qkv_dim, 0, heads, &ws.cos, &ws.sin);
+            self.rope
+                .apply(qkv, qkv_dim, heads * hd, kv_heads, &ws.cos, &ws.sin);
+            kv.write(
+                li,
+                &ws.slots,
+                (&qkv[heads * hd..], &qkv[(heads + kv_heads) * hd..]),
+                qkv_dim,
+            );
+            let pools = &kv.layers[li];
+            paged_attention(qkv, batch.seqs, &pools.k, &pools.v, &shape, attn);
+            matmul(attn, t, &layer.o_proj, h);
+            x.iter_mut().zip(h.iter()).for_each(|(a, b)| *a += b);
+
+            rms_norm(x, &layer.post_norm, c.rms_norm_eps, h);
+            matmul(h, t, &layer.gate_up, gate_up);
+            silu_mul(gate_up, inter, act);
+            matmul(act, t, &layer.down, h);
+            x.iter_mut().zip(h.iter()).for_each(|(a, b)| *a += b);
+        }
+
+        let n = batch.logits_rows.len();
+        let selected = sized(&mut ws.selected, n * d);
+        for (dst, &row) in selected.chunks_mut(d).zip(batch.logits_rows) {
+            dst.copy_from_slice(&x[row * d..(row + 1) * d]);
+        }
+        let normed = &mut h[..n * d];
+        rms_norm(selected, &self.norm, c.rms_norm_eps, normed);
+        let logits = sized(&mut ws.logits, n * c.vocab_size);
+        matmul(
+            normed,
+            n,
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+            logits,
+        );
+        logits
+    }
+}

@@ -1,0 +1,293 @@
+//! Paged attention on CPU: causal, grouped-query, variable length, one call per layer per step.
+//!
+//! One call serves a batch mixing prefill chunks (which may start mid-prompt, after earlier chunks'
+//! K/V are cached) and single-token decodes. Every sequence's K/V — including the tokens of this
+//! step, already written at their slots — is read through its block table.
+//!
+//! Work is split into items of (sequence, KV head, tile of ≤ 16 queries) run on the rayon pool. An
+//! item processes all query heads that share the KV head together, so each K/V block is loaded once
+//! per group, and keeps an online softmax (running max, running sum, rescaled accumulator) updated
+//! block by block. Inner loops are plain slices over `head_dim`, compiled once per CPU feature
+//! level so they vectorize.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::matmul::SyncPtr;
+use crate::kv_cache::KvGeometry;
+
+/// Queries of one sequence in this step.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqAttention<'a> {
+    /// Row of this sequence's first query in the step's flattened tokens.
+    pub query_start: usize,
+    /// Number of query tokens in this step (a prefill chunk or 1 for a decode).
+    pub num_queries: usize,
+    /// Tokens in the KV cache after this step's writes; queries are its last `num_queries` positions.
+    pub context_len: usize,
+    /// Blocks holding positions `0..context_len`, in order.
+    pub block_table: &'a [u32],
+}
+
+/// Shapes and strides of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub num_heads: usize,
+    pub geometry: KvGeometry,
+    /// Distance between consecutive query rows in `q` (q may sit inside a fused qkv buffer).
+    pub q_row_stride: usize,
+    pub scale: f32,
+}
+
+const QUERY_TILE: usize = 16;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[t, h*head_dim..]` = softmax(q·Kᵀ·scale, causal) · V for every query row of every sequence.
+///
+/// `k_pool`/`v_pool` are one layer's pools; `out` has `num_heads * head_dim` values per query row.
+pub fn paged_attention(
+    q: &[f32],
+    seqs: &[SeqAttention<'_>],
+    k_pool: &[f32],
+    v_pool: &[f32],
+    shape: &AttentionShape,
+    out: &mut [f32],
+) {
+    let g = shape.geometry;
+    let mut items = Vec::new();
+    for (s, seq) in seqs.iter().enumerate() {
+        assert!(
+            seq.num_queries <= seq.context_len,
+            "invariant: queries are part of the context"
+        );
+        assert!(
+            seq.block_table.len() * g.block_size >= seq.context_len,
+            "invariant: block table covers the context"
+        );
+        for kv_head in 0..g.num_kv_heads {
+            for tile in (0..seq.num_queries).step_by(QUERY_TILE) {
+                items.push((s, kv_head, tile));
+            }
+        }
+    }
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let out_stride = shape.num_heads * g.head_dim;
+    let run = |&(s, kv_head, tile): &(usize, usize, usize)| {
+        let seq = &seqs[s];
+        let end = (tile + QUERY_TILE).min(seq.num_queries);
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            // SAFETY: item (s, kv_head, tile) alone writes the rows of its queries at the columns
+            // of the heads in kv_head's group.
+            unsafe {
+                dispatch(
+                    q,
+                    seq,
+                    kv_head,
+                    tile..end,
+                    k_pool,
+                    v_pool,
+                    shape,
+                    &mut scratch,
+                    out_ptr,
+                    out_stride,
+                )
+            }
+        });
+    };
+    // Small batches (tiny models, single decodes) are cheaper without a fork.
+    let work: usize = seqs
+        .iter()
+        .map(|s| s.num_queries * s.context_len)
+        .sum::<usize>()
+        * out_stride;
+    if work < 200_000 || items.len() == 1 {
+        items.iter().for_each(run);
+    } else {
+        items.par_iter().for_each(run);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn dispatch(
+    q: &[f32],
+    seq: &SeqAttention<'_>,
+    kv_head: usize,
+    queries: std::ops::Range<usize>,
+    k_pool: &[f32],
+    v_pool: &[f32],
+    shape: &AttentionShape,
+    scratch: &mut Vec<f32>,
+    out: SyncPtr<f32>,
+    out_stride: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return attend_avx512(
+                q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
+            );
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return attend_avx2(
+                q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
+            );
+        }
+    }
+    attend(
+        q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_avx512(
+    q: &[f32],
+    seq: &SeqAttention<'_>,
+    kv_head: usize,
+    queries: std::ops::Range<usize>,
+    k_pool: &[f32],
+    v_pool: &[f32],
+    shape: &AttentionShape,
+    scratch: &mut Vec<f32>,
+    out: SyncPtr<f32>,
+    out_stride: usize,
+) {
+    attend(
+        q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_avx2(
+    q: &[f32],
+    seq: &SeqAttention<'_>,
+    kv_head: usize,
+    queries: std::ops::Range<usize>,
+    k_pool: &[f32],
+    v_pool: &[f32],
+    shape: &AttentionShape,
+    scratch: &mut Vec<f32>,
+    out: SyncPtr<f32>,
+    out_stride: usize,
+) {
+    attend(
+        q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
+    )
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+/// The kernel body, inlined into each feature-specific wrapper.
+///
+/// # Safety
+/// `out` points to the step's output rows and this call owns the rows/columns it writes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend(
+    q: &[f32],
+    seq: &SeqAttention<'_>,
+    kv_head: usize,
+    queries: std::ops::Range<usize>,
+    k_pool: &[f32],
+    v_pool: &[f32],
+    shape: &AttentionShape,
+    scratch: &mut Vec<f32>,
+    out: SyncPtr<f32>,
+    out_stride: usize,
+) {
+    let g = shape.geometry;
+    let hd = g.head_dim;
+    let group = shape.num_heads / g.num_kv_heads;
+    let bs = g.block_size;
+    // Scratch: scaled queries [group, hd], accumulators [group, hd], scores [group, bs],
+    // running max [group], running sum [group].
+    let need = 2 * group * hd + group * bs + 2 * group;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (qs, rest) = scratch.split_at_mut(group * hd);
+    let (acc, rest) = rest.split_at_mut(group * hd);
+    let (scores, rest) = rest.split_at_mut(group * bs);
+    let (maxes, sums) = rest.split_at_mut(group);
+    let first_pos = seq.context_len - seq.num_queries;
+
+    for qi in queries {
+        let row = seq.query_start + qi;
+        let n_keys = first_pos + qi + 1;
+        for gi in 0..group {
+            let h = kv_head * group + gi;
+            let src = &q[row * shape.q_row_stride + h * hd..][..hd];
+            for (d, s) in qs[gi * hd..(gi + 1) * hd].iter_mut().zip(src) {
+                *d = s * shape.scale;
+            }
+        }
+        acc.fill(0.0);
+        maxes.fill(f32::NEG_INFINITY);
+        sums.fill(0.0);
+        for (b, &block) in seq.block_table[..n_keys.div_ceil(bs)].iter().enumerate() {
+            let slots = bs.min(n_keys - b * bs);
+            let base = g.offset(block as usize, kv_head, 0);
+            let keys = &k_pool[base..base + slots * hd];
+            let values = &v_pool[base..base + slots * hd];
+            for gi in 0..group {
+                let qv = &qs[gi * hd..(gi + 1) * hd];
+                let sc = &mut scores[gi * bs..gi * bs + slots];
+                let mut block_max = f32::NEG_INFINITY;
+                for (j, s) in sc.iter_mut().enumerate() {
+                    *s = dot(qv, &keys[j * hd..(j + 1) * hd]);
+                    block_max = block_max.max(*s);
+                }
+                let new_max = maxes[gi].max(block_max);
+                let correction = (maxes[gi] - new_max).exp();
+                maxes[gi] = new_max;
+                let a = &mut acc[gi * hd..(gi + 1) * hd];
+                if correction != 1.0 {
+                    sums[gi] *= correction;
+                    a.iter_mut().for_each(|x| *x *= correction);
+                }
+                for (j, s) in sc.iter().enumerate() {
+                    let p = (s - new_max).exp();
+                    sums[gi] += p;
+                    for (x, v) in a.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+                        *x += p * v;
+                    }
+                }
+            }
+        }
+        for gi in 0..group {
+            let h = kv_head * group + gi;
+            let inv = 1.0 / sums[gi];
+            let dst = out.0.add(row * out_stride + h * hd);
+            for (d, x) in acc[gi * hd..(gi + 1) * hd].iter().enumerate() {
+                *dst.add(d) = x * inv;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

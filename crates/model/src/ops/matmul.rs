@@ -1,0 +1,420 @@
+//! `out = x · Wᵀ` for row-major activations `x [m, k]` and weights `W [n, k]` in f32 or bf16.
+//!
+//! Two regimes, chosen by `m` (measured in docs/BENCHMARKS.md):
+//! - small `m` (decode steps): our own register-tiled kernel (4 weight rows × 4 activation rows per
+//!   tile) that streams each weight row once for the whole batch; bf16 weights are widened to f32 in
+//!   registers, so accuracy is that of f32 and memory traffic that of bf16. AVX-512 when the CPU has
+//!   it, otherwise a portable version the compiler vectorizes.
+//! - large `m` (prefill): the `gemm` crate's packed GEMM over panels of weight rows; bf16 panels are
+//!   widened into a per-thread f32 scratch first, a cost amortized over the `m` rows.
+//!
+//! Both are split over weight rows across the rayon pool, so every thread writes its own columns.
+
+use std::cell::RefCell;
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::weights::{Linear, WeightData};
+
+/// Up to this many activation rows use the streaming small-batch kernel.
+pub const SMALL_M_MAX: usize = 16;
+
+/// A raw pointer that may cross threads; every user writes a disjoint region.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr<T>(pub *mut T);
+// SAFETY: users guarantee disjoint writes (each task owns distinct output columns/rows).
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// The pointer; a method so closures capture the whole (Sync) wrapper, not the raw field.
+    #[inline(always)]
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// A borrowed view of weight rows in one of the supported storage types.
+#[derive(Clone, Copy)]
+pub(crate) enum Rows<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+fn rows_of(w: &Linear) -> Rows<'_> {
+    match &w.data {
+        WeightData::F32(d) => Rows::F32(d),
+        WeightData::Bf16(d) => Rows::Bf16(d),
+    }
+}
+
+/// `out[i*n + j] = Σ_k x[i*k + k'] · w[j*k + k']` with `n = w.rows`, `k = w.cols`.
+pub fn matmul(x: &[f32], m: usize, w: &Linear, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(
+        x.len(),
+        m * k,
+        "matmul: x has {} values, expected {m}×{k}",
+        x.len()
+    );
+    assert_eq!(
+        out.len(),
+        m * n,
+        "matmul: out has {} values, expected {m}×{n}",
+        out.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if m <= SMALL_M_MAX {
+        small_m(x, m, k, rows_of(w), n, out);
+    } else {
+        large_m(x, m, k, rows_of(w), n, out);
+    }
+}
+
+/// Splits `n` weight rows into chunks for the pool: multiples of `align`, enough chunks for balance.
+fn row_chunks(n: usize, work_per_row: usize, align: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    // Below ~64k multiply-adds a fork costs more than it saves.
+    if threads == 1 || n * work_per_row < 65_536 {
+        return n.div_ceil(align) * align;
+    }
+    let tasks = threads * 4;
+    n.div_ceil(tasks).div_ceil(align) * align
+}
+
+fn small_m(x: &[f32], m: usize, k: usize, w: Rows<'_>, n: usize, out: &mut [f32]) {
+    let chunk = row_chunks(n, m * k, 4);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let run = |start: usize| {
+        let end = (start + chunk).min(n);
+        // SAFETY: this task writes only columns start..end of each output row.
+        unsafe { small_m_rows(x, m, k, w, n, start, end, out_ptr) }
+    };
+    if chunk >= n {
+        run(0);
+    } else {
+        (0..n.div_ceil(chunk))
+            .into_par_iter()
+            .for_each(|c| run(c * chunk));
+    }
+}
+
+/// Computes output columns `start..end` for all `m` rows.
+///
+/// # Safety
+/// `out` must point to `m * n` floats and no other thread may write these columns.
+unsafe fn small_m_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: Rows<'_>,
+    n: usize,
+    start: usize,
+    end: usize,
+    out: SyncPtr<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return match w {
+                Rows::F32(d) => avx512::rows_f32(x, m, k, d, n, start, end, out),
+                Rows::Bf16(d) => avx512::rows_bf16(x, m, k, d, n, start, end, out),
+            };
+        }
+    }
+    portable_rows(x, m, k, w, n, start, end, out)
+}
+
+/// The reference-quality portable kernel: one dot product per output, 16 lanes of partial sums.
+///
+/// # Safety
+/// As [`small_m_rows`].
+pub(crate) unsafe fn portable_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: Rows<'_>,
+    n: usize,
+    start: usize,
+    end: usize,
+    out: SyncPtr<f32>,
+) {
+    let mut row = vec![0f32; k];
+    for j in start..end {
+        let wrow: &[f32] = match w {
+            Rows::F32(d) => &d[j * k..(j + 1) * k],
+            Rows::Bf16(d) => {
+                for (r, &b) in row.iter_mut().zip(&d[j * k..(j + 1) * k]) {
+                    *r = bf16::from_bits(b).to_f32();
+                }
+                &row
+            }
+        };
+        for i in 0..m {
+            let v = dot16(&x[i * k..(i + 1) * k], wrow);
+            *out.0.add(i * n + j) = v;
+        }
+    }
+}
+
+#[inline(always)]
+fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::SyncPtr;
+
+    /// Generates a kernel for one weight storage type: `$load(ptr, offset)` and
+    /// `$load_tail(ptr, offset, mask)` return 16 weights widened to f32.
+    macro_rules! tiled_kernel {
+        ($name:ident, $wty:ty, $load:expr, $load_tail:expr) => {
+            /// # Safety
+            /// CPU has AVX-512 F/BW/VL; `out` points to `m*n` floats; columns `start..end` are ours.
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+            pub(super) unsafe fn $name(
+                x: &[f32],
+                m: usize,
+                k: usize,
+                w: &[$wty],
+                n: usize,
+                start: usize,
+                end: usize,
+                out: SyncPtr<f32>,
+            ) {
+                let load = $load;
+                let load_tail = $load_tail;
+                let full = k / 16 * 16;
+                let tail_mask: u16 = if k % 16 == 0 {
+                    0
+                } else {
+                    (1u16 << (k % 16)) - 1
+                };
+                let mut j = start;
+                while j < end {
+                    let nr = (end - j).min(4);
+                    // Rows past the end repeat the last valid row; their results are dropped.
+                    let wp: [*const $wty; 4] =
+                        std::array::from_fn(|r| w.as_ptr().add((j + r.min(nr - 1)) * k));
+                    let mut i = 0;
+                    while i < m {
+                        let mr = (m - i).min(4);
+                        let xp: [*const f32; 4] =
+                            std::array::from_fn(|r| x.as_ptr().add((i + r.min(mr - 1)) * k));
+                        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                        let mut kk = 0;
+                        while kk < full {
+                            let wv: [__m512; 4] = std::array::from_fn(|r| load(wp[r], kk));
+                            let xv: [__m512; 4] =
+                                std::array::from_fn(|r| _mm512_loadu_ps(xp[r].add(kk)));
+                            for r in 0..4 {
+                                for c in 0..4 {
+                                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv[c], acc[r][c]);
+                                }
+                            }
+                            kk += 16;
+                        }
+                        if tail_mask != 0 {
+                            let wv: [__m512; 4] =
+                                std::array::from_fn(|r| load_tail(wp[r], kk, tail_mask));
+                            let xv: [__m512; 4] = std::array::from_fn(|r| {
+                                _mm512_maskz_loadu_ps(tail_mask, xp[r].add(kk))
+                            });
+                            for r in 0..4 {
+                                for c in 0..4 {
+                                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv[c], acc[r][c]);
+                                }
+                            }
+                        }
+                        for r in 0..nr {
+                            for c in 0..mr {
+                                *out.0.add((i + c) * n + j + r) = _mm512_reduce_add_ps(acc[r][c]);
+                            }
+                        }
+                        i += 4;
+                    }
+                    j += 4;
+                }
+            }
+        };
+    }
+
+    #[inline(always)]
+    unsafe fn widen_bf16(v: __m256i) -> __m512 {
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+    }
+
+    tiled_kernel!(
+        rows_f32,
+        f32,
+        |p: *const f32, o: usize| _mm512_loadu_ps(p.add(o)),
+        |p: *const f32, o: usize, mask: u16| _mm512_maskz_loadu_ps(mask, p.add(o))
+    );
+    tiled_kernel!(
+        rows_bf16,
+        u16,
+        |p: *const u16, o: usize| widen_bf16(_mm256_loadu_si256(p.add(o) as *const __m256i)),
+        |p: *const u16, o: usize, mask: u16| widen_bf16(_mm256_maskz_loadu_epi16(
+            mask,
+            p.add(o) as *const i16
+        ))
+    );
+}
+
+thread_local! {
+    static PANEL_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn large_m(x: &[f32], m: usize, k: usize, w: Rows<'_>, n: usize, out: &mut [f32]) {
+    let threads = rayon::current_num_threads().max(1);
+    // Panels of ~256 weight rows, a multiple of the thread count for balance.
+    let tasks = n.div_ceil(256).div_ceil(threads) * threads;
+    let panel = n.div_ceil(tasks).div_ceil(16) * 16;
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    (0..n.div_ceil(panel)).into_par_iter().for_each(|p| {
+        let start = p * panel;
+        let rows = panel.min(n - start);
+        let run = |wp: &[f32]| {
+            // SAFETY: dst columns start..start+rows are written by this task only; strides
+            // describe x [m,k] row-major, the panel as a k×rows column-major matrix, out [m,n].
+            unsafe {
+                gemm::gemm(
+                    m,
+                    rows,
+                    k,
+                    out_ptr.get().add(start),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    wp.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        };
+        match w {
+            Rows::F32(d) => run(&d[start * k..(start + rows) * k]),
+            Rows::Bf16(d) => PANEL_SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                s.clear();
+                s.extend(
+                    d[start * k..(start + rows) * k]
+                        .iter()
+                        .map(|&b| f32::from_bits((b as u32) << 16)),
+                );
+                run(&s)
+            }),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::WeightData;
+
+    fn naive(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    fn pseudo(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], k: usize) {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            let tol = 1e-5 * (k as f32).sqrt() * (1.0 + y.abs());
+            assert!((x - y).abs() <= tol, "index {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn matches_naive_for_all_regimes_and_dtypes() {
+        for &(m, n, k) in &[
+            (1, 7, 5),
+            (3, 9, 16),
+            (4, 64, 172),
+            (5, 33, 33),
+            (16, 130, 100),
+            (17, 70, 64),
+            (40, 300, 200),
+        ] {
+            let x = pseudo(m * k, 1);
+            let w32 = pseudo(n * k, 2);
+            let f32w = Linear {
+                rows: n,
+                cols: k,
+                data: WeightData::F32(w32.clone()),
+            };
+            let mut out = vec![0f32; m * n];
+            matmul(&x, m, &f32w, &mut out);
+            assert_close(&out, &naive(&x, m, &w32, n, k), k);
+
+            let bits: Vec<u16> = w32.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+            let rounded: Vec<f32> = bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
+            let bw = Linear {
+                rows: n,
+                cols: k,
+                data: WeightData::Bf16(bits),
+            };
+            matmul(&x, m, &bw, &mut out);
+            assert_close(&out, &naive(&x, m, &rounded, n, k), k);
+        }
+    }
+
+    #[test]
+    fn portable_kernel_matches_naive() {
+        let (m, n, k) = (3, 11, 37);
+        let x = pseudo(m * k, 3);
+        let w = pseudo(n * k, 4);
+        let mut out = vec![0f32; m * n];
+        unsafe { portable_rows(&x, m, k, Rows::F32(&w), n, 0, n, SyncPtr(out.as_mut_ptr())) };
+        assert_close(&out, &naive(&x, m, &w, n, k), k);
+    }
+}

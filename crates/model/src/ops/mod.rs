@@ -1,0 +1,7 @@
+//! CPU kernels of the forward pass. Each is tested against a naive reference beside it.
+
+pub mod activation;
+pub mod attention;
+pub mod matmul;
+pub mod norm;
+pub mod rope;

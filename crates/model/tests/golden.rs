@@ -1,0 +1,237 @@
+//! Exactness against Hugging Face transformers (`../shared/golden`): tokenizer cases, stories260k
+//! greedy decoding and logits, and the synthetic Llama/Qwen2 models — each case alone, all cases
+//! of a file as one batch, chunked prefill, and block sizes 1, 16 and 32.
+
+mod common;
+
+use std::path::Path;
+
+use pagoda_core::SamplingParams;
+use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
+use pagoda_model::{load_model_dir, RunnerOptions, Tokenizer};
+use serde_json::Value;
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("golden file readable"))
+        .expect("golden JSON")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("float list")
+        .iter()
+        .map(|x| x.as_f64().expect("float"))
+        .collect()
+}
+
+/// Per request: generated ids and the logits that chose each of them.
+type Run = Vec<(Vec<u32>, Vec<Vec<f32>>)>;
+
+fn run_greedy(
+    model_dir: &Path,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    block_size: usize,
+    chunk: usize,
+) -> Run {
+    let options = RunnerOptions {
+        block_size,
+        kv_cache_bytes: 64 << 20,
+        dtype: None,
+    };
+    let mut loaded = load_model_dir(model_dir, &options).expect("model loads");
+    let requests: Vec<GenerationRequest> = prompts
+        .iter()
+        .map(|p| GenerationRequest {
+            prompt_ids: p.clone(),
+            params: SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy(max_tokens)
+            },
+        })
+        .collect();
+    let mut logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+    let out = generate(
+        &mut loaded.runner,
+        &requests,
+        &GenerateOptions {
+            prefill_chunk: chunk,
+        },
+        |ev| {
+            logits[ev.seq].push(ev.logits.to_vec());
+        },
+    )
+    .expect("generation runs");
+    out.into_iter()
+        .zip(logits)
+        .map(|(g, l)| (g.output_ids, l))
+        .collect()
+}
+
+/// Every way of batching the cases must give the same, golden, results.
+fn variants(n: usize) -> Vec<(String, Vec<Vec<usize>>, usize, usize)> {
+    let alone: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
+    let together = vec![(0..n).collect::<Vec<_>>()];
+    vec![
+        ("alone, block 16".into(), alone, 16, 512),
+        ("one batch, block 1".into(), together.clone(), 1, 512),
+        ("one batch, block 16".into(), together.clone(), 16, 512),
+        ("one batch, block 32".into(), together.clone(), 32, 512),
+        (
+            "one batch, block 16, prefill chunks of 5".into(),
+            together,
+            16,
+            5,
+        ),
+    ]
+}
+
+#[test]
+fn tokenizer_cases_are_exact() {
+    let Some(shared) = common::shared_dir("tokenizer_cases_are_exact") else {
+        return;
+    };
+    let tok = Tokenizer::from_dir(&shared.join("models/stories260k")).expect("tokenizer loads");
+    let cases = read_json(&shared.join("golden/tokenizer_cases.json"));
+    let cases = cases["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 20);
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&case["ids"]),
+            "ids of {text:?}"
+        );
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&case["ids_with_bos"]),
+            "ids_with_bos of {text:?}"
+        );
+        let tokens: Vec<String> = ids(&case["ids"])
+            .iter()
+            .map(|&i| tok.id_to_token(i).unwrap())
+            .collect();
+        let want: Vec<&str> = case["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert_eq!(tokens, want, "tokens of {text:?}");
+        assert_eq!(
+            tok.decode(&ids(&case["ids"]), false).unwrap(),
+            case["decoded"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn stories260k_greedy_and_logits() {
+    let Some(shared) = common::shared_dir("stories260k_greedy_and_logits") else {
+        return;
+    };
+    let golden = read_json(&shared.join("golden/stories260k_greedy.json"));
+    let cases = golden["cases"].as_array().expect("cases");
+    let model = shared.join("models/stories260k");
+    let tok = Tokenizer::from_dir(&model).unwrap();
+    for (name, groups, block_size, chunk) in variants(cases.len()) {
+        for group in groups {
+            let prompts: Vec<Vec<u32>> = group
+                .iter()
+                .map(|&i| ids(&cases[i]["prompt_token_ids"]))
+                .collect();
+            let run = run_greedy(&model, &prompts, 64, block_size, chunk);
+            for (&i, (out, logits)) in group.iter().zip(&run) {
+                let case = &cases[i];
+                assert_eq!(
+                    out,
+                    &ids(&case["greedy_token_ids"]),
+                    "case {i} ({name}): greedy ids"
+                );
+                for top in case["top5_logits"].as_array().unwrap() {
+                    let step = top["predicts_generated_index"].as_u64().unwrap() as usize;
+                    let row = &logits[step];
+                    let want_ids = ids(&top["ids"]);
+                    let want = floats(&top["logits"]);
+                    let got: Vec<f32> = want_ids.iter().map(|&t| row[t as usize]).collect();
+                    common::assert_logits_close(
+                        &got,
+                        &want,
+                        1e-4,
+                        &format!("case {i} ({name}) step {step}"),
+                    );
+                    let mut order: Vec<u32> = (0..row.len() as u32).collect();
+                    order.sort_by(|a, b| row[*b as usize].total_cmp(&row[*a as usize]));
+                    assert_eq!(
+                        &order[..5],
+                        &want_ids[..],
+                        "case {i} ({name}) step {step}: top-5 ids"
+                    );
+                }
+                let prompt = ids(&case["prompt_token_ids"]);
+                let text = tok.decode(&[prompt, out.clone()].concat(), true).unwrap();
+                assert_eq!(
+                    text,
+                    case["text"].as_str().unwrap(),
+                    "case {i} ({name}): text"
+                );
+            }
+        }
+    }
+}
+
+fn check_synthetic(name: &str) {
+    let Some(shared) = common::shared_dir(name) else {
+        return;
+    };
+    let golden = read_json(&shared.join(format!("golden/synthetic_{name}.json")));
+    let cases = golden["cases"].as_array().expect("cases");
+    let model = shared.join(format!("models/synthetic/{name}"));
+    for (variant, groups, block_size, chunk) in variants(cases.len()) {
+        for group in groups {
+            let prompts: Vec<Vec<u32>> =
+                group.iter().map(|&i| ids(&cases[i]["input_ids"])).collect();
+            let run = run_greedy(&model, &prompts, 32, block_size, chunk);
+            for (&i, (out, logits)) in group.iter().zip(&run) {
+                let case = &cases[i];
+                let what = format!("{name} case {i} (len {}, {variant})", prompts.len());
+                common::assert_logits_close(
+                    &logits[0],
+                    &floats(&case["last_logits"]),
+                    1e-4,
+                    &format!("{what}: last_logits"),
+                );
+                assert_eq!(out, &ids(&case["greedy_token_ids"]), "{what}: greedy ids");
+                common::assert_logits_close(
+                    &logits[31],
+                    &floats(&case["greedy_final_logits"]),
+                    1e-4,
+                    &format!("{what}: greedy_final_logits"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn synthetic_llama_gqa() {
+    check_synthetic("llama-gqa");
+}
+
+#[test]
+fn synthetic_llama_rope_scaled() {
+    check_synthetic("llama-rope-scaled");
+}
+
+#[test]
+fn synthetic_qwen2_bias() {
+    check_synthetic("qwen2-bias");
+}
