@@ -1,1 +1,51 @@
-fn main() {}
+//! The `pagoda` binary: one entry point with a subcommand per job.
+
+mod bench_latency;
+mod generate_cmd;
+mod model_args;
+mod synth_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "pagoda", version, about = "pagoda: an LLM inference serving engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt, streaming the text to stdout.
+    Generate(generate_cmd::GenerateArgs),
+    /// Write a random-weight model of a real shape (for benchmarks) in Hugging Face format.
+    SynthModel(synth_cmd::SynthArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Single-sequence prefill and decode speed, against this machine's memory bandwidth.
+    Latency(bench_latency::LatencyArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Generate(a) => a.model.threads,
+        Command::Bench(BenchCommand::Latency(a)) => a.model.threads,
+        Command::SynthModel(_) => None,
+    };
+    // The command runs *inside* the kernel pool: the calling thread is then a pool worker that
+    // takes part in every parallel kernel, instead of sleeping and being woken on each one.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .build()?;
+    pool.install(|| match cli.command {
+        Command::Generate(args) => generate_cmd::run(args),
+        Command::SynthModel(args) => synth_cmd::run(args),
+        Command::Bench(BenchCommand::Latency(args)) => bench_latency::run(args),
+    })
+}

@@ -6,6 +6,7 @@
 //! rows to sample; [`sampler::Sampler`] turns each row into a token.
 
 pub mod bandwidth;
+pub mod builtin;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -14,6 +15,7 @@ pub mod model;
 pub mod ops;
 pub mod runner;
 pub mod sampler;
+pub mod synth;
 pub mod tokenizer;
 pub mod weights;
 

@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::matmul::SyncPtr;
+use super::simd::dot;
 use crate::kv_cache::KvGeometry;
 
 /// Queries of one sequence in this step.
@@ -184,22 +185,6 @@ unsafe fn attend_avx2(
     )
 }
 
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
-    }
-    s
-}
 
 /// The kernel body, inlined into each feature-specific wrapper.
 ///

@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use half::bf16;
 use rayon::prelude::*;
 
+use super::simd::dot;
 use crate::weights::{Linear, WeightData};
 
 /// Up to this many activation rows use the streaming small-batch kernel.
@@ -157,28 +158,12 @@ pub(crate) unsafe fn portable_rows(
             }
         };
         for i in 0..m {
-            let v = dot16(&x[i * k..(i + 1) * k], wrow);
+            let v = dot(&x[i * k..(i + 1) * k], wrow);
             *out.0.add(i * n + j) = v;
         }
     }
 }
 
-#[inline(always)]
-fn dot16(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
-    }
-    s
-}
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -186,10 +171,59 @@ mod avx512 {
 
     use super::SyncPtr;
 
+    /// How far ahead of the current position weights are prefetched, in bytes.
+    const PREFETCH_BYTES: usize = 1024;
+
     /// Generates a kernel for one weight storage type: `$load(ptr, offset)` and
     /// `$load_tail(ptr, offset, mask)` return 16 weights widened to f32.
-    macro_rules! tiled_kernel {
-        ($name:ident, $wty:ty, $load:expr, $load_tail:expr) => {
+    ///
+    /// Each weight row is streamed once per tile of ≤ 4 activation rows (so the whole matrix is one
+    /// sequential stream per thread, which the prefetchers follow), with two independent
+    /// accumulator chains per activation row.
+    macro_rules! row_kernel {
+        ($name:ident, $tile:ident, $wty:ty, $load:expr, $load_tail:expr) => {
+            /// Dot products of one weight row with `MR` activation rows.
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+            #[inline]
+            unsafe fn $tile<const MR: usize>(w: *const $wty, xs: [*const f32; MR], k: usize) -> [f32; MR] {
+                let load = $load;
+                let load_tail = $load_tail;
+                let ahead = PREFETCH_BYTES / std::mem::size_of::<$wty>();
+                let mut acc0 = [_mm512_setzero_ps(); MR];
+                let mut acc1 = [_mm512_setzero_ps(); MR];
+                let mut kk = 0;
+                while kk + 32 <= k {
+                    // 32 weights span one (bf16) or two (f32) cache lines: prefetch each.
+                    let line = w.wrapping_add(kk + ahead) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(line);
+                    if std::mem::size_of::<$wty>() == 4 {
+                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+                    }
+                    let w0 = load(w, kk);
+                    let w1 = load(w, kk + 16);
+                    for c in 0..MR {
+                        acc0[c] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs[c].add(kk)), acc0[c]);
+                        acc1[c] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xs[c].add(kk + 16)), acc1[c]);
+                    }
+                    kk += 32;
+                }
+                if kk + 16 <= k {
+                    let w0 = load(w, kk);
+                    for c in 0..MR {
+                        acc0[c] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs[c].add(kk)), acc0[c]);
+                    }
+                    kk += 16;
+                }
+                if kk < k {
+                    let mask: u16 = (1u16 << (k - kk)) - 1;
+                    let w0 = load_tail(w, kk, mask);
+                    for c in 0..MR {
+                        acc1[c] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mask, xs[c].add(kk)), acc1[c]);
+                    }
+                }
+                std::array::from_fn(|c| _mm512_reduce_add_ps(_mm512_add_ps(acc0[c], acc1[c])))
+            }
+
             /// # Safety
             /// CPU has AVX-512 F/BW/VL; `out` points to `m*n` floats; columns `start..end` are ours.
             #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -203,58 +237,42 @@ mod avx512 {
                 end: usize,
                 out: SyncPtr<f32>,
             ) {
-                let load = $load;
-                let load_tail = $load_tail;
-                let full = k / 16 * 16;
-                let tail_mask: u16 = if k % 16 == 0 {
-                    0
-                } else {
-                    (1u16 << (k % 16)) - 1
-                };
-                let mut j = start;
-                while j < end {
-                    let nr = (end - j).min(4);
-                    // Rows past the end repeat the last valid row; their results are dropped.
-                    let wp: [*const $wty; 4] =
-                        std::array::from_fn(|r| w.as_ptr().add((j + r.min(nr - 1)) * k));
+                let xp = |i: usize| x.as_ptr().add(i * k);
+                for j in start..end {
+                    let wp = w.as_ptr().add(j * k);
                     let mut i = 0;
                     while i < m {
-                        let mr = (m - i).min(4);
-                        let xp: [*const f32; 4] =
-                            std::array::from_fn(|r| x.as_ptr().add((i + r.min(mr - 1)) * k));
-                        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-                        let mut kk = 0;
-                        while kk < full {
-                            let wv: [__m512; 4] = std::array::from_fn(|r| load(wp[r], kk));
-                            let xv: [__m512; 4] =
-                                std::array::from_fn(|r| _mm512_loadu_ps(xp[r].add(kk)));
-                            for r in 0..4 {
-                                for c in 0..4 {
-                                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv[c], acc[r][c]);
+                        let dst = out.get().add(i * n + j);
+                        let rows = match m - i {
+                            1 => {
+                                let r = $tile::<1>(wp, [xp(i)], k);
+                                *dst = r[0];
+                                1
+                            }
+                            2 => {
+                                let r = $tile::<2>(wp, [xp(i), xp(i + 1)], k);
+                                for (c, v) in r.into_iter().enumerate() {
+                                    *dst.add(c * n) = v;
                                 }
+                                2
                             }
-                            kk += 16;
-                        }
-                        if tail_mask != 0 {
-                            let wv: [__m512; 4] =
-                                std::array::from_fn(|r| load_tail(wp[r], kk, tail_mask));
-                            let xv: [__m512; 4] = std::array::from_fn(|r| {
-                                _mm512_maskz_loadu_ps(tail_mask, xp[r].add(kk))
-                            });
-                            for r in 0..4 {
-                                for c in 0..4 {
-                                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv[c], acc[r][c]);
+                            3 => {
+                                let r = $tile::<3>(wp, [xp(i), xp(i + 1), xp(i + 2)], k);
+                                for (c, v) in r.into_iter().enumerate() {
+                                    *dst.add(c * n) = v;
                                 }
+                                3
                             }
-                        }
-                        for r in 0..nr {
-                            for c in 0..mr {
-                                *out.0.add((i + c) * n + j + r) = _mm512_reduce_add_ps(acc[r][c]);
+                            _ => {
+                                let r = $tile::<4>(wp, [xp(i), xp(i + 1), xp(i + 2), xp(i + 3)], k);
+                                for (c, v) in r.into_iter().enumerate() {
+                                    *dst.add(c * n) = v;
+                                }
+                                4
                             }
-                        }
-                        i += 4;
+                        };
+                        i += rows;
                     }
-                    j += 4;
                 }
             }
         };
@@ -265,14 +283,16 @@ mod avx512 {
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
     }
 
-    tiled_kernel!(
+    row_kernel!(
         rows_f32,
+        tile_f32,
         f32,
         |p: *const f32, o: usize| _mm512_loadu_ps(p.add(o)),
         |p: *const f32, o: usize, mask: u16| _mm512_maskz_loadu_ps(mask, p.add(o))
     );
-    tiled_kernel!(
+    row_kernel!(
         rows_bf16,
+        tile_bf16,
         u16,
         |p: *const u16, o: usize| widen_bf16(_mm256_loadu_si256(p.add(o) as *const __m256i)),
         |p: *const u16, o: usize, mask: u16| widen_bf16(_mm256_maskz_loadu_epi16(

@@ -5,3 +5,4 @@ pub mod attention;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
+mod simd;

@@ -1,0 +1,160 @@
+//! `pagoda bench latency`: single-sequence prefill and decode speed, and decode as a fraction of
+//! the memory-bandwidth bound measured in the same invocation.
+//!
+//! Decode of one sequence reads every weight once per token plus the KV cache so far, so
+//! `bound tok/s = read GB/s ÷ bytes read per token`; the fraction says how close the forward pass
+//! gets to the machine's limit.
+
+use std::time::Instant;
+
+use clap::Args;
+use pagoda_core::SamplingParams;
+use pagoda_model::bandwidth::measure_read_bandwidth;
+use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
+use pagoda_model::ModelRunner;
+use serde::Serialize;
+
+use crate::model_args::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens prefilled in one step.
+    #[arg(long, default_value_t = 512)]
+    pub input_len: usize,
+    /// Tokens decoded after the prompt.
+    #[arg(long, default_value_t = 128)]
+    pub output_len: usize,
+    /// Measured runs; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub iterations: usize,
+    /// Bandwidth probe buffer, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub probe_mib: usize,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    dtype: &'static str,
+    threads: usize,
+    input_len: usize,
+    output_len: usize,
+    iterations: usize,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    prefill_tok_s_runs: Vec<f64>,
+    decode_tok_s_runs: Vec<f64>,
+    bandwidth_gb_s: f64,
+    weight_bytes_per_token: usize,
+    kv_bytes_per_token: usize,
+    decode_bound_tok_s: f64,
+    decode_bandwidth_fraction: f64,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One run: (prefill tok/s, decode tok/s).
+fn run_once(runner: &mut ModelRunner, prompt: &[u32], output_len: usize) -> anyhow::Result<(f64, f64)> {
+    let request = GenerationRequest {
+        prompt_ids: prompt.to_vec(),
+        params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(output_len + 1) },
+    };
+    let options = GenerateOptions { prefill_chunk: prompt.len() };
+    let start = Instant::now();
+    let mut stamps = Vec::with_capacity(output_len + 1);
+    generate(runner, &[request], &options, |_| stamps.push(Instant::now()))?;
+    let (first, last) = match (stamps.first(), stamps.last()) {
+        (Some(f), Some(l)) => (*f, *l),
+        _ => anyhow::bail!("no tokens were generated"),
+    };
+    let prefill = prompt.len() as f64 / (first - start).as_secs_f64();
+    let decode = (stamps.len() - 1) as f64 / (last - first).as_secs_f64().max(1e-9);
+    Ok((prefill, decode))
+}
+
+pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
+    let mut loaded = args.model.load()?;
+    let runner = &mut loaded.runner;
+    let config = runner.config().clone();
+    if args.input_len + args.output_len + 1 > config.max_context_len {
+        anyhow::bail!(
+            "--input-len {} + --output-len {} exceeds the model's context of {} tokens",
+            args.input_len,
+            args.output_len,
+            config.max_context_len
+        );
+    }
+    // Random prompt tokens (speed does not depend on them), avoiding the first ids (specials).
+    let vocab = config.vocab_size as u64;
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let prompt: Vec<u32> = (0..args.input_len)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (3 + (state >> 33) % (vocab - 3)) as u32
+        })
+        .collect();
+    // Warm-up: touches the weights, the thread pool and the KV pages this run uses.
+    run_once(runner, &prompt, 8)?;
+    let mut prefill_runs = Vec::new();
+    let mut decode_runs = Vec::new();
+    for _ in 0..args.iterations.max(1) {
+        let (p, d) = run_once(runner, &prompt, args.output_len)?;
+        prefill_runs.push(p);
+        decode_runs.push(d);
+    }
+    let bandwidth = measure_read_bandwidth(args.probe_mib << 20, 5);
+    let weight_bytes = runner.model.weight_bytes_per_step();
+    // The average decode step attends over the prompt plus half the output.
+    let kv_bytes = config.kv_bytes_per_token(4) * (args.input_len + args.output_len / 2);
+    let bound = bandwidth.best_gb_s * 1e9 / (weight_bytes + kv_bytes) as f64;
+    let decode = median(&decode_runs);
+    let report = Report {
+        model: loaded.name.clone(),
+        dtype: runner.model.dtype.name(),
+        threads: rayon::current_num_threads(),
+        input_len: args.input_len,
+        output_len: args.output_len,
+        iterations: args.iterations.max(1),
+        prefill_tok_s: median(&prefill_runs),
+        decode_tok_s: decode,
+        prefill_tok_s_runs: prefill_runs,
+        decode_tok_s_runs: decode_runs,
+        bandwidth_gb_s: bandwidth.best_gb_s,
+        weight_bytes_per_token: weight_bytes,
+        kv_bytes_per_token: kv_bytes,
+        decode_bound_tok_s: bound,
+        decode_bandwidth_fraction: decode / bound,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("model                 {} ({}, {} threads)", report.model, report.dtype, report.threads);
+        println!("prefill ({} tokens)    {:.1} tok/s (median of {})", report.input_len, report.prefill_tok_s, report.iterations);
+        println!("decode ({} tokens)     {:.1} tok/s (median of {})", report.output_len, report.decode_tok_s, report.iterations);
+        println!("memory read bandwidth {:.1} GB/s (best of 5, {} MiB, {} threads)", report.bandwidth_gb_s, args.probe_mib, bandwidth.threads);
+        println!(
+            "bytes read per token  {:.1} MB weights + {:.1} MB KV",
+            weight_bytes as f64 / 1e6,
+            kv_bytes as f64 / 1e6
+        );
+        println!("decode bound          {:.1} tok/s", report.decode_bound_tok_s);
+        println!("decode / bound        {:.1} %", report.decode_bandwidth_fraction * 100.0);
+    }
+    Ok(())
+}
