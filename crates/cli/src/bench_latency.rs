@@ -70,15 +70,26 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// One run: (prefill tok/s, decode tok/s).
-fn run_once(runner: &mut ModelRunner, prompt: &[u32], output_len: usize) -> anyhow::Result<(f64, f64)> {
+fn run_once(
+    runner: &mut ModelRunner,
+    prompt: &[u32],
+    output_len: usize,
+) -> anyhow::Result<(f64, f64)> {
     let request = GenerationRequest {
         prompt_ids: prompt.to_vec(),
-        params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(output_len + 1) },
+        params: SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(output_len + 1)
+        },
     };
-    let options = GenerateOptions { prefill_chunk: prompt.len() };
+    let options = GenerateOptions {
+        prefill_chunk: prompt.len(),
+    };
     let start = Instant::now();
     let mut stamps = Vec::with_capacity(output_len + 1);
-    generate(runner, &[request], &options, |_| stamps.push(Instant::now()))?;
+    generate(runner, &[request], &options, |_| {
+        stamps.push(Instant::now())
+    })?;
     let (first, last) = match (stamps.first(), stamps.last()) {
         (Some(f), Some(l)) => (*f, *l),
         _ => anyhow::bail!("no tokens were generated"),
@@ -105,7 +116,9 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     let mut state = 0x9e3779b97f4a7c15u64;
     let prompt: Vec<u32> = (0..args.input_len)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (3 + (state >> 33) % (vocab - 3)) as u32
         })
         .collect();
@@ -144,17 +157,35 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("model                 {} ({}, {} threads)", report.model, report.dtype, report.threads);
-        println!("prefill ({} tokens)    {:.1} tok/s (median of {})", report.input_len, report.prefill_tok_s, report.iterations);
-        println!("decode ({} tokens)     {:.1} tok/s (median of {})", report.output_len, report.decode_tok_s, report.iterations);
-        println!("memory read bandwidth {:.1} GB/s (best of 5, {} MiB, {} threads)", report.bandwidth_gb_s, args.probe_mib, bandwidth.threads);
+        println!(
+            "model                 {} ({}, {} threads)",
+            report.model, report.dtype, report.threads
+        );
+        println!(
+            "prefill ({} tokens)    {:.1} tok/s (median of {})",
+            report.input_len, report.prefill_tok_s, report.iterations
+        );
+        println!(
+            "decode ({} tokens)     {:.1} tok/s (median of {})",
+            report.output_len, report.decode_tok_s, report.iterations
+        );
+        println!(
+            "memory read bandwidth {:.1} GB/s (best of 5, {} MiB, {} threads)",
+            report.bandwidth_gb_s, args.probe_mib, bandwidth.threads
+        );
         println!(
             "bytes read per token  {:.1} MB weights + {:.1} MB KV",
             weight_bytes as f64 / 1e6,
             kv_bytes as f64 / 1e6
         );
-        println!("decode bound          {:.1} tok/s", report.decode_bound_tok_s);
-        println!("decode / bound        {:.1} %", report.decode_bandwidth_fraction * 100.0);
+        println!(
+            "decode bound          {:.1} tok/s",
+            report.decode_bound_tok_s
+        );
+        println!(
+            "decode / bound        {:.1} %",
+            report.decode_bandwidth_fraction * 100.0
+        );
     }
     Ok(())
 }

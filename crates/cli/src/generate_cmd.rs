@@ -53,26 +53,39 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ignore_eos: args.ignore_eos,
         ..SamplingParams::default()
     };
-    params.validate().map_err(|e| anyhow::anyhow!("--{}: {}", e.param.replace('_', "-"), e.message))?;
+    params
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--{}: {}", e.param.replace('_', "-"), e.message))?;
     let prompt_ids = loaded.tokenizer.encode(&args.prompt, true)?;
     let mut decoder = IncrementalDecoder::new(&prompt_ids, true);
     let tokenizer = &loaded.tokenizer;
-    let request = GenerationRequest { prompt_ids: prompt_ids.clone(), params };
+    let request = GenerationRequest {
+        prompt_ids: prompt_ids.clone(),
+        params,
+    };
     let mut stdout = std::io::stdout().lock();
     let start = Instant::now();
     let mut first_token_at = None;
     let mut write_error = None;
-    let result = generate(&mut loaded.runner, &[request], &GenerateOptions::default(), |ev| {
-        first_token_at.get_or_insert_with(Instant::now);
-        match decoder.step(tokenizer, ev.sampled.token) {
-            Ok(text) => {
-                if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
-                    write_error.get_or_insert(e);
+    let result = generate(
+        &mut loaded.runner,
+        &[request],
+        &GenerateOptions::default(),
+        |ev| {
+            first_token_at.get_or_insert_with(Instant::now);
+            match decoder.step(tokenizer, ev.sampled.token) {
+                Ok(text) => {
+                    if let Err(e) = stdout
+                        .write_all(text.as_bytes())
+                        .and_then(|_| stdout.flush())
+                    {
+                        write_error.get_or_insert(e);
+                    }
                 }
+                Err(e) => eprintln!("pagoda: detokenization failed: {e}"),
             }
-            Err(e) => eprintln!("pagoda: detokenization failed: {e}"),
-        }
-    })?;
+        },
+    )?;
     if let Some(e) = write_error {
         return Err(e).context("writing to stdout");
     }

@@ -8,7 +8,11 @@ mod synth_cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "pagoda", version, about = "pagoda: an LLM inference serving engine")]
+#[command(
+    name = "pagoda",
+    version,
+    about = "pagoda: an LLM inference serving engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

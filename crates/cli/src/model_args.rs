@@ -31,9 +31,13 @@ pub struct ModelArgs {
 /// Parses sizes such as `2GiB`, `512MiB`, `1G`, `4096`.
 pub fn parse_bytes(text: &str) -> anyhow::Result<usize> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().with_context(|| format!("invalid size {text:?}"))?;
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("invalid size {text:?}"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -42,7 +46,9 @@ pub fn parse_bytes(text: &str) -> anyhow::Result<usize> {
         "mib" => 1024.0 * 1024.0,
         "g" | "gb" => 1e9,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => bail!("unknown size unit {other:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)"),
+        other => {
+            bail!("unknown size unit {other:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)")
+        }
     };
     Ok((value * mult) as usize)
 }
@@ -65,7 +71,8 @@ impl ModelArgs {
         let options = self.runner_options()?;
         let start = std::time::Instant::now();
         let loaded = match &self.model {
-            Some(dir) => load_model_dir(dir, &options).with_context(|| format!("loading {}", dir.display()))?,
+            Some(dir) => load_model_dir(dir, &options)
+                .with_context(|| format!("loading {}", dir.display()))?,
             None => {
                 eprintln!(
                     "pagoda: no --model given: using the built-in demo model {BUILTIN_MODEL_NAME} \

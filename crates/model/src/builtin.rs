@@ -24,10 +24,18 @@ pub fn load_builtin(options: &RunnerOptions) -> Result<LoadedModel> {
     let (files, weights) = synth::build_in_memory(shape, synth::DType::F32, SEED)
         .map_err(|e| ModelError::InvalidOption(e.to_string()))?;
     let origin = Path::new("<built-in>");
-    let config = ModelConfig::from_json(&files.config_json, Some(&files.generation_config_json), origin)?;
+    let config = ModelConfig::from_json(
+        &files.config_json,
+        Some(&files.generation_config_json),
+        origin,
+    )?;
     let source = TensorSource::from_bytes("<built-in>/model.safetensors", weights)?;
     let model = Model::load(config, &source, options.dtype)?;
-    let tokenizer = Tokenizer::from_json(&files.tokenizer_json, Some(&files.tokenizer_config_json), origin)?;
+    let tokenizer = Tokenizer::from_json(
+        &files.tokenizer_json,
+        Some(&files.tokenizer_config_json),
+        origin,
+    )?;
     Ok(LoadedModel {
         runner: ModelRunner::new(model, options)?,
         tokenizer,

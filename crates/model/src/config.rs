@@ -156,7 +156,7 @@ impl ModelConfig {
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         if raw.num_attention_heads == 0
             || num_kv_heads == 0
-            || raw.num_attention_heads % num_kv_heads != 0
+            || !raw.num_attention_heads.is_multiple_of(num_kv_heads)
         {
             return Err(bad(format!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({num_kv_heads})",
@@ -165,13 +165,15 @@ impl ModelConfig {
         }
         let head_dim = match raw.head_dim {
             Some(d) => d,
-            None if raw.hidden_size % raw.num_attention_heads == 0 => {
+            None if raw.hidden_size.is_multiple_of(raw.num_attention_heads) => {
                 raw.hidden_size / raw.num_attention_heads
             }
-            None => return Err(bad(format!(
+            None => {
+                return Err(bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {} and head_dim is absent",
                 raw.hidden_size, raw.num_attention_heads
-            ))),
+            )))
+            }
         };
         if head_dim % 2 != 0 {
             return Err(bad(format!(

@@ -185,7 +185,6 @@ unsafe fn attend_avx2(
     )
 }
 
-
 /// The kernel body, inlined into each feature-specific wrapper.
 ///
 /// # Safety

@@ -92,7 +92,7 @@ fn small_m(x: &[f32], m: usize, k: usize, w: Rows<'_>, n: usize, out: &mut [f32]
     let run = |start: usize| {
         let end = (start + chunk).min(n);
         // SAFETY: this task writes only columns start..end of each output row.
-        unsafe { small_m_rows(x, m, k, w, n, start, end, out_ptr) }
+        unsafe { small_m_rows(x, m, k, w, n, start..end, out_ptr) }
     };
     if chunk >= n {
         run(0);
@@ -113,10 +113,10 @@ unsafe fn small_m_rows(
     k: usize,
     w: Rows<'_>,
     n: usize,
-    start: usize,
-    end: usize,
+    cols: std::ops::Range<usize>,
     out: SyncPtr<f32>,
 ) {
+    let (start, end) = (cols.start, cols.end);
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f")
@@ -124,12 +124,12 @@ unsafe fn small_m_rows(
             && std::arch::is_x86_feature_detected!("avx512vl")
         {
             return match w {
-                Rows::F32(d) => avx512::rows_f32(x, m, k, d, n, start, end, out),
-                Rows::Bf16(d) => avx512::rows_bf16(x, m, k, d, n, start, end, out),
+                Rows::F32(d) => avx512::rows_f32(x, m, k, d, n, start..end, out),
+                Rows::Bf16(d) => avx512::rows_bf16(x, m, k, d, n, start..end, out),
             };
         }
     }
-    portable_rows(x, m, k, w, n, start, end, out)
+    portable_rows(x, m, k, w, n, start..end, out)
 }
 
 /// The reference-quality portable kernel: one dot product per output, 16 lanes of partial sums.
@@ -142,10 +142,10 @@ pub(crate) unsafe fn portable_rows(
     k: usize,
     w: Rows<'_>,
     n: usize,
-    start: usize,
-    end: usize,
+    cols: std::ops::Range<usize>,
     out: SyncPtr<f32>,
 ) {
+    let (start, end) = (cols.start, cols.end);
     let mut row = vec![0f32; k];
     for j in start..end {
         let wrow: &[f32] = match w {
@@ -163,7 +163,6 @@ pub(crate) unsafe fn portable_rows(
         }
     }
 }
-
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -185,7 +184,11 @@ mod avx512 {
             /// Dot products of one weight row with `MR` activation rows.
             #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
             #[inline]
-            unsafe fn $tile<const MR: usize>(w: *const $wty, xs: [*const f32; MR], k: usize) -> [f32; MR] {
+            unsafe fn $tile<const MR: usize>(
+                w: *const $wty,
+                xs: [*const f32; MR],
+                k: usize,
+            ) -> [f32; MR] {
                 let load = $load;
                 let load_tail = $load_tail;
                 let ahead = PREFETCH_BYTES / std::mem::size_of::<$wty>();
@@ -218,7 +221,11 @@ mod avx512 {
                     let mask: u16 = (1u16 << (k - kk)) - 1;
                     let w0 = load_tail(w, kk, mask);
                     for c in 0..MR {
-                        acc1[c] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mask, xs[c].add(kk)), acc1[c]);
+                        acc1[c] = _mm512_fmadd_ps(
+                            w0,
+                            _mm512_maskz_loadu_ps(mask, xs[c].add(kk)),
+                            acc1[c],
+                        );
                     }
                 }
                 std::array::from_fn(|c| _mm512_reduce_add_ps(_mm512_add_ps(acc0[c], acc1[c])))
@@ -233,10 +240,10 @@ mod avx512 {
                 k: usize,
                 w: &[$wty],
                 n: usize,
-                start: usize,
-                end: usize,
+                cols: std::ops::Range<usize>,
                 out: SyncPtr<f32>,
             ) {
+                let (start, end) = (cols.start, cols.end);
                 let xp = |i: usize| x.as_ptr().add(i * k);
                 for j in start..end {
                     let wp = w.as_ptr().add(j * k);
@@ -434,7 +441,7 @@ mod tests {
         let x = pseudo(m * k, 3);
         let w = pseudo(n * k, 4);
         let mut out = vec![0f32; m * n];
-        unsafe { portable_rows(&x, m, k, Rows::F32(&w), n, 0, n, SyncPtr(out.as_mut_ptr())) };
+        unsafe { portable_rows(&x, m, k, Rows::F32(&w), n, 0..n, SyncPtr(out.as_mut_ptr())) };
         assert_close(&out, &naive(&x, m, &w, n, k), k);
     }
 }

@@ -44,7 +44,7 @@ impl Rope {
                     } else {
                         freq
                     };
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                     *f = if medium {
                         let smooth = (old_len / wavelen - low_freq_factor)
                             / (high_freq_factor - low_freq_factor);
