@@ -20,8 +20,10 @@ pub struct Bandwidth {
 /// Reads `buffer_bytes` (≥ 8× L3 is sensible; 512 MiB by default) `passes` times.
 pub fn measure_read_bandwidth(buffer_bytes: usize, passes: usize) -> Bandwidth {
     let len = buffer_bytes / 4;
-    // Written with non-zero values so every page is really backed.
-    let buf: Vec<f32> = (0..len).map(|i| (i & 7) as f32).collect();
+    // Backed like the weights (huge pages where available) and written with non-zero values so
+    // every page is really there.
+    let mut buf = crate::hugepages::huge_vec(len);
+    buf.extend((0..len).map(|i| (i & 7) as f32));
     let threads = rayon::current_num_threads().max(1);
     let chunk = len.div_ceil(threads * 8).div_ceil(64) * 64;
     let mut best = f64::INFINITY;

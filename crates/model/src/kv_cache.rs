@@ -8,6 +8,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::hugepages::huge_zeroed_f32;
 
 /// K and V pools of one layer.
 pub struct LayerKv {
@@ -53,8 +54,8 @@ impl KvCache {
         };
         let layers = (0..config.num_layers)
             .map(|_| LayerKv {
-                k: vec![0.0; geometry.layer_len()],
-                v: vec![0.0; geometry.layer_len()],
+                k: huge_zeroed_f32(geometry.layer_len()),
+                v: huge_zeroed_f32(geometry.layer_len()),
             })
             .collect();
         Self { geometry, layers }

@@ -10,6 +10,7 @@ pub mod builtin;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod hugepages;
 pub mod kv_cache;
 pub mod model;
 pub mod ops;

@@ -13,6 +13,7 @@ use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{ModelError, Result};
+use crate::hugepages::huge_vec;
 
 /// How weights are kept in memory for the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,33 +91,36 @@ impl Linear {
         }
     }
 
-    /// Stacks matrices with the same column count into one (fused q/k/v, gate/up).
+    /// Stacks matrices with the same column count into one (fused q/k/v, gate/up), in the
+    /// storage type of the first.
     pub fn concat_rows(parts: Vec<Linear>) -> Linear {
         let cols = parts[0].cols;
         let rows = parts.iter().map(|p| p.rows).sum();
         let data = match &parts[0].data {
-            WeightData::F32(_) => WeightData::F32(
-                parts
-                    .into_iter()
-                    .flat_map(|p| match p.data {
-                        WeightData::F32(d) => d,
+            WeightData::F32(_) => {
+                let mut out = huge_vec(rows * cols);
+                for p in parts {
+                    match p.data {
+                        WeightData::F32(d) => out.extend_from_slice(&d),
                         WeightData::Bf16(d) => {
-                            d.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
+                            out.extend(d.iter().map(|&b| bf16::from_bits(b).to_f32()))
                         }
-                    })
-                    .collect(),
-            ),
-            WeightData::Bf16(_) => WeightData::Bf16(
-                parts
-                    .into_iter()
-                    .flat_map(|p| match p.data {
-                        WeightData::Bf16(d) => d,
+                    }
+                }
+                WeightData::F32(out)
+            }
+            WeightData::Bf16(_) => {
+                let mut out = huge_vec(rows * cols);
+                for p in parts {
+                    match p.data {
+                        WeightData::Bf16(d) => out.extend_from_slice(&d),
                         WeightData::F32(d) => {
-                            d.iter().map(|&x| bf16::from_f32(x).to_bits()).collect()
+                            out.extend(d.iter().map(|&x| bf16::from_f32(x).to_bits()))
                         }
-                    })
-                    .collect(),
-            ),
+                    }
+                }
+                WeightData::Bf16(out)
+            }
         };
         Linear { rows, cols, data }
     }
@@ -333,22 +337,28 @@ fn u16s(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
 }
 
 fn to_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
+    let mut out = huge_vec(bytes.len() * 8 / dtype.bitsize());
     match dtype {
-        Dtype::BF16 => u16s(bytes).map(|b| bf16::from_bits(b).to_f32()).collect(),
-        Dtype::F16 => u16s(bytes).map(|b| f16::from_bits(b).to_f32()).collect(),
-        _ => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
+        Dtype::BF16 => out.extend(u16s(bytes).map(|b| bf16::from_bits(b).to_f32())),
+        Dtype::F16 => out.extend(u16s(bytes).map(|b| f16::from_bits(b).to_f32())),
+        _ => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
     }
+    out
 }
 
 fn to_bf16_bits(dtype: Dtype, bytes: &[u8]) -> Vec<u16> {
+    let mut out = huge_vec(bytes.len() * 8 / dtype.bitsize());
     match dtype {
-        Dtype::BF16 => u16s(bytes).collect(),
-        _ => to_f32(dtype, bytes)
-            .into_iter()
-            .map(|x| bf16::from_f32(x).to_bits())
-            .collect(),
+        Dtype::BF16 => out.extend(u16s(bytes)),
+        _ => out.extend(
+            to_f32(dtype, bytes)
+                .into_iter()
+                .map(|x| bf16::from_f32(x).to_bits()),
+        ),
     }
+    out
 }

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::matmul::SyncPtr;
-use super::simd::dot;
+use super::simd::{dot, reduce16};
 use crate::kv_cache::KvGeometry;
 
 /// Queries of one sequence in this step.
@@ -207,15 +207,19 @@ unsafe fn attend(
     let hd = g.head_dim;
     let group = shape.num_heads / g.num_kv_heads;
     let bs = g.block_size;
-    // Scratch: scaled queries [group, hd], accumulators [group, hd], scores [group, bs],
+    // Keys are scored a chunk of whole blocks at a time; the online-softmax rescale then happens
+    // once per chunk instead of once per block, and exp runs vectorized over the chunk.
+    let chunk_blocks = (KEY_CHUNK / bs).max(1);
+    let chunk_keys = chunk_blocks * bs;
+    // Scratch: scaled queries [group, hd], accumulators [group, hd], scores [group, chunk_keys],
     // running max [group], running sum [group].
-    let need = 2 * group * hd + group * bs + 2 * group;
+    let need = 2 * group * hd + group * chunk_keys + 2 * group;
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
     let (qs, rest) = scratch.split_at_mut(group * hd);
     let (acc, rest) = rest.split_at_mut(group * hd);
-    let (scores, rest) = rest.split_at_mut(group * bs);
+    let (scores, rest) = rest.split_at_mut(group * chunk_keys);
     let (maxes, sums) = rest.split_at_mut(group);
     let first_pos = seq.context_len - seq.num_queries;
 
@@ -232,32 +236,39 @@ unsafe fn attend(
         acc.fill(0.0);
         maxes.fill(f32::NEG_INFINITY);
         sums.fill(0.0);
-        for (b, &block) in seq.block_table[..n_keys.div_ceil(bs)].iter().enumerate() {
-            let slots = bs.min(n_keys - b * bs);
-            let base = g.offset(block as usize, kv_head, 0);
-            let keys = &k_pool[base..base + slots * hd];
-            let values = &v_pool[base..base + slots * hd];
+        let table = &seq.block_table[..n_keys.div_ceil(bs)];
+        for (c, blocks) in table.chunks(chunk_blocks).enumerate() {
+            let chunk_start = c * chunk_keys;
+            let keys_here = chunk_keys.min(n_keys - chunk_start);
+            // (block id, slots used) for each block of the chunk.
+            let slots_of = |b: usize| bs.min(keys_here - b * bs);
             for gi in 0..group {
                 let qv = &qs[gi * hd..(gi + 1) * hd];
-                let sc = &mut scores[gi * bs..gi * bs + slots];
-                let mut block_max = f32::NEG_INFINITY;
-                for (j, s) in sc.iter_mut().enumerate() {
-                    *s = dot(qv, &keys[j * hd..(j + 1) * hd]);
-                    block_max = block_max.max(*s);
+                let sc = &mut scores[gi * chunk_keys..gi * chunk_keys + keys_here];
+                for (b, &block) in blocks.iter().enumerate() {
+                    let base = g.offset(block as usize, kv_head, 0);
+                    let keys = &k_pool[base..base + slots_of(b) * hd];
+                    for (s, key) in sc[b * bs..].iter_mut().zip(keys.chunks_exact(hd)) {
+                        *s = dot(qv, key);
+                    }
                 }
-                let new_max = maxes[gi].max(block_max);
-                let correction = (maxes[gi] - new_max).exp();
-                maxes[gi] = new_max;
+                let chunk_max = max(sc);
+                let new_max = maxes[gi].max(chunk_max);
                 let a = &mut acc[gi * hd..(gi + 1) * hd];
-                if correction != 1.0 {
+                if maxes[gi] != new_max && sums[gi] != 0.0 {
+                    let correction = (maxes[gi] - new_max).exp();
                     sums[gi] *= correction;
                     a.iter_mut().for_each(|x| *x *= correction);
                 }
-                for (j, s) in sc.iter().enumerate() {
-                    let p = (s - new_max).exp();
-                    sums[gi] += p;
-                    for (x, v) in a.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
-                        *x += p * v;
+                maxes[gi] = new_max;
+                sums[gi] += exp_shifted_sum(sc, new_max);
+                for (b, &block) in blocks.iter().enumerate() {
+                    let base = g.offset(block as usize, kv_head, 0);
+                    let values = &v_pool[base..base + slots_of(b) * hd];
+                    for (&p, value) in sc[b * bs..].iter().zip(values.chunks_exact(hd)) {
+                        for (x, v) in a.iter_mut().zip(value) {
+                            *x += p * v;
+                        }
                     }
                 }
             }
@@ -265,12 +276,69 @@ unsafe fn attend(
         for gi in 0..group {
             let h = kv_head * group + gi;
             let inv = 1.0 / sums[gi];
-            let dst = out.0.add(row * out_stride + h * hd);
+            let dst = out.get().add(row * out_stride + h * hd);
             for (d, x) in acc[gi * hd..(gi + 1) * hd].iter().enumerate() {
                 *dst.add(d) = x * inv;
             }
         }
     }
+}
+
+/// Keys scored per online-softmax update.
+const KEY_CHUNK: usize = 256;
+
+#[inline(always)]
+fn max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = values.chunks_exact(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            lanes[l] = lanes[l].max(c[l]);
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// Replaces each value `s` by `exp(s - shift)` and returns their sum.
+#[inline(always)]
+fn exp_shifted_sum(values: &mut [f32], shift: f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = values.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            c[l] = exp_nonpositive(c[l] - shift);
+            lanes[l] += c[l];
+        }
+    }
+    let mut total = reduce16(lanes);
+    for v in chunks.into_remainder() {
+        *v = exp_nonpositive(*v - shift);
+        total += *v;
+    }
+    total
+}
+
+/// `eᵡ` for `x ≤ 0` (softmax after max subtraction), within ~2 ulp: range reduction
+/// `x = n·ln2 + r` and Cephes' degree-6 polynomial for `eʳ`. Branch-free so it vectorizes.
+#[inline(always)]
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(test)]

@@ -195,3 +195,19 @@ fn long_prefill_runs_in_parallel_and_matches() {
     };
     check(&c).unwrap();
 }
+
+#[test]
+fn fast_exp_is_accurate_over_the_softmax_range() {
+    let mut x = 0.0f32;
+    while x > -87.0 {
+        let want = (x as f64).exp();
+        let got = exp_nonpositive(x) as f64;
+        assert!(
+            (got - want).abs() <= 3e-7 * want,
+            "exp({x}) = {got}, want {want}"
+        );
+        x -= 0.0137;
+    }
+    assert_eq!(exp_nonpositive(0.0), 1.0);
+    assert!(exp_nonpositive(-1000.0) < 1e-37);
+}
