@@ -57,7 +57,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .validate()
         .map_err(|e| anyhow::anyhow!("--{}: {}", e.param.replace('_', "-"), e.message))?;
     let prompt_ids = loaded.tokenizer.encode(&args.prompt, true)?;
-    let mut decoder = IncrementalDecoder::new(&prompt_ids, true);
+    let mut decoder = IncrementalDecoder::new(&loaded.tokenizer, &prompt_ids, true);
     let tokenizer = &loaded.tokenizer;
     let request = GenerationRequest {
         prompt_ids: prompt_ids.clone(),

@@ -121,10 +121,23 @@ pub struct IncrementalDecoder {
 }
 
 impl IncrementalDecoder {
-    /// Starts after `prompt`: its last tokens serve as context for the first generated ones.
-    pub fn new(prompt: &[u32], skip_special_tokens: bool) -> Self {
+    /// Starts after `prompt`: its last few tokens serve as context for the first generated ones.
+    ///
+    /// The context must begin on a character boundary: byte-fallback decoders turn a whole run of
+    /// bytes into replacement characters when it starts mid-character, so the window is widened
+    /// (or, failing that, dropped) until it decodes cleanly.
+    pub fn new(tokenizer: &Tokenizer, prompt: &[u32], skip_special_tokens: bool) -> Self {
         const CONTEXT_TOKENS: usize = 5;
-        let keep = prompt.len().min(CONTEXT_TOKENS);
+        const MAX_CONTEXT_TOKENS: usize = 16;
+        let clean = |start: usize| {
+            tokenizer
+                .decode(&prompt[start..], skip_special_tokens)
+                .is_ok_and(|t| !t.contains('\u{FFFD}'))
+        };
+        let keep = (CONTEXT_TOKENS..=MAX_CONTEXT_TOKENS.min(prompt.len()))
+            .find(|&k| clean(prompt.len() - k))
+            .unwrap_or(prompt.len().min(CONTEXT_TOKENS));
+        let keep = if clean(prompt.len() - keep) { keep } else { 0 };
         Self {
             tokens: prompt[prompt.len() - keep..].to_vec(),
             prefix_offset: 0,

@@ -235,3 +235,42 @@ fn synthetic_llama_rope_scaled() {
 fn synthetic_qwen2_bias() {
     check_synthetic("qwen2-bias");
 }
+
+#[test]
+fn incremental_detokenization_matches_full_decode_across_split_utf8() {
+    let Some(shared) = common::shared_dir("incremental_detokenization") else {
+        return;
+    };
+    let tok = Tokenizer::from_dir(&shared.join("models/stories260k")).unwrap();
+    let cases = read_json(&shared.join("golden/tokenizer_cases.json"));
+    let mut saw_split_char = false;
+    for case in cases["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let all = ids(&case["ids_with_bos"]);
+        // Every split point where the "prompt" (first `p` tokens) is whole text, as a prompt that
+        // came from text is; the rest arrive one by one.
+        for p in 1..all.len() {
+            if tok.decode(&all[..p], true).unwrap().ends_with('\u{FFFD}') {
+                continue;
+            }
+            let mut decoder = pagoda_model::IncrementalDecoder::new(&tok, &all[..p], true);
+            let mut streamed = String::new();
+            for &t in &all[p..] {
+                let delta = decoder.step(&tok, t).unwrap();
+                saw_split_char |= delta.is_empty();
+                streamed.push_str(&delta);
+            }
+            let full = tok.decode(&all, true).unwrap();
+            let prefix = tok.decode(&all[..p], true).unwrap();
+            assert_eq!(
+                format!("{prefix}{streamed}"),
+                full,
+                "{text:?} split after {p} tokens"
+            );
+        }
+    }
+    assert!(
+        saw_split_char,
+        "some case should hold back bytes of a split character"
+    );
+}

@@ -1,0 +1,141 @@
+//! End-to-end tests of the `pagoda` binary.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn pagoda() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pagoda"))
+}
+
+fn shared_dir(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("PAGODA_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    if dir.join("models").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!(
+            "{test}: shared models not found at {} (required when CI=true)",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: shared models not found at {}",
+        dir.display()
+    );
+    None
+}
+
+#[test]
+fn generate_streams_only_the_completion_to_stdout() {
+    let Some(shared) = shared_dir("generate_streams_only_the_completion_to_stdout") else {
+        return;
+    };
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared.join("golden/stories260k_greedy.json")).unwrap(),
+    )
+    .unwrap();
+    let case = &golden["cases"][0];
+    let out = pagoda()
+        .args(["generate", "--model"])
+        .arg(shared.join("models/stories260k"))
+        .args([
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+            "--max-tokens",
+            "64",
+            "--ignore-eos",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.trim_end_matches('\n'),
+        case["completion_text"].as_str().unwrap()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("decode"), "timings go to stderr: {stderr}");
+}
+
+#[test]
+fn builtin_default_runs_without_files_and_says_it_is_random() {
+    let out = pagoda()
+        .args(["generate", "--max-tokens", "8"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("random weights"), "{stderr}");
+    assert!(!out.stdout.is_empty());
+}
+
+#[test]
+fn bad_arguments_fail_with_a_clear_message() {
+    let out = pagoda()
+        .args(["generate", "--top-p", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("top-p"));
+    let missing = pagoda()
+        .args(["generate", "--model", "/nonexistent/model"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model"));
+}
+
+#[test]
+fn synth_model_writes_a_loadable_model_and_bench_latency_reports_json() {
+    let dir = std::env::temp_dir().join(format!("pagoda-synth-test-{}", std::process::id()));
+    let out = pagoda()
+        .args(["synth-model", "--shape", "tiny", "--dtype", "bf16", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pagoda()
+        .args([
+            "bench",
+            "latency",
+            "--input-len",
+            "32",
+            "--output-len",
+            "8",
+            "--iterations",
+            "1",
+        ])
+        .args(["--probe-mib", "64", "--json", "--model"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    for key in ["prefill_tok_s", "decode_tok_s", "decode_bandwidth_fraction"] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {report}"
+        );
+    }
+    assert_eq!(report["dtype"], "bf16");
+    std::fs::remove_dir_all(&dir).ok();
+}
