@@ -140,9 +140,53 @@ unsafe fn dispatch(
             );
         }
     }
-    attend(
+    attend::<PortableDot>(
         q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
     )
+}
+
+/// How a kernel instantiation takes dot products over `head_dim`.
+trait Dot {
+    /// # Safety
+    /// The CPU supports the implementation's target features.
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
+}
+
+struct PortableDot;
+
+impl Dot for PortableDot {
+    #[inline(always)]
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot(a, b)
+    }
+}
+
+/// Explicit AVX-512: the compiler splits the portable 16-lane version into 2-lane pieces here.
+#[cfg(target_arch = "x86_64")]
+struct Avx512Dot;
+
+#[cfg(target_arch = "x86_64")]
+impl Dot for Avx512Dot {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc);
+            i += 16;
+        }
+        if i < n {
+            let mask: u16 = (1u16 << (n - i)) - 1;
+            let x = _mm512_maskz_loadu_ps(mask, pa.add(i));
+            let y = _mm512_maskz_loadu_ps(mask, pb.add(i));
+            acc = _mm512_fmadd_ps(x, y, acc);
+        }
+        _mm512_reduce_add_ps(acc)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -160,7 +204,7 @@ unsafe fn attend_avx512(
     out: SyncPtr<f32>,
     out_stride: usize,
 ) {
-    attend(
+    attend::<Avx512Dot>(
         q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
     )
 }
@@ -180,7 +224,7 @@ unsafe fn attend_avx2(
     out: SyncPtr<f32>,
     out_stride: usize,
 ) {
-    attend(
+    attend::<PortableDot>(
         q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
     )
 }
@@ -191,7 +235,7 @@ unsafe fn attend_avx2(
 /// `out` points to the step's output rows and this call owns the rows/columns it writes.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend(
+unsafe fn attend<D: Dot>(
     q: &[f32],
     seq: &SeqAttention<'_>,
     kv_head: usize,
@@ -249,7 +293,7 @@ unsafe fn attend(
                     let base = g.offset(block as usize, kv_head, 0);
                     let keys = &k_pool[base..base + slots_of(b) * hd];
                     for (s, key) in sc[b * bs..].iter_mut().zip(keys.chunks_exact(hd)) {
-                        *s = dot(qv, key);
+                        *s = D::dot(qv, key);
                     }
                 }
                 let chunk_max = max(sc);
@@ -262,10 +306,31 @@ unsafe fn attend(
                 }
                 maxes[gi] = new_max;
                 sums[gi] += exp_shifted_sum(sc, new_max);
-                for (b, &block) in blocks.iter().enumerate() {
-                    let base = g.offset(block as usize, kv_head, 0);
-                    let values = &v_pool[base..base + slots_of(b) * hd];
-                    for (&p, value) in sc[b * bs..].iter().zip(values.chunks_exact(hd)) {
+                let value_rows = || {
+                    blocks.iter().enumerate().flat_map(|(b, &block)| {
+                        let base = g.offset(block as usize, kv_head, 0);
+                        sc[b * bs..]
+                            .iter()
+                            .zip(v_pool[base..base + slots_of(b) * hd].chunks_exact(hd))
+                    })
+                };
+                if hd % 16 == 0 {
+                    // 16 dimensions at a time with the partial sums in registers: no store→load
+                    // dependency through the accumulator from one key to the next.
+                    for d0 in (0..hd).step_by(16) {
+                        let mut lanes = [0f32; 16];
+                        for (&p, value) in value_rows() {
+                            let v: &[f32; 16] = value[d0..d0 + 16].try_into().expect("16 lanes");
+                            for l in 0..16 {
+                                lanes[l] += p * v[l];
+                            }
+                        }
+                        for (x, l) in a[d0..d0 + 16].iter_mut().zip(lanes) {
+                            *x += l;
+                        }
+                    }
+                } else {
+                    for (&p, value) in value_rows() {
                         for (x, v) in a.iter_mut().zip(value) {
                             *x += p * v;
                         }
