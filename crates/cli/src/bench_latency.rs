@@ -140,7 +140,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     let report = Report {
         model: loaded.name.clone(),
         dtype: runner.model.dtype.name(),
-        threads: rayon::current_num_threads(),
+        threads: pagoda_model::ops::pool::global().threads(),
         input_len: args.input_len,
         output_len: args.output_len,
         iterations: args.iterations.max(1),

@@ -42,14 +42,13 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Latency(a)) => a.model.threads,
         Command::SynthModel(_) => None,
     };
-    // The command runs *inside* the kernel pool: the calling thread is then a pool worker that
-    // takes part in every parallel kernel, instead of sleeping and being woken on each one.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.unwrap_or(0))
-        .build()?;
-    pool.install(|| match cli.command {
+    if let Some(n) = threads {
+        anyhow::ensure!(n >= 1, "--threads must be at least 1");
+        pagoda_model::ops::pool::init_global(n);
+    }
+    match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
         Command::SynthModel(args) => synth_cmd::run(args),
         Command::Bench(BenchCommand::Latency(args)) => bench_latency::run(args),
-    })
+    }
 }

@@ -93,7 +93,7 @@ impl ModelArgs {
             start.elapsed().as_secs_f64(),
             loaded.runner.kv.geometry.num_blocks,
             loaded.runner.kv.geometry.block_size,
-            rayon::current_num_threads(),
+            pagoda_model::ops::pool::global().threads(),
         );
         Ok(loaded)
     }

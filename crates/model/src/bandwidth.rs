@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use rayon::prelude::*;
+use crate::ops::pool;
 
 /// Result of a probe.
 #[derive(Debug, Clone, Copy)]
@@ -24,13 +24,23 @@ pub fn measure_read_bandwidth(buffer_bytes: usize, passes: usize) -> Bandwidth {
     // every page is really there.
     let mut buf = crate::hugepages::huge_vec(len);
     buf.extend((0..len).map(|i| (i & 7) as f32));
-    let threads = rayon::current_num_threads().max(1);
+    let threads = pool::global().threads();
     let chunk = len.div_ceil(threads * 8).div_ceil(64) * 64;
     let mut best = f64::INFINITY;
     let mut sink = 0f32;
     for _ in 0..passes.max(1) {
         let start = Instant::now();
-        sink += buf.par_chunks(chunk).map(sum_chunk).sum::<f32>();
+        let tasks = len.div_ceil(chunk);
+        let sums: Vec<std::sync::atomic::AtomicU32> =
+            (0..tasks).map(|_| Default::default()).collect();
+        pool::global().parallel_for(tasks, &|t| {
+            let part = &buf[t * chunk..((t + 1) * chunk).min(len)];
+            sums[t].store(sum_chunk(part).to_bits(), std::sync::atomic::Ordering::Relaxed);
+        });
+        sink += sums
+            .iter()
+            .map(|s| f32::from_bits(s.load(std::sync::atomic::Ordering::Relaxed)))
+            .sum::<f32>();
         best = best.min(start.elapsed().as_secs_f64());
     }
     std::hint::black_box(sink);

@@ -4,7 +4,7 @@
 //! K/V are cached) and single-token decodes. Every sequence's K/V — including the tokens of this
 //! step, already written at their slots — is read through its block table.
 //!
-//! Work is split into items of (sequence, KV head, tile of ≤ 16 queries) run on the rayon pool. An
+//! Work is split into items of (sequence, KV head, tile of ≤ 16 queries) run on the kernel pool. An
 //! item processes all query heads that share the KV head together, so each K/V block is loaded once
 //! per group, and keeps an online softmax (running max, running sum, rescaled accumulator) updated
 //! block by block. Inner loops are plain slices over `head_dim`, compiled once per CPU feature
@@ -12,9 +12,8 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::matmul::SyncPtr;
+use super::pool;
 use super::simd::{dot, reduce16};
 use crate::kv_cache::KvGeometry;
 
@@ -109,7 +108,7 @@ pub fn paged_attention(
     if work < 200_000 || items.len() == 1 {
         items.iter().for_each(run);
     } else {
-        items.par_iter().for_each(run);
+        pool::global().parallel_for(items.len(), &|i| run(&items[i]));
     }
 }
 

@@ -8,13 +8,13 @@
 //! - large `m` (prefill): the `gemm` crate's packed GEMM over panels of weight rows; bf16 panels are
 //!   widened into a per-thread f32 scratch first, a cost amortized over the `m` rows.
 //!
-//! Both are split over weight rows across the rayon pool, so every thread writes its own columns.
+//! Both are split over weight rows across the kernel pool, so every thread writes its own columns.
 
 use std::cell::RefCell;
 
 use half::bf16;
-use rayon::prelude::*;
 
+use super::pool;
 use super::simd::dot;
 use crate::weights::{Linear, WeightData};
 
@@ -77,7 +77,7 @@ pub fn matmul(x: &[f32], m: usize, w: &Linear, out: &mut [f32]) {
 
 /// Splits `n` weight rows into chunks for the pool: multiples of `align`, enough chunks for balance.
 fn row_chunks(n: usize, work_per_row: usize, align: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = pool::global().threads();
     // Below ~64k multiply-adds a fork costs more than it saves.
     if threads == 1 || n * work_per_row < 65_536 {
         return n.div_ceil(align) * align;
@@ -89,6 +89,31 @@ fn row_chunks(n: usize, work_per_row: usize, align: usize) -> usize {
 fn small_m(x: &[f32], m: usize, k: usize, w: Rows<'_>, n: usize, out: &mut [f32]) {
     let chunk = row_chunks(n, m * k, 4);
     let out_ptr = SyncPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if let Rows::Bf16(d) = w {
+        if k % 2 == 0 && has_avx512() {
+            // Split each activation row into its even and odd elements once per call.
+            let mut split = vec![0f32; m * k];
+            for (src, dst) in x.chunks_exact(k).zip(split.chunks_exact_mut(k)) {
+                let (even, odd) = dst.split_at_mut(k / 2);
+                for (t, pair) in src.chunks_exact(2).enumerate() {
+                    even[t] = pair[0];
+                    odd[t] = pair[1];
+                }
+            }
+            let run = |start: usize| {
+                let end = (start + chunk).min(n);
+                // SAFETY: AVX-512 checked; this task writes only columns start..end.
+                unsafe { avx512::rows_bf16_even_odd(&split, m, k, d, n, start..end, out_ptr) }
+            };
+            if chunk >= n {
+                run(0);
+            } else {
+                pool::global().parallel_for(n.div_ceil(chunk), &|c| run(c * chunk));
+            }
+            return;
+        }
+    }
     let run = |start: usize| {
         let end = (start + chunk).min(n);
         // SAFETY: this task writes only columns start..end of each output row.
@@ -97,10 +122,15 @@ fn small_m(x: &[f32], m: usize, k: usize, w: Rows<'_>, n: usize, out: &mut [f32]
     if chunk >= n {
         run(0);
     } else {
-        (0..n.div_ceil(chunk))
-            .into_par_iter()
-            .for_each(|c| run(c * chunk));
+        pool::global().parallel_for(n.div_ceil(chunk), &|c| run(c * chunk));
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
 /// Computes output columns `start..end` for all `m` rows.
@@ -119,10 +149,7 @@ unsafe fn small_m_rows(
     let (start, end) = (cols.start, cols.end);
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
+        if has_avx512() {
             return match w {
                 Rows::F32(d) => avx512::rows_f32(x, m, k, d, n, start..end, out),
                 Rows::Bf16(d) => avx512::rows_bf16(x, m, k, d, n, start..end, out),
@@ -198,8 +225,8 @@ mod avx512 {
                 while kk + 32 <= k {
                     // 32 weights span one (bf16) or two (f32) cache lines: prefetch each.
                     let line = w.wrapping_add(kk + ahead) as *const i8;
-                    _mm_prefetch::<_MM_HINT_T0>(line);
                     if std::mem::size_of::<$wty>() == 4 {
+                        _mm_prefetch::<_MM_HINT_T0>(line);
                         _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
                     }
                     let w0 = load(w, kk);
@@ -297,6 +324,107 @@ mod avx512 {
         |p: *const f32, o: usize| _mm512_loadu_ps(p.add(o)),
         |p: *const f32, o: usize, mask: u16| _mm512_maskz_loadu_ps(mask, p.add(o))
     );
+    /// Dot products of one bf16 weight row with `MR` activation rows given as their even and odd
+    /// elements. A 512-bit load holds 32 weights; as 16 u32 lanes, `<< 16` yields the even
+    /// weights and `& 0xffff0000` the odd ones as f32 — two cheap ops per 32 weights instead of
+    /// two widening shuffles and two shifts.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn tile_bf16_even_odd<const MR: usize>(
+        w: *const u16,
+        xe: [*const f32; MR],
+        xo: [*const f32; MR],
+        k: usize,
+    ) -> [f32; MR] {
+        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let mut acc0 = [_mm512_setzero_ps(); MR];
+        let mut acc1 = [_mm512_setzero_ps(); MR];
+        let mut kk = 0;
+        while kk + 32 <= k {
+            let v = _mm512_loadu_si512(w.add(kk) as *const __m512i);
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+            let odd = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+            let h = kk / 2;
+            for c in 0..MR {
+                acc0[c] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xe[c].add(h)), acc0[c]);
+                acc1[c] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(xo[c].add(h)), acc1[c]);
+            }
+            kk += 32;
+        }
+        if kk < k {
+            // k is even: the tail holds (k - kk) / 2 < 16 weight pairs.
+            let pairs = (k - kk) / 2;
+            let mask16: u16 = (1u16 << pairs) - 1;
+            let mask32: u32 = (1u32 << (2 * pairs)) - 1;
+            let v = _mm512_maskz_loadu_epi16(mask32, w.add(kk) as *const i16);
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+            let odd = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+            let h = kk / 2;
+            for c in 0..MR {
+                acc0[c] = _mm512_fmadd_ps(even, _mm512_maskz_loadu_ps(mask16, xe[c].add(h)), acc0[c]);
+                acc1[c] = _mm512_fmadd_ps(odd, _mm512_maskz_loadu_ps(mask16, xo[c].add(h)), acc1[c]);
+            }
+        }
+        std::array::from_fn(|c| _mm512_reduce_add_ps(_mm512_add_ps(acc0[c], acc1[c])))
+    }
+
+    /// bf16 rows for an even `k`, activations pre-split into even/odd halves:
+    /// `split[i*k .. i*k + k/2]` = even elements of row i, then its odd elements.
+    ///
+    /// # Safety
+    /// As `rows_bf16`; `k` is even.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn rows_bf16_even_odd(
+        split: &[f32],
+        m: usize,
+        k: usize,
+        w: &[u16],
+        n: usize,
+        cols: std::ops::Range<usize>,
+        out: SyncPtr<f32>,
+    ) {
+        let half = k / 2;
+        let xe = |i: usize| split.as_ptr().add(i * k);
+        let xo = |i: usize| split.as_ptr().add(i * k + half);
+        for j in cols {
+            let wp = w.as_ptr().add(j * k);
+            let mut i = 0;
+            while i < m {
+                let dst = out.get().add(i * n + j);
+                let rows = (m - i).min(4);
+                let r: [f32; 4] = match rows {
+                    1 => {
+                        let r = tile_bf16_even_odd::<1>(wp, [xe(i)], [xo(i)], k);
+                        [r[0], 0.0, 0.0, 0.0]
+                    }
+                    2 => {
+                        let r = tile_bf16_even_odd::<2>(wp, [xe(i), xe(i + 1)], [xo(i), xo(i + 1)], k);
+                        [r[0], r[1], 0.0, 0.0]
+                    }
+                    3 => {
+                        let r = tile_bf16_even_odd::<3>(
+                            wp,
+                            [xe(i), xe(i + 1), xe(i + 2)],
+                            [xo(i), xo(i + 1), xo(i + 2)],
+                            k,
+                        );
+                        [r[0], r[1], r[2], 0.0]
+                    }
+                    _ => tile_bf16_even_odd::<4>(
+                        wp,
+                        [xe(i), xe(i + 1), xe(i + 2), xe(i + 3)],
+                        [xo(i), xo(i + 1), xo(i + 2), xo(i + 3)],
+                        k,
+                    ),
+                };
+                for (c, v) in r.iter().take(rows).enumerate() {
+                    *dst.add(c * n) = *v;
+                }
+                i += rows;
+            }
+        }
+    }
+
     row_kernel!(
         rows_bf16,
         tile_bf16,
@@ -314,12 +442,12 @@ thread_local! {
 }
 
 fn large_m(x: &[f32], m: usize, k: usize, w: Rows<'_>, n: usize, out: &mut [f32]) {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = pool::global().threads();
     // Panels of ~256 weight rows, a multiple of the thread count for balance.
     let tasks = n.div_ceil(256).div_ceil(threads) * threads;
     let panel = n.div_ceil(tasks).div_ceil(16) * 16;
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    (0..n.div_ceil(panel)).into_par_iter().for_each(|p| {
+    pool::global().parallel_for(n.div_ceil(panel), &|p| {
         let start = p * panel;
         let rows = panel.min(n - start);
         let run = |wp: &[f32]| {

@@ -4,5 +4,6 @@ pub mod activation;
 pub mod attention;
 pub mod matmul;
 pub mod norm;
+pub mod pool;
 pub mod rope;
 mod simd;

@@ -1,6 +1,6 @@
 //! RMSNorm, as Hugging Face computes it in f32: `x / sqrt(mean(x²) + eps) * weight`.
 
-use rayon::prelude::*;
+use super::pool;
 
 /// Normalizes each `weight.len()`-wide row of `x` into the same row of `out`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -20,8 +20,21 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
             *o = v * inv * w;
         }
     };
+    let rows = x.len() / d;
     if x.len() >= 64 * 1024 {
-        x.par_chunks(d).zip(out.par_chunks_mut(d)).for_each(one);
+        let out_ptr = super::matmul::SyncPtr(out.as_mut_ptr());
+        let per_task = rows.div_ceil(pool::global().threads() * 2);
+        pool::global().parallel_for(rows.div_ceil(per_task), &|t| {
+            let range = t * per_task..((t + 1) * per_task).min(rows);
+            // SAFETY: task t alone writes rows of its range.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.get().add(range.start * d), range.len() * d)
+            };
+            x[range.start * d..range.end * d]
+                .chunks(d)
+                .zip(dst.chunks_mut(d))
+                .for_each(one);
+        });
     } else {
         x.chunks(d).zip(out.chunks_mut(d)).for_each(one);
     }

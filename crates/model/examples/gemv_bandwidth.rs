@@ -1,0 +1,55 @@
+//! Kernel-level measurement of the decode matmul: streams the weight matrices of the
+//! `smollm2-135m` shape once per "token" with one activation row (M = 1) and reports the weight
+//! bytes read per second, next to the bandwidth probe run in the same process.
+//!
+//! `cargo run --release -p pagoda-model --example gemv_bandwidth -- [bf16|f32] [rows]`
+
+use std::time::Instant;
+
+use pagoda_model::bandwidth::measure_read_bandwidth;
+use pagoda_model::ops::matmul::matmul;
+use pagoda_model::weights::{Linear, WeightData};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let bf16 = args.get(1).is_none_or(|a| a == "bf16");
+    let m: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1);
+    // (rows, cols) of one layer's fused matrices, ×30 layers, plus the tied lm_head.
+    let mut shapes = Vec::new();
+    for _ in 0..30 {
+        shapes.extend([(960, 576), (576, 576), (3072, 576), (576, 1536)]);
+    }
+    shapes.push((49152, 576));
+    let mats: Vec<Linear> = shapes
+        .iter()
+        .map(|&(rows, cols)| {
+            let data = if bf16 {
+                WeightData::Bf16((0..rows * cols).map(|i| (0x3c00 + (i % 97)) as u16).collect())
+            } else {
+                WeightData::F32((0..rows * cols).map(|i| (i % 97) as f32 * 1e-3).collect())
+            };
+            Linear { rows, cols, data }
+        })
+        .collect();
+    let bytes: usize = mats.iter().map(|w| w.size_bytes()).sum();
+    let x = vec![0.5f32; m * 1536];
+    let mut out = vec![0f32; m * 49152];
+    let mut best = f64::INFINITY;
+    for _ in 0..20 {
+        let start = Instant::now();
+        for w in &mats {
+            matmul(&x[..m * w.cols], m, w, &mut out[..m * w.rows]);
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    let probe = measure_read_bandwidth(1 << 30, 5);
+    println!(
+        "{} M={m}: {:.1} MB per pass, best {:.2} ms = {:.1} GB/s; probe {:.1} GB/s; ratio {:.2}",
+        if bf16 { "bf16" } else { "f32" },
+        bytes as f64 / 1e6,
+        best * 1e3,
+        bytes as f64 / best / 1e9,
+        probe.best_gb_s,
+        bytes as f64 / best / 1e9 / probe.best_gb_s
+    );
+}

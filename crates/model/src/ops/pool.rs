@@ -1,0 +1,209 @@
+//! The kernels' persistent thread pool: `parallel_for(n, f)` runs `f(0..n)` on the calling thread
+//! and the pool's workers, and returns when every task is done.
+//!
+//! A decode step of a 30-layer model issues ~150 parallel kernels of 20–200 µs each. With a
+//! general-purpose pool the helper threads fall asleep between kernels and every kernel pays a
+//! wake-up (measured: 2 threads decoded only 1.15× faster than 1). Here workers spin on a
+//! generation counter for a while after each job (so back-to-back kernels start at once), then
+//! back off to yielding and finally to short sleeps when the engine is idle.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A job as seen by workers: a type-erased `&(dyn Fn(usize) + Sync)` valid until `pending` is 0.
+#[derive(Clone, Copy)]
+struct Job {
+    func: *const (dyn Fn(usize) + Sync),
+    n_tasks: usize,
+}
+
+// SAFETY: the pointee is Sync and outlives every use (the submitter waits for all workers).
+unsafe impl Send for Job {}
+
+struct Shared {
+    generation: AtomicUsize,
+    job: Mutex<Option<Job>>,
+    next_task: AtomicUsize,
+    /// Workers that have not yet finished the current generation.
+    pending: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// A fixed set of spinning workers plus the calling thread.
+pub struct KernelPool {
+    shared: Arc<Shared>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    /// Serializes submitters (the pool runs one job at a time).
+    submit: Mutex<()>,
+}
+
+/// How long a worker spins after a job before it starts yielding, and yields before sleeping.
+const SPIN: Duration = Duration::from_millis(2);
+const YIELD: Duration = Duration::from_millis(50);
+
+impl KernelPool {
+    /// A pool where `threads` threads (the caller included) run each job.
+    pub fn new(threads: usize) -> Self {
+        let shared = Arc::new(Shared {
+            generation: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            next_task: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let workers = (1..threads.max(1))
+            .map(|i| {
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("pagoda-kernel-{i}"))
+                    .spawn(move || worker(&shared))
+                    .expect("invariant: the OS can start kernel threads")
+            })
+            .collect();
+        Self {
+            shared,
+            workers,
+            submit: Mutex::new(()),
+        }
+    }
+
+    /// Threads that take part in a job, the caller included.
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `f(i)` for every `i < n_tasks`, spread over the pool; returns when all are done.
+    pub fn parallel_for(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        if n_tasks == 0 {
+            return;
+        }
+        if n_tasks == 1 || self.workers.is_empty() {
+            (0..n_tasks).for_each(f);
+            return;
+        }
+        let _one_job = self.submit.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &*self.shared;
+        // SAFETY (lifetime erasure): workers only call `func` while `pending > 0`, and we do not
+        // return before `pending` is back to 0, so `f` outlives every call.
+        let func: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
+        *s.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(Job { func, n_tasks });
+        s.next_task.store(0, Ordering::Relaxed);
+        s.pending.store(self.workers.len(), Ordering::Relaxed);
+        s.generation.fetch_add(1, Ordering::Release);
+        run_tasks(s, f, n_tasks);
+        while s.pending.load(Ordering::Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn run_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize) {
+    loop {
+        let i = s.next_task.fetch_add(1, Ordering::Relaxed);
+        if i >= n_tasks {
+            break;
+        }
+        f(i);
+    }
+}
+
+fn worker(s: &Shared) {
+    // Workers are spawned before any job exists, but may start running after the first one was
+    // published: start from the pool's initial generation, not from whatever is current.
+    let mut seen = 0;
+    loop {
+        let idle_since = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if s.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if s.generation.load(Ordering::Acquire) != seen {
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 {
+                let idle = idle_since.elapsed();
+                if idle > YIELD {
+                    std::thread::sleep(Duration::from_micros(200));
+                } else if idle > SPIN {
+                    std::thread::yield_now();
+                }
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        seen += 1;
+        let job = *s.job.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = job {
+            // SAFETY: see `parallel_for`: the submitter waits for this worker's decrement.
+            let f = unsafe { &*job.func };
+            run_tasks(s, f, job.n_tasks);
+        }
+        s.pending.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Drop for KernelPool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+static GLOBAL: OnceLock<KernelPool> = OnceLock::new();
+
+/// Sets the number of kernel threads; only effective before the first kernel runs.
+pub fn init_global(threads: usize) -> bool {
+    GLOBAL.set(KernelPool::new(threads)).is_ok()
+}
+
+/// The process-wide kernel pool (all cores unless [`init_global`] said otherwise).
+pub fn global() -> &'static KernelPool {
+    GLOBAL.get_or_init(|| {
+        KernelPool::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn every_task_runs_exactly_once_across_many_jobs() {
+        let pool = KernelPool::new(3);
+        for n in [0usize, 1, 2, 7, 100, 1000] {
+            let hits: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            pool.parallel_for(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn concurrent_submitters_are_serialized() {
+        let pool = Arc::new(KernelPool::new(2));
+        let total = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (pool, total) = (Arc::clone(&pool), Arc::clone(&total));
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        pool.parallel_for(10, &|_| {
+                            total.fetch_add(1, Ordering::Relaxed);
+                        });
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 4 * 200 * 10);
+    }
+}
