@@ -50,10 +50,12 @@ struct Report {
     prefill_tok_s_runs: Vec<f64>,
     decode_tok_s_runs: Vec<f64>,
     bandwidth_gb_s: f64,
+    bandwidth_gb_s_runs: Vec<f64>,
     weight_bytes_per_token: usize,
     kv_bytes_per_token: usize,
     decode_bound_tok_s: f64,
     decode_bandwidth_fraction: f64,
+    decode_bandwidth_fraction_runs: Vec<f64>,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -126,16 +128,25 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     run_once(runner, &prompt, 8)?;
     let mut prefill_runs = Vec::new();
     let mut decode_runs = Vec::new();
-    for _ in 0..args.iterations.max(1) {
-        let (p, d) = run_once(runner, &prompt, args.output_len)?;
-        prefill_runs.push(p);
-        decode_runs.push(d);
-    }
-    let bandwidth = measure_read_bandwidth(args.probe_mib << 20, 5);
     let weight_bytes = runner.model.weight_bytes_per_step();
     // The average decode step attends over the prompt plus half the output.
     let kv_bytes = config.kv_bytes_per_token(4) * (args.input_len + args.output_len / 2);
-    let bound = bandwidth.best_gb_s * 1e9 / (weight_bytes + kv_bytes) as f64;
+    // This machine's bandwidth drifts by 2× within a minute, so each run is paired with a probe
+    // taken right after it and the fraction is computed per run.
+    let mut bandwidth_runs = Vec::new();
+    let mut fraction_runs = Vec::new();
+    let mut threads = 1;
+    for _ in 0..args.iterations.max(1) {
+        let (p, d) = run_once(runner, &prompt, args.output_len)?;
+        let probe = measure_read_bandwidth(args.probe_mib << 20, 3);
+        threads = probe.threads;
+        let bound = probe.best_gb_s * 1e9 / (weight_bytes + kv_bytes) as f64;
+        prefill_runs.push(p);
+        decode_runs.push(d);
+        bandwidth_runs.push(probe.best_gb_s);
+        fraction_runs.push(d / bound);
+    }
+    let bandwidth_gb_s = median(&bandwidth_runs);
     let decode = median(&decode_runs);
     let report = Report {
         model: loaded.name.clone(),
@@ -148,11 +159,13 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         decode_tok_s: decode,
         prefill_tok_s_runs: prefill_runs,
         decode_tok_s_runs: decode_runs,
-        bandwidth_gb_s: bandwidth.best_gb_s,
+        bandwidth_gb_s,
+        bandwidth_gb_s_runs: bandwidth_runs,
         weight_bytes_per_token: weight_bytes,
         kv_bytes_per_token: kv_bytes,
-        decode_bound_tok_s: bound,
-        decode_bandwidth_fraction: decode / bound,
+        decode_bound_tok_s: bandwidth_gb_s * 1e9 / (weight_bytes + kv_bytes) as f64,
+        decode_bandwidth_fraction: median(&fraction_runs),
+        decode_bandwidth_fraction_runs: fraction_runs,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -170,8 +183,8 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
             report.output_len, report.decode_tok_s, report.iterations
         );
         println!(
-            "memory read bandwidth {:.1} GB/s (best of 5, {} MiB, {} threads)",
-            report.bandwidth_gb_s, args.probe_mib, bandwidth.threads
+            "memory read bandwidth {:.1} GB/s (median over runs of best of 3, {} MiB, {} threads)",
+            report.bandwidth_gb_s, args.probe_mib, threads
         );
         println!(
             "bytes read per token  {:.1} MB weights + {:.1} MB KV",

@@ -24,7 +24,11 @@ fn main() {
         .iter()
         .map(|&(rows, cols)| {
             let data = if bf16 {
-                WeightData::Bf16((0..rows * cols).map(|i| (0x3c00 + (i % 97)) as u16).collect())
+                WeightData::Bf16(
+                    (0..rows * cols)
+                        .map(|i| (0x3c00 + (i % 97)) as u16)
+                        .collect(),
+                )
             } else {
                 WeightData::F32((0..rows * cols).map(|i| (i % 97) as f32 * 1e-3).collect())
             };

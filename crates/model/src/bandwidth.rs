@@ -35,7 +35,10 @@ pub fn measure_read_bandwidth(buffer_bytes: usize, passes: usize) -> Bandwidth {
             (0..tasks).map(|_| Default::default()).collect();
         pool::global().parallel_for(tasks, &|t| {
             let part = &buf[t * chunk..((t + 1) * chunk).min(len)];
-            sums[t].store(sum_chunk(part).to_bits(), std::sync::atomic::Ordering::Relaxed);
+            sums[t].store(
+                sum_chunk(part).to_bits(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         });
         sink += sums
             .iter()

@@ -144,11 +144,25 @@ unsafe fn dispatch(
     )
 }
 
-/// How a kernel instantiation takes dot products over `head_dim`.
+/// The two inner loops of a kernel instantiation, over `head_dim`.
 trait Dot {
+    /// `a · b`.
+    ///
     /// # Safety
     /// The CPU supports the implementation's target features.
     unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
+
+    /// `acc += Σ_j p[j] · rows[j]` for `p.len()` consecutive rows of `acc.len()` values.
+    ///
+    /// # Safety
+    /// As [`Dot::dot`].
+    unsafe fn axpy_rows(p: &[f32], rows: &[f32], acc: &mut [f32]) {
+        for (&w, row) in p.iter().zip(rows.chunks_exact(acc.len())) {
+            for (x, v) in acc.iter_mut().zip(row) {
+                *x += w * v;
+            }
+        }
+    }
 }
 
 struct PortableDot;
@@ -185,6 +199,48 @@ impl Dot for Avx512Dot {
             acc = _mm512_fmadd_ps(x, y, acc);
         }
         _mm512_reduce_add_ps(acc)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn axpy_rows(p: &[f32], rows: &[f32], acc: &mut [f32]) {
+        match acc.len() {
+            16 => axpy_rows_avx512::<1>(p, rows, acc),
+            32 => axpy_rows_avx512::<2>(p, rows, acc),
+            64 => axpy_rows_avx512::<4>(p, rows, acc),
+            80 => axpy_rows_avx512::<5>(p, rows, acc),
+            96 => axpy_rows_avx512::<6>(p, rows, acc),
+            128 => axpy_rows_avx512::<8>(p, rows, acc),
+            _ => {
+                for (&w, row) in p.iter().zip(rows.chunks_exact(acc.len())) {
+                    for (x, v) in acc.iter_mut().zip(row) {
+                        *x += w * v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`Dot::axpy_rows`] for rows of `16 * N` values, the accumulator held in `N` registers while
+/// the rows stream by in memory order.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy_rows_avx512<const N: usize>(p: &[f32], rows: &[f32], acc: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let width = 16 * N;
+    assert!(acc.len() == width && rows.len() >= p.len() * width);
+    let mut a: [__m512; N] = std::array::from_fn(|i| _mm512_loadu_ps(acc.as_ptr().add(16 * i)));
+    for (j, &w) in p.iter().enumerate() {
+        let b = _mm512_set1_ps(w);
+        let row = rows.as_ptr().add(j * width);
+        for (i, ai) in a.iter_mut().enumerate() {
+            *ai = _mm512_fmadd_ps(b, _mm512_loadu_ps(row.add(16 * i)), *ai);
+        }
+    }
+    for (i, ai) in a.iter().enumerate() {
+        _mm512_storeu_ps(acc.as_mut_ptr().add(16 * i), *ai);
     }
 }
 
@@ -305,35 +361,14 @@ unsafe fn attend<D: Dot>(
                 }
                 maxes[gi] = new_max;
                 sums[gi] += exp_shifted_sum(sc, new_max);
-                let value_rows = || {
-                    blocks.iter().enumerate().flat_map(|(b, &block)| {
-                        let base = g.offset(block as usize, kv_head, 0);
-                        sc[b * bs..]
-                            .iter()
-                            .zip(v_pool[base..base + slots_of(b) * hd].chunks_exact(hd))
-                    })
-                };
-                if hd % 16 == 0 {
-                    // 16 dimensions at a time with the partial sums in registers: no store→load
-                    // dependency through the accumulator from one key to the next.
-                    for d0 in (0..hd).step_by(16) {
-                        let mut lanes = [0f32; 16];
-                        for (&p, value) in value_rows() {
-                            let v: &[f32; 16] = value[d0..d0 + 16].try_into().expect("16 lanes");
-                            for l in 0..16 {
-                                lanes[l] += p * v[l];
-                            }
-                        }
-                        for (x, l) in a[d0..d0 + 16].iter_mut().zip(lanes) {
-                            *x += l;
-                        }
-                    }
-                } else {
-                    for (&p, value) in value_rows() {
-                        for (x, v) in a.iter_mut().zip(value) {
-                            *x += p * v;
-                        }
-                    }
+                for (b, &block) in blocks.iter().enumerate() {
+                    let base = g.offset(block as usize, kv_head, 0);
+                    let slots = slots_of(b);
+                    D::axpy_rows(
+                        &sc[b * bs..b * bs + slots],
+                        &v_pool[base..base + slots * hd],
+                        a,
+                    );
                 }
             }
         }

@@ -361,8 +361,10 @@ mod avx512 {
             let odd = _mm512_castsi512_ps(_mm512_and_si512(v, high));
             let h = kk / 2;
             for c in 0..MR {
-                acc0[c] = _mm512_fmadd_ps(even, _mm512_maskz_loadu_ps(mask16, xe[c].add(h)), acc0[c]);
-                acc1[c] = _mm512_fmadd_ps(odd, _mm512_maskz_loadu_ps(mask16, xo[c].add(h)), acc1[c]);
+                acc0[c] =
+                    _mm512_fmadd_ps(even, _mm512_maskz_loadu_ps(mask16, xe[c].add(h)), acc0[c]);
+                acc1[c] =
+                    _mm512_fmadd_ps(odd, _mm512_maskz_loadu_ps(mask16, xo[c].add(h)), acc1[c]);
             }
         }
         std::array::from_fn(|c| _mm512_reduce_add_ps(_mm512_add_ps(acc0[c], acc1[c])))
@@ -398,7 +400,8 @@ mod avx512 {
                         [r[0], 0.0, 0.0, 0.0]
                     }
                     2 => {
-                        let r = tile_bf16_even_odd::<2>(wp, [xe(i), xe(i + 1)], [xo(i), xo(i + 1)], k);
+                        let r =
+                            tile_bf16_even_odd::<2>(wp, [xe(i), xe(i + 1)], [xo(i), xo(i + 1)], k);
                         [r[0], r[1], 0.0, 0.0]
                     }
                     3 => {
