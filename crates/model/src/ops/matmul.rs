@@ -91,7 +91,7 @@ fn small_m(x: &[f32], m: usize, k: usize, w: Rows<'_>, n: usize, out: &mut [f32]
     let out_ptr = SyncPtr(out.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
     if let Rows::Bf16(d) = w {
-        if k % 2 == 0 && has_avx512() {
+        if k.is_multiple_of(2) && has_avx512() {
             // Split each activation row into its even and odd elements once per call.
             let mut split = vec![0f32; m * k];
             for (src, dst) in x.chunks_exact(k).zip(split.chunks_exact_mut(k)) {

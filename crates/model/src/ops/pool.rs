@@ -123,7 +123,7 @@ fn worker(s: &Shared) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 let idle = idle_since.elapsed();
                 if idle > YIELD {
                     std::thread::sleep(Duration::from_micros(200));
