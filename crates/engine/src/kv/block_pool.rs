@@ -74,7 +74,10 @@ impl BlockPool {
 
     /// Checks the pool against the block tables that reference it: each block's ref count
     /// equals the number of tables holding it, free and used are disjoint and cover the pool.
-    pub fn check_invariants<'a>(&self, tables: impl IntoIterator<Item = &'a [BlockId]>) -> Result<(), String> {
+    pub fn check_invariants<'a>(
+        &self,
+        tables: impl IntoIterator<Item = &'a [BlockId]>,
+    ) -> Result<(), String> {
         let mut holders = vec![0u32; self.num_blocks()];
         for table in tables {
             for b in table {
@@ -89,10 +92,15 @@ impl BlockPool {
         }
         for (i, (&rc, &held)) in self.ref_counts.iter().zip(&holders).enumerate() {
             if rc != held {
-                return Err(format!("block {i}: ref count {rc} but held by {held} tables"));
+                return Err(format!(
+                    "block {i}: ref count {rc} but held by {held} tables"
+                ));
             }
             if (rc == 0) != is_free[i] {
-                return Err(format!("block {i}: ref count {rc} but free = {}", is_free[i]));
+                return Err(format!(
+                    "block {i}: ref count {rc} but free = {}",
+                    is_free[i]
+                ));
             }
         }
         Ok(())
@@ -111,8 +119,12 @@ mod tests {
         assert!(pool.allocate(3).is_none(), "only 2 free");
         assert_eq!(pool.num_free(), 2, "a failed allocation takes nothing");
         pool.release(&a[..1]);
-        assert_eq!(pool.allocate(3).unwrap(), vec![BlockId(2), BlockId(3), BlockId(0)]);
-        pool.check_invariants([&a[1..], &[BlockId(2), BlockId(3), BlockId(0)][..]]).unwrap();
+        assert_eq!(
+            pool.allocate(3).unwrap(),
+            vec![BlockId(2), BlockId(3), BlockId(0)]
+        );
+        pool.check_invariants([&a[1..], &[BlockId(2), BlockId(3), BlockId(0)][..]])
+            .unwrap();
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub struct KvCacheManager {
 
 impl KvCacheManager {
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
-        assert!(block_size > 0, "invariant: block size is validated by the caller");
+        assert!(
+            block_size > 0,
+            "invariant: block size is validated by the caller"
+        );
         Self {
             pool: BlockPool::new(num_blocks),
             block_size,
@@ -67,7 +70,8 @@ impl KvCacheManager {
 
     /// Ref counts match the tables; free and used blocks partition the pool.
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.pool.check_invariants(self.tables.values().map(Vec::as_slice))
+        self.pool
+            .check_invariants(self.tables.values().map(Vec::as_slice))
     }
 
     pub fn num_requests(&self) -> usize {
@@ -85,7 +89,11 @@ mod tests {
         let mut m = KvCacheManager::new(4, 2);
         let r = RequestId(1);
         assert_eq!(m.allocate_slots(r, 3).unwrap(), &[BlockId(0), BlockId(1)]);
-        assert_eq!(m.allocate_slots(r, 4).unwrap().len(), 2, "still fits in 2 blocks");
+        assert_eq!(
+            m.allocate_slots(r, 4).unwrap().len(),
+            2,
+            "still fits in 2 blocks"
+        );
         assert_eq!(m.allocate_slots(r, 5).unwrap().len(), 3);
         let other = RequestId(2);
         assert!(m.allocate_slots(other, 4).is_none(), "needs 2, 1 free");
