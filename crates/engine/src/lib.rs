@@ -1,4 +1,7 @@
-//! pagoda's engine core (synchronous, no async runtime): the KV-cache block manager today; the
-//! scheduler and engine loop build on it (see docs/ARCHITECTURE.md).
+//! pagoda's engine core (synchronous, no async runtime): the KV-cache block manager, requests and
+//! the iteration-level scheduler; the engine loop builds on them (see docs/ARCHITECTURE.md).
 
+pub mod engine;
 pub mod kv;
+pub mod request;
+pub mod sched;

@@ -1,0 +1,321 @@
+//! The engine step: schedule → execute → sample → update, over the model runner.
+//!
+//! [`LlmEngine`] is synchronous and single-threaded (the kernels have their own pool); the
+//! serving layer drives it from a dedicated thread. Each step turns the scheduler's decision into
+//! one batched forward (flattened tokens + block tables), samples the requests that reached the
+//! end of their tokens, detokenizes incrementally, and applies the stop rules: EOS (unless
+//! `ignore_eos`), stop token ids, stop strings (matched on the detokenized text and left out of
+//! it), `max_tokens` and the model's context length.
+
+use std::collections::HashMap;
+
+use pagoda_core::{FinishReason, RequestId, SampledToken, SamplingParams, TokenId};
+use pagoda_model::model::StepBatch;
+use pagoda_model::ops::attention::SeqAttention;
+use pagoda_model::sampler::{RequestRng, Sampler};
+use pagoda_model::{IncrementalDecoder, ModelRunner, Tokenizer};
+
+use crate::request::Request;
+use crate::sched::scheduler::AdmissionError;
+use crate::sched::{Scheduler, SchedulerConfig};
+
+/// Engine limits (the model and cache geometry come from the runner).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_num_batched_tokens: 2048,
+            max_num_seqs: 256,
+        }
+    }
+}
+
+/// What one step produced for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestOutput {
+    pub id: RequestId,
+    pub token: SampledToken,
+    /// Text completed by this token (may be empty while a character or a possible stop string
+    /// is incomplete).
+    pub text: String,
+    pub finished: Option<FinishReason>,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    pub num_steps: u64,
+    pub num_preemptions: usize,
+    pub num_scheduled_tokens: u64,
+}
+
+struct Detok {
+    decoder: IncrementalDecoder,
+    /// Text not yet emitted because it may be the start of a stop string.
+    pending: String,
+}
+
+/// The engine over one model runner.
+pub struct LlmEngine {
+    runner: ModelRunner,
+    tokenizer: Option<Tokenizer>,
+    scheduler: Scheduler,
+    sampler: Sampler,
+    rngs: HashMap<RequestId, RequestRng>,
+    detok: HashMap<RequestId, Detok>,
+    pub stats: EngineStats,
+}
+
+impl LlmEngine {
+    /// An engine over `runner`; without a tokenizer, outputs carry ids only and stop strings
+    /// are not available.
+    pub fn new(runner: ModelRunner, tokenizer: Option<Tokenizer>, config: &EngineConfig) -> Self {
+        let g = runner.kv.geometry;
+        let scheduler = Scheduler::new(SchedulerConfig {
+            max_num_batched_tokens: config.max_num_batched_tokens,
+            max_num_seqs: config.max_num_seqs,
+            max_model_len: runner.config().max_context_len,
+            block_size: g.block_size,
+            num_blocks: g.num_blocks,
+        });
+        Self {
+            runner,
+            tokenizer,
+            scheduler,
+            sampler: Sampler::new(),
+            rngs: HashMap::new(),
+            detok: HashMap::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// Queues a request; refused when it could never be served.
+    pub fn add_request(
+        &mut self,
+        id: RequestId,
+        prompt_ids: Vec<TokenId>,
+        params: SamplingParams,
+    ) -> Result<(), AdmissionError> {
+        let rng = RequestRng::new(params.seed);
+        if let Some(tok) = &self.tokenizer {
+            let decoder = IncrementalDecoder::new(tok, &prompt_ids, true);
+            self.detok.insert(
+                id,
+                Detok {
+                    decoder,
+                    pending: String::new(),
+                },
+            );
+        }
+        let result = self
+            .scheduler
+            .add_request(Request::new(id, prompt_ids, params));
+        match result {
+            Ok(()) => {
+                self.rngs.insert(id, rng);
+            }
+            Err(_) => {
+                self.detok.remove(&id);
+            }
+        }
+        result
+    }
+
+    /// Ends a request now; its blocks are free before the next step.
+    pub fn abort(&mut self, id: RequestId) -> bool {
+        self.forget(id);
+        self.scheduler.finish(id, FinishReason::Abort).is_some()
+    }
+
+    fn forget(&mut self, id: RequestId) {
+        self.rngs.remove(&id);
+        self.detok.remove(&id);
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        self.scheduler.has_unfinished()
+    }
+
+    /// Runs one step and returns one output per sampled token.
+    pub fn step(&mut self) -> Vec<RequestOutput> {
+        let out = self.scheduler.schedule();
+        self.stats.num_preemptions = self.scheduler.num_preemptions;
+        if out.is_empty() {
+            return Vec::new();
+        }
+        self.stats.num_steps += 1;
+        self.stats.num_scheduled_tokens += out.num_tokens() as u64;
+
+        let mut token_ids = Vec::with_capacity(out.num_tokens());
+        let mut tables: Vec<Vec<u32>> = Vec::with_capacity(out.scheduled.len());
+        let mut metas = Vec::with_capacity(out.scheduled.len());
+        let mut logits_rows = Vec::new();
+        for s in &out.scheduled {
+            let r = self
+                .scheduler
+                .request(s.id)
+                .expect("invariant: scheduled requests exist");
+            let start = token_ids.len();
+            let first = r.num_computed_tokens;
+            token_ids.extend((first..first + s.num_new_tokens).map(|p| r.token_at(p)));
+            let table = self
+                .scheduler
+                .block_table(s.id)
+                .expect("invariant: scheduled requests hold blocks");
+            tables.push(table.iter().map(|b| b.0).collect());
+            metas.push((start, s.num_new_tokens, first + s.num_new_tokens));
+            if first + s.num_new_tokens == r.num_tokens() {
+                logits_rows.push(start + s.num_new_tokens - 1);
+            }
+        }
+        let seqs: Vec<SeqAttention<'_>> = metas
+            .iter()
+            .zip(&tables)
+            .map(
+                |(&(query_start, num_queries, context_len), table)| SeqAttention {
+                    query_start,
+                    num_queries,
+                    context_len,
+                    block_table: table,
+                },
+            )
+            .collect();
+        let batch = StepBatch {
+            token_ids: &token_ids,
+            seqs: &seqs,
+            logits_rows: &logits_rows,
+        };
+        let vocab = self.runner.config().vocab_size;
+        let max_len = self.runner.config().max_context_len;
+        let eos = self.runner.config().eos_token_ids.clone();
+        let logits = self.runner.execute(&batch);
+
+        let to_sample = self.scheduler.on_step_done(&out);
+        debug_assert_eq!(to_sample.len(), logits_rows.len());
+        let mut outputs = Vec::with_capacity(to_sample.len());
+        for (row, id) in to_sample.into_iter().enumerate() {
+            let row_logits = &logits[row * vocab..(row + 1) * vocab];
+            let r = self
+                .scheduler
+                .request(id)
+                .expect("invariant: sampled requests exist");
+            let rng = self
+                .rngs
+                .get_mut(&id)
+                .expect("invariant: every live request has an rng");
+            let token =
+                self.sampler
+                    .sample(row_logits, &r.params, &r.prompt_ids, &r.output_ids, rng);
+            let params = r.params.clone();
+            let num_output = r.output_ids.len() + 1;
+            let num_tokens = r.num_tokens() + 1;
+            self.scheduler.append_token(id, token.token);
+
+            let mut finished = if !params.ignore_eos && eos.contains(&token.token)
+                || params.stop_token_ids.contains(&token.token)
+            {
+                Some(FinishReason::StopToken(token.token))
+            } else if num_output >= params.max_tokens {
+                Some(FinishReason::Length)
+            } else if num_tokens >= max_len {
+                Some(FinishReason::ContextLength)
+            } else {
+                None
+            };
+            let mut text = String::new();
+            if let (Some(tok), Some(d)) = (&self.tokenizer, self.detok.get_mut(&id)) {
+                // A failed decode (malformed vocabulary entry) loses text, never the request.
+                let delta = d.decoder.step(tok, token.token).unwrap_or_default();
+                d.pending.push_str(&delta);
+                let (emit, stop) = split_at_stop(&d.pending, &params.stop, finished.is_some());
+                text = emit;
+                d.pending
+                    .drain(..text.len() + stop.as_ref().map_or(0, |s| s.len()));
+                if let Some(stop) = stop {
+                    finished = Some(FinishReason::StopString(stop));
+                }
+                if finished.is_some() {
+                    d.pending.clear();
+                }
+            }
+            if let Some(reason) = &finished {
+                // Field by field: `logits` still borrows the runner.
+                self.rngs.remove(&id);
+                self.detok.remove(&id);
+                self.scheduler.finish(id, reason.clone());
+            }
+            outputs.push(RequestOutput {
+                id,
+                token,
+                text,
+                finished,
+            });
+        }
+        outputs
+    }
+}
+
+/// Splits pending text into what can be emitted now and, if a stop string occurs, that string.
+/// Without a stop, the longest tail that could still begin a stop string is held back (unless
+/// the request is ending anyway).
+fn split_at_stop(pending: &str, stops: &[String], ending: bool) -> (String, Option<String>) {
+    let hit = stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| pending.find(s.as_str()).map(|at| (at, s)))
+        .min_by_key(|(at, _)| *at);
+    if let Some((at, stop)) = hit {
+        return (pending[..at].to_string(), Some(stop.clone()));
+    }
+    if ending {
+        return (pending.to_string(), None);
+    }
+    let hold = stops
+        .iter()
+        .flat_map(|s| {
+            (1..s.len())
+                .filter(|&n| s.is_char_boundary(n))
+                .map(move |n| &s[..n])
+        })
+        .filter(|prefix| pending.ends_with(prefix))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    (pending[..pending.len() - hold].to_string(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_cut_the_text_and_partial_matches_are_held_back() {
+        let stops = vec!["END".to_string(), "\n\n".to_string()];
+        assert_eq!(
+            split_at_stop("abc EN", &stops, false),
+            ("abc ".into(), None)
+        );
+        assert_eq!(
+            split_at_stop("abc EN", &stops, true),
+            ("abc EN".into(), None)
+        );
+        assert_eq!(
+            split_at_stop("abc END more", &stops, false),
+            ("abc ".into(), Some("END".into()))
+        );
+        assert_eq!(
+            split_at_stop("x\n\ny END", &stops, false),
+            ("x".into(), Some("\n\n".into()))
+        );
+        assert_eq!(split_at_stop("plain", &[], false), ("plain".into(), None));
+    }
+}

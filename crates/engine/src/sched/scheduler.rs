@@ -1,0 +1,313 @@
+//! The iteration-level scheduler (vLLM v1 style): no prefill and decode phases — every request's
+//! computed-token count catches up with its token count, within a per-step token budget.
+//!
+//! Each step: running requests first (in arrival order), each taking what it still needs (one
+//! token when decoding, the rest of its prompt — cut to the remaining budget — when prefilling);
+//! then waiting requests in FCFS order while budget, sequence slots and blocks last. A long prompt
+//! is thereby split across steps and shares them with decodes (chunked prefill). When blocks run
+//! out, the most recently arrived running request is preempted: its blocks are freed and it goes
+//! back to the front of the waiting queue, keeping its generated tokens, to be recomputed.
+
+use std::collections::{HashMap, VecDeque};
+
+use pagoda_core::{FinishReason, RequestId, TokenId};
+
+use crate::kv::{BlockId, KvCacheManager};
+use crate::request::{Request, RequestStatus};
+
+/// Limits of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Most tokens computed in one step, over all requests.
+    pub max_num_batched_tokens: usize,
+    /// Most requests running at once.
+    pub max_num_seqs: usize,
+    /// The model's context length: prompt + max_tokens may not exceed it.
+    pub max_model_len: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+}
+
+/// Why a request was refused at admission.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("request {0} already exists")]
+    Duplicate(RequestId),
+    #[error(
+        "prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) = {} exceeds the model's context length of {limit} tokens",
+        prompt_tokens + max_tokens
+    )]
+    ExceedsContext {
+        prompt_tokens: usize,
+        max_tokens: usize,
+        limit: usize,
+    },
+    #[error(
+        "prompt + max_tokens needs {needed_blocks} KV blocks but the whole cache has {total_blocks}"
+    )]
+    ExceedsCache {
+        needed_blocks: usize,
+        total_blocks: usize,
+    },
+}
+
+/// One request's share of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledRequest {
+    pub id: RequestId,
+    /// Tokens computed for it in this step, starting at its `num_computed_tokens`.
+    pub num_new_tokens: usize,
+}
+
+/// What the next step runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedulerOutput {
+    pub scheduled: Vec<ScheduledRequest>,
+    /// Requests preempted while building this step.
+    pub preempted: Vec<RequestId>,
+}
+
+impl SchedulerOutput {
+    pub fn num_tokens(&self) -> usize {
+        self.scheduled.iter().map(|s| s.num_new_tokens).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scheduled.is_empty()
+    }
+}
+
+/// Owns every live request, the queues and the KV block tables.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    kv: KvCacheManager,
+    requests: HashMap<RequestId, Request>,
+    /// Admission order, used to pick preemption victims.
+    arrival_seq: HashMap<RequestId, u64>,
+    next_seq: u64,
+    waiting: VecDeque<RequestId>,
+    /// Kept sorted by arrival, so the last one is the most recently arrived.
+    running: Vec<RequestId>,
+    pub num_preemptions: usize,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Self {
+            kv: KvCacheManager::new(config.num_blocks, config.block_size),
+            config,
+            requests: HashMap::new(),
+            arrival_seq: HashMap::new(),
+            next_seq: 0,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            num_preemptions: 0,
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Queues a request, or refuses one that could never be served.
+    pub fn add_request(&mut self, request: Request) -> Result<(), AdmissionError> {
+        if request.prompt_ids.is_empty() {
+            return Err(AdmissionError::EmptyPrompt);
+        }
+        if self.requests.contains_key(&request.id) {
+            return Err(AdmissionError::Duplicate(request.id));
+        }
+        let total = request.max_total_tokens();
+        if total > self.config.max_model_len {
+            return Err(AdmissionError::ExceedsContext {
+                prompt_tokens: request.prompt_ids.len(),
+                max_tokens: request.params.max_tokens,
+                limit: self.config.max_model_len,
+            });
+        }
+        let needed_blocks = self.kv.blocks_for(total);
+        if needed_blocks > self.config.num_blocks {
+            return Err(AdmissionError::ExceedsCache {
+                needed_blocks,
+                total_blocks: self.config.num_blocks,
+            });
+        }
+        self.arrival_seq.insert(request.id, self.next_seq);
+        self.next_seq += 1;
+        self.waiting.push_back(request.id);
+        self.requests.insert(request.id, request);
+        Ok(())
+    }
+
+    /// Decides the next step.
+    pub fn schedule(&mut self) -> SchedulerOutput {
+        let mut out = SchedulerOutput::default();
+        let mut budget = self.config.max_num_batched_tokens;
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let id = self.running[i];
+            let (computed, num_new) = {
+                let r = &self.requests[&id];
+                (r.num_computed_tokens, r.num_uncomputed().min(budget))
+            };
+            if num_new == 0 {
+                i += 1;
+                continue;
+            }
+            if self.kv.allocate_slots(id, computed + num_new).is_some() {
+                out.scheduled.push(ScheduledRequest {
+                    id,
+                    num_new_tokens: num_new,
+                });
+                budget -= num_new;
+                i += 1;
+                continue;
+            }
+            // Out of blocks: preempt the most recently arrived running request (the last one,
+            // never already scheduled in this step since scheduling goes front to back).
+            let victim = self
+                .running
+                .pop()
+                .expect("invariant: `id` itself is running");
+            self.preempt(victim);
+            out.preempted.push(victim);
+        }
+        // New work only in steps that did not have to preempt.
+        if out.preempted.is_empty() {
+            while let Some(&id) = self.waiting.front() {
+                if budget == 0 || self.running.len() >= self.config.max_num_seqs {
+                    break;
+                }
+                let (computed, num_new) = {
+                    let r = &self.requests[&id];
+                    (r.num_computed_tokens, r.num_uncomputed().min(budget))
+                };
+                if self.kv.allocate_slots(id, computed + num_new).is_none() {
+                    break;
+                }
+                self.waiting.pop_front();
+                self.insert_running(id);
+                if let Some(r) = self.requests.get_mut(&id) {
+                    r.status = RequestStatus::Running;
+                }
+                out.scheduled.push(ScheduledRequest {
+                    id,
+                    num_new_tokens: num_new,
+                });
+                budget -= num_new;
+            }
+        }
+        out
+    }
+
+    fn insert_running(&mut self, id: RequestId) {
+        let seq = self.arrival_seq[&id];
+        let pos = self.running.partition_point(|r| self.arrival_seq[r] < seq);
+        self.running.insert(pos, id);
+    }
+
+    fn preempt(&mut self, id: RequestId) {
+        self.kv.free(id);
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.num_computed_tokens = 0;
+            r.status = RequestStatus::Preempted;
+            r.num_preemptions += 1;
+        }
+        self.num_preemptions += 1;
+        self.waiting.push_front(id);
+    }
+
+    /// Records that the step ran: every scheduled request's K/V now covers its new tokens.
+    /// Returns the requests that reached the end of their tokens and so need a sampled token.
+    pub fn on_step_done(&mut self, output: &SchedulerOutput) -> Vec<RequestId> {
+        let mut to_sample = Vec::new();
+        for s in &output.scheduled {
+            if let Some(r) = self.requests.get_mut(&s.id) {
+                r.num_computed_tokens += s.num_new_tokens;
+                if r.num_computed_tokens == r.num_tokens() {
+                    to_sample.push(s.id);
+                }
+            }
+        }
+        to_sample
+    }
+
+    /// Appends a sampled token to a request.
+    pub fn append_token(&mut self, id: RequestId, token: TokenId) {
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.output_ids.push(token);
+        }
+    }
+
+    /// Ends a request (finished or aborted): frees its blocks and hands it back.
+    pub fn finish(&mut self, id: RequestId, reason: FinishReason) -> Option<Request> {
+        let mut request = self.requests.remove(&id)?;
+        self.arrival_seq.remove(&id);
+        self.kv.free(id);
+        self.running.retain(|r| *r != id);
+        self.waiting.retain(|r| *r != id);
+        request.status = RequestStatus::Finished(reason);
+        Some(request)
+    }
+
+    pub fn request(&self, id: RequestId) -> Option<&Request> {
+        self.requests.get(&id)
+    }
+
+    pub fn block_table(&self, id: RequestId) -> Option<&[BlockId]> {
+        self.kv.block_table(id)
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    pub fn kv(&self) -> &KvCacheManager {
+        &self.kv
+    }
+
+    /// Block-pool invariants plus: every live request is in exactly one queue, only running
+    /// requests hold blocks, and a request's table covers its computed tokens.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.kv.check_invariants()?;
+        let running_set: std::collections::HashSet<_> = self.running.iter().collect();
+        let waiting_set: std::collections::HashSet<_> = self.waiting.iter().collect();
+        if running_set.len() != self.running.len() || waiting_set.len() != self.waiting.len() {
+            return Err("a request is queued twice".into());
+        }
+        for (id, r) in &self.requests {
+            let running = running_set.contains(id);
+            let waiting = waiting_set.contains(id);
+            if running == waiting {
+                return Err(format!("{id}: running = {running}, waiting = {waiting}"));
+            }
+            let blocks = self.kv.block_table(*id).map_or(0, <[_]>::len);
+            if waiting && blocks > 0 {
+                return Err(format!("{id} waits but holds {blocks} blocks"));
+            }
+            if blocks * self.config.block_size < r.num_computed_tokens {
+                return Err(format!(
+                    "{id}: {blocks} blocks for {} computed tokens",
+                    r.num_computed_tokens
+                ));
+            }
+        }
+        if self.kv.num_requests() > self.running.len() {
+            return Err("a finished or waiting request still holds blocks".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,273 @@
+//! Exact schedules for chunked prefill, budget sharing, preemption and admission.
+
+use pagoda_core::SamplingParams;
+
+use super::*;
+
+fn config(budget: usize, blocks: usize, block_size: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        max_num_batched_tokens: budget,
+        max_num_seqs: 8,
+        max_model_len: 1024,
+        block_size,
+        num_blocks: blocks,
+    }
+}
+
+fn request(id: u64, prompt_len: usize, max_tokens: usize) -> Request {
+    Request::new(
+        RequestId(id),
+        (0..prompt_len as u32).collect(),
+        SamplingParams {
+            max_tokens,
+            ..SamplingParams::greedy(max_tokens)
+        },
+    )
+}
+
+/// Runs one step, "sampling" token 7 for every request that needs a token.
+fn step(s: &mut Scheduler) -> Vec<(u64, usize)> {
+    let out = s.schedule();
+    for id in s.on_step_done(&out) {
+        s.append_token(id, 7);
+    }
+    s.check_invariants().unwrap();
+    out.scheduled
+        .iter()
+        .map(|r| (r.id.0, r.num_new_tokens))
+        .collect()
+}
+
+#[test]
+fn long_prompt_is_prefilled_in_chunks_then_decodes() {
+    let mut s = Scheduler::new(config(8, 100, 4));
+    s.add_request(request(1, 20, 4)).unwrap();
+    assert_eq!(step(&mut s), vec![(1, 8)]);
+    assert_eq!(step(&mut s), vec![(1, 8)]);
+    assert_eq!(step(&mut s), vec![(1, 4)]);
+    assert_eq!(
+        s.request(RequestId(1)).unwrap().output_ids,
+        vec![7],
+        "sampled after the last chunk"
+    );
+    assert_eq!(step(&mut s), vec![(1, 1)]);
+}
+
+#[test]
+fn decodes_go_first_and_a_new_prompt_takes_the_rest_of_the_budget() {
+    let mut s = Scheduler::new(config(6, 100, 4));
+    s.add_request(request(1, 3, 10)).unwrap();
+    assert_eq!(step(&mut s), vec![(1, 3)]);
+    s.add_request(request(2, 12, 4)).unwrap();
+    s.add_request(request(3, 2, 4)).unwrap();
+    // 1 decodes, 2 gets the remaining 5 tokens of budget, 3 waits (no budget left).
+    assert_eq!(step(&mut s), vec![(1, 1), (2, 5)]);
+    assert_eq!(step(&mut s), vec![(1, 1), (2, 5)]);
+    // 2 finishes its prompt (2 left), 3 starts with its 2 tokens.
+    assert_eq!(step(&mut s), vec![(1, 1), (2, 2), (3, 2)]);
+    assert_eq!(step(&mut s), vec![(1, 1), (2, 1), (3, 1)]);
+}
+
+#[test]
+fn the_most_recent_arrival_is_preempted_and_resumes_first_with_its_tokens() {
+    // 4 blocks of 2 tokens. Requests 1 and 2 each start with a 3-token prompt (2 blocks each).
+    let mut s = Scheduler::new(config(64, 4, 2));
+    s.add_request(request(1, 3, 5)).unwrap();
+    s.add_request(request(2, 3, 5)).unwrap();
+    assert_eq!(step(&mut s), vec![(1, 3), (2, 3)]);
+    // Both now hold 4 tokens (3 + 1 sampled) in 2 blocks each: decoding fits without new blocks.
+    assert_eq!(step(&mut s), vec![(1, 1), (2, 1)]);
+    // Now 5 tokens each: request 1 needs a third block, none is free: 2 (later arrival) is
+    // preempted, freeing its blocks for 1.
+    let out = s.schedule();
+    assert_eq!(out.preempted, vec![RequestId(2)]);
+    assert_eq!(
+        out.scheduled,
+        vec![ScheduledRequest {
+            id: RequestId(1),
+            num_new_tokens: 1
+        }]
+    );
+    for id in s.on_step_done(&out) {
+        s.append_token(id, 7);
+    }
+    s.check_invariants().unwrap();
+    let r2 = s.request(RequestId(2)).unwrap();
+    assert_eq!(
+        (r2.num_computed_tokens, r2.output_ids.len()),
+        (0, 2),
+        "keeps its 2 tokens"
+    );
+    assert_eq!(s.num_preemptions, 1);
+    // 1 finishes; 2 resumes by recomputing prompt + generated tokens in one chunk.
+    s.finish(RequestId(1), FinishReason::Length);
+    assert_eq!(step(&mut s), vec![(2, 5)]);
+    assert_eq!(s.request(RequestId(2)).unwrap().output_ids.len(), 3);
+}
+
+#[test]
+fn a_waiting_request_waits_until_blocks_are_free() {
+    let mut s = Scheduler::new(config(64, 2, 2));
+    s.add_request(request(1, 3, 1)).unwrap();
+    s.add_request(request(2, 1, 1)).unwrap();
+    // 1 takes 2 blocks; 2 cannot get one and waits.
+    assert_eq!(step(&mut s), vec![(1, 3)]);
+    s.finish(RequestId(1), FinishReason::Length);
+    assert_eq!(step(&mut s), vec![(2, 1)]);
+}
+
+#[test]
+fn requests_that_can_never_fit_are_refused_with_the_numbers() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_model_len: 16,
+        ..config(8, 3, 4)
+    });
+    let err = s.add_request(request(1, 10, 7)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "prompt (10 tokens) + max_tokens (7) = 17 exceeds the model's context length of 16 tokens"
+    );
+    let err = s.add_request(request(2, 10, 4)).unwrap_err();
+    assert_eq!(
+        err,
+        AdmissionError::ExceedsCache {
+            needed_blocks: 4,
+            total_blocks: 3
+        }
+    );
+    assert_eq!(
+        s.add_request(request(3, 0, 4)).unwrap_err(),
+        AdmissionError::EmptyPrompt
+    );
+    assert!(!s.has_unfinished());
+}
+
+#[test]
+fn aborting_frees_blocks_at_once() {
+    let mut s = Scheduler::new(config(64, 10, 4));
+    s.add_request(request(1, 9, 4)).unwrap();
+    step(&mut s);
+    assert_eq!(s.kv().pool().num_free(), 7);
+    s.finish(RequestId(1), FinishReason::Abort);
+    assert_eq!(s.kv().pool().num_free(), 10);
+    s.check_invariants().unwrap();
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add { prompt: usize, max_tokens: usize },
+        Step,
+        Abort { pick: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (1usize..12, 1usize..8).prop_map(|(prompt, max_tokens)| Op::Add { prompt, max_tokens }),
+            5 => Just(Op::Step),
+            1 => any::<usize>().prop_map(|pick| Op::Abort { pick }),
+        ]
+    }
+
+    /// Steps like an engine: samples token 7 for each request needing one, finishes at max_tokens.
+    fn engine_step(s: &mut Scheduler) {
+        let out = s.schedule();
+        for id in s.on_step_done(&out) {
+            s.append_token(id, 7);
+            let r = s.request(id).unwrap();
+            if r.output_ids.len() >= r.params.max_tokens {
+                s.finish(id, FinishReason::Length);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn invariants_hold_after_every_step_and_everything_drains(
+            num_blocks in 3usize..12,
+            block_size in 1usize..5,
+            budget in 1usize..24,
+            ops in prop::collection::vec(op(), 1..150),
+        ) {
+            let mut s = Scheduler::new(SchedulerConfig {
+                max_num_batched_tokens: budget,
+                max_num_seqs: 4,
+                max_model_len: 64,
+                block_size,
+                num_blocks,
+            });
+            let mut next = 0u64;
+            let mut live: Vec<RequestId> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Add { prompt, max_tokens } => {
+                        if s.add_request(request(next, prompt, max_tokens)).is_ok() {
+                            live.push(RequestId(next));
+                        }
+                        next += 1;
+                    }
+                    Op::Step => engine_step(&mut s),
+                    Op::Abort { pick } => {
+                        if !live.is_empty() {
+                            let id = live.swap_remove(pick % live.len());
+                            s.finish(id, FinishReason::Abort);
+                        }
+                    }
+                }
+                s.check_invariants().map_err(TestCaseError::fail)?;
+            }
+            // Whatever is left runs to completion: no request may wait forever.
+            let mut steps = 0;
+            while s.has_unfinished() {
+                engine_step(&mut s);
+                s.check_invariants().map_err(TestCaseError::fail)?;
+                steps += 1;
+                prop_assert!(steps < 10_000, "livelock");
+            }
+            prop_assert_eq!(s.kv().pool().num_free(), num_blocks);
+        }
+    }
+
+    #[test]
+    fn ten_thousand_requests_with_random_aborts_leave_the_pool_full() {
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_num_batched_tokens: 32,
+            max_num_seqs: 8,
+            max_model_len: 64,
+            block_size: 4,
+            num_blocks: 24,
+        });
+        let mut state = 12345u64;
+        let mut rand = |n: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let mut live = Vec::new();
+        for id in 0..10_000u64 {
+            let (prompt, max_tokens) = (1 + rand(20) as usize, 1 + rand(16) as usize);
+            s.add_request(request(id, prompt, max_tokens)).unwrap();
+            live.push(RequestId(id));
+            if rand(3) == 0 {
+                let victim = live.swap_remove(rand(live.len() as u64) as usize);
+                s.finish(victim, FinishReason::Abort);
+            }
+            if id % 4 == 0 {
+                engine_step(&mut s);
+                s.check_invariants().unwrap();
+            }
+            live.retain(|r| s.request(*r).is_some());
+        }
+        while s.has_unfinished() {
+            engine_step(&mut s);
+        }
+        s.check_invariants().unwrap();
+        assert_eq!(s.kv().pool().num_free(), 24);
+        assert!(s.num_preemptions > 0);
+    }
+}

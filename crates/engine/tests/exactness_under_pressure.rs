@@ -1,0 +1,146 @@
+//! Exactness under memory pressure: every stories260k golden prompt, plus 64 sampled copies
+//! (temperature 0.8, distinct seeds), submitted at once to an engine whose KV pool is so small
+//! that requests are preempted and recomputed, give exactly the tokens each gives when run alone;
+//! the greedy ones also equal the transformers goldens.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use pagoda_core::{RequestId, SamplingParams};
+use pagoda_engine::engine::{EngineConfig, LlmEngine};
+use pagoda_model::kv_cache::KvCache;
+use pagoda_model::{load_model_dir, RunnerOptions};
+
+fn shared_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("PAGODA_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    if dir.join("models").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!(
+            "shared models not found at {} (required when CI=true)",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED exactness_under_pressure: shared models not found at {}",
+        dir.display()
+    );
+    None
+}
+
+fn engine(model: &std::path::Path, num_blocks: usize, config: &EngineConfig) -> LlmEngine {
+    let probe = load_model_dir(
+        model,
+        &RunnerOptions {
+            block_size: 4,
+            kv_cache_bytes: 1 << 20,
+            dtype: None,
+        },
+    )
+    .unwrap();
+    let block_bytes = KvCache::block_bytes(probe.runner.config(), 4);
+    let options = RunnerOptions {
+        block_size: 4,
+        kv_cache_bytes: num_blocks * block_bytes,
+        dtype: None,
+    };
+    let loaded = load_model_dir(model, &options).unwrap();
+    assert_eq!(loaded.runner.kv.geometry.num_blocks, num_blocks);
+    LlmEngine::new(loaded.runner, Some(loaded.tokenizer), config)
+}
+
+fn run(engine: &mut LlmEngine) -> HashMap<RequestId, Vec<u32>> {
+    let mut tokens: HashMap<RequestId, Vec<u32>> = HashMap::new();
+    while engine.has_unfinished() {
+        for out in engine.step() {
+            tokens.entry(out.id).or_default().push(out.token.token);
+        }
+        engine.scheduler().check_invariants().unwrap();
+    }
+    tokens
+}
+
+#[test]
+fn preempted_and_batched_requests_give_their_solo_tokens() {
+    let Some(shared) = shared_dir() else { return };
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared.join("golden/stories260k_greedy.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = golden["cases"].as_array().unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let model = shared.join("models/stories260k");
+
+    let mut requests = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let params = SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(64)
+        };
+        requests.push((RequestId(i as u64), ids(&case["prompt_token_ids"]), params));
+    }
+    for k in 0..64u64 {
+        let params = SamplingParams {
+            temperature: 0.8,
+            seed: Some(k),
+            max_tokens: 64,
+            ignore_eos: true,
+            ..SamplingParams::default()
+        };
+        let prompt = ids(&cases[k as usize % cases.len()]["prompt_token_ids"]);
+        requests.push((RequestId(100 + k), prompt, params));
+    }
+
+    // Alone: one request at a time in a roomy cache.
+    let roomy = EngineConfig::default();
+    let mut solo_engine = engine(&model, 512, &roomy);
+    let mut solo = HashMap::new();
+    for (id, prompt, params) in &requests {
+        solo_engine
+            .add_request(*id, prompt.clone(), params.clone())
+            .unwrap();
+        solo.extend(run(&mut solo_engine));
+    }
+    for (i, case) in cases.iter().enumerate() {
+        assert_eq!(
+            solo[&RequestId(i as u64)],
+            ids(&case["greedy_token_ids"]),
+            "golden case {i}"
+        );
+    }
+
+    // Together, with 48 blocks of 4 tokens (a request needs up to 19) and a small token budget.
+    let tight = EngineConfig {
+        max_num_batched_tokens: 48,
+        max_num_seqs: 16,
+    };
+    let mut pressed = engine(&model, 48, &tight);
+    for (id, prompt, params) in &requests {
+        pressed
+            .add_request(*id, prompt.clone(), params.clone())
+            .unwrap();
+    }
+    let together = run(&mut pressed);
+    assert!(
+        pressed.stats.num_preemptions > 0,
+        "the pool must be small enough to preempt"
+    );
+    for (id, _, _) in &requests {
+        assert_eq!(together[id], solo[id], "{id} differs under pressure");
+    }
+    assert_eq!(
+        pressed.scheduler().kv().pool().num_free(),
+        48,
+        "every block back in the pool"
+    );
+    eprintln!("preemptions: {}", pressed.stats.num_preemptions);
+}
