@@ -1,30 +1,11 @@
 //! End-to-end tests of the `pagoda` binary.
 
-use std::path::PathBuf;
 use std::process::Command;
+
+use pagoda_model::test_support::shared_dir;
 
 fn pagoda() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pagoda"))
-}
-
-fn shared_dir(test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("PAGODA_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    if dir.join("models").is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!(
-            "{test}: shared models not found at {} (required when CI=true)",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED {test}: shared models not found at {}",
-        dir.display()
-    );
-    None
 }
 
 #[test]

@@ -4,32 +4,12 @@
 //! the greedy ones also equal the transformers goldens.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use pagoda_core::{RequestId, SamplingParams};
 use pagoda_engine::engine::{EngineConfig, LlmEngine};
 use pagoda_model::kv_cache::KvCache;
+use pagoda_model::test_support::shared_dir;
 use pagoda_model::{load_model_dir, RunnerOptions};
-
-fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PAGODA_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    if dir.join("models").is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!(
-            "shared models not found at {} (required when CI=true)",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED exactness_under_pressure: shared models not found at {}",
-        dir.display()
-    );
-    None
-}
 
 fn engine(model: &std::path::Path, num_blocks: usize, config: &EngineConfig) -> LlmEngine {
     let probe = load_model_dir(
@@ -65,7 +45,9 @@ fn run(engine: &mut LlmEngine) -> HashMap<RequestId, Vec<u32>> {
 
 #[test]
 fn preempted_and_batched_requests_give_their_solo_tokens() {
-    let Some(shared) = shared_dir() else { return };
+    let Some(shared) = shared_dir("exactness_under_pressure") else {
+        return;
+    };
     let golden: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(shared.join("golden/stories260k_greedy.json")).unwrap(),
     )

@@ -17,6 +17,7 @@ pub mod ops;
 pub mod runner;
 pub mod sampler;
 pub mod synth;
+pub mod test_support;
 pub mod tokenizer;
 pub mod weights;
 
