@@ -1,8 +1,19 @@
 //! End-to-end tests of the `pagoda` binary.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
-use pagoda_model::test_support::shared_dir;
+use pagoda_model::test_support::{golden_json, shared_dir};
+
+/// Runs `cmd`, asserting success (showing its stderr otherwise).
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("pagoda starts");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 fn pagoda() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pagoda"))
@@ -13,27 +24,19 @@ fn generate_streams_only_the_completion_to_stdout() {
     let Some(shared) = shared_dir("generate_streams_only_the_completion_to_stdout") else {
         return;
     };
-    let golden: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(shared.join("golden/stories260k_greedy.json")).unwrap(),
-    )
-    .unwrap();
+    let golden = golden_json(&shared, "stories260k_greedy.json");
     let case = &golden["cases"][0];
-    let out = pagoda()
-        .args(["generate", "--model"])
-        .arg(shared.join("models/stories260k"))
-        .args([
-            "--prompt",
-            case["prompt"].as_str().unwrap(),
-            "--max-tokens",
-            "64",
-            "--ignore-eos",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        pagoda()
+            .args(["generate", "--model"])
+            .arg(shared.join("models/stories260k"))
+            .args([
+                "--prompt",
+                case["prompt"].as_str().unwrap(),
+                "--max-tokens",
+                "64",
+                "--ignore-eos",
+            ]),
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
@@ -46,15 +49,7 @@ fn generate_streams_only_the_completion_to_stdout() {
 
 #[test]
 fn builtin_default_runs_without_files_and_says_it_is_random() {
-    let out = pagoda()
-        .args(["generate", "--max-tokens", "8"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(pagoda().args(["generate", "--max-tokens", "8"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("random weights"), "{stderr}");
     assert!(!out.stdout.is_empty());
@@ -79,35 +74,25 @@ fn bad_arguments_fail_with_a_clear_message() {
 #[test]
 fn synth_model_writes_a_loadable_model_and_bench_latency_reports_json() {
     let dir = std::env::temp_dir().join(format!("pagoda-synth-test-{}", std::process::id()));
-    let out = pagoda()
-        .args(["synth-model", "--shape", "tiny", "--dtype", "bf16", "--out"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        pagoda()
+            .args(["synth-model", "--shape", "tiny", "--dtype", "bf16", "--out"])
+            .arg(&dir),
     );
-    let out = pagoda()
-        .args([
-            "bench",
-            "latency",
-            "--input-len",
-            "32",
-            "--output-len",
-            "8",
-            "--iterations",
-            "1",
-        ])
-        .args(["--probe-mib", "64", "--json", "--model"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        pagoda()
+            .args([
+                "bench",
+                "latency",
+                "--input-len",
+                "32",
+                "--output-len",
+                "8",
+                "--iterations",
+                "1",
+            ])
+            .args(["--probe-mib", "64", "--json", "--model"])
+            .arg(&dir),
     );
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");

@@ -68,6 +68,8 @@ pub struct LlmEngine {
     sampler: Sampler,
     rngs: HashMap<RequestId, RequestRng>,
     detok: HashMap<RequestId, Detok>,
+    /// End-of-sequence ids of the model (generation_config.json).
+    eos_token_ids: Vec<TokenId>,
     pub stats: EngineStats,
 }
 
@@ -84,6 +86,7 @@ impl LlmEngine {
             num_blocks: g.num_blocks,
         });
         Self {
+            eos_token_ids: runner.config().eos_token_ids.clone(),
             runner,
             tokenizer,
             scheduler,
@@ -196,7 +199,6 @@ impl LlmEngine {
         };
         let vocab = self.runner.config().vocab_size;
         let max_len = self.runner.config().max_context_len;
-        let eos = self.runner.config().eos_token_ids.clone();
         let logits = self.runner.execute(&batch);
 
         let to_sample = self.scheduler.on_step_done(&out);
@@ -220,7 +222,7 @@ impl LlmEngine {
             let num_tokens = r.num_tokens() + 1;
             self.scheduler.append_token(id, token.token);
 
-            let mut finished = if !params.ignore_eos && eos.contains(&token.token)
+            let mut finished = if !params.ignore_eos && self.eos_token_ids.contains(&token.token)
                 || params.stop_token_ids.contains(&token.token)
             {
                 Some(FinishReason::StopToken(token.token))

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use pagoda_core::{RequestId, SamplingParams};
 use pagoda_engine::engine::{EngineConfig, LlmEngine};
 use pagoda_model::kv_cache::KvCache;
-use pagoda_model::test_support::shared_dir;
+use pagoda_model::test_support::{golden_json, shared_dir, token_ids as ids};
 use pagoda_model::{load_model_dir, RunnerOptions};
 
 fn engine(model: &std::path::Path, num_blocks: usize, config: &EngineConfig) -> LlmEngine {
@@ -48,18 +48,8 @@ fn preempted_and_batched_requests_give_their_solo_tokens() {
     let Some(shared) = shared_dir("exactness_under_pressure") else {
         return;
     };
-    let golden: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(shared.join("golden/stories260k_greedy.json")).unwrap(),
-    )
-    .unwrap();
+    let golden = golden_json(&shared, "stories260k_greedy.json");
     let cases = golden["cases"].as_array().unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     let model = shared.join("models/stories260k");
 
     let mut requests = Vec::new();

@@ -1,10 +1,10 @@
-//! Locating the workspace's `../shared` directory (models and golden outputs) for tests of every
-//! crate.
+//! Locating the workspace's `../shared` directory (models and golden outputs) and reading its
+//! golden files, for tests of every crate.
 //!
 //! CI always has it: with `CI=true` a missing directory is a failure. Elsewhere (a user's fresh
 //! clone) a test that needs it says that it was skipped and why, and passes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The shared directory (`$PAGODA_SHARED`, else `../shared` beside the checkout), or `None`
 /// after printing why `test` is skipped.
@@ -29,4 +29,28 @@ pub fn shared_dir(test: &str) -> Option<PathBuf> {
         dir.display()
     );
     None
+}
+
+/// Parses `golden/<file>` of the shared directory.
+///
+/// # Panics
+/// When the file is missing or not JSON (a broken fixture).
+pub fn golden_json(shared: &Path, file: &str) -> serde_json::Value {
+    let path = shared.join("golden").join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A golden JSON list of token ids.
+///
+/// # Panics
+/// When `value` is not a list of non-negative integers.
+pub fn token_ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("a list of token ids")
+        .iter()
+        .map(|x| x.as_u64().expect("a token id") as u32)
+        .collect()
 }

@@ -134,12 +134,12 @@ impl IncrementalDecoder {
                 .decode(&prompt[start..], skip_special_tokens)
                 .is_ok_and(|t| !t.contains('\u{FFFD}'))
         };
-        let keep = (CONTEXT_TOKENS..=MAX_CONTEXT_TOKENS.min(prompt.len()))
-            .find(|&k| clean(prompt.len() - k))
-            .unwrap_or(prompt.len().min(CONTEXT_TOKENS));
-        let keep = if clean(prompt.len() - keep) { keep } else { 0 };
+        let len = prompt.len();
+        let keep = (CONTEXT_TOKENS.min(len)..=MAX_CONTEXT_TOKENS.min(len))
+            .find(|&k| clean(len - k))
+            .unwrap_or(0);
         Self {
-            tokens: prompt[prompt.len() - keep..].to_vec(),
+            tokens: prompt[len - keep..].to_vec(),
             prefix_offset: 0,
             read_offset: keep,
             skip_special_tokens,

@@ -8,21 +8,9 @@ use std::path::Path;
 
 use pagoda_core::SamplingParams;
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
+use pagoda_model::test_support::{golden_json, token_ids as ids};
 use pagoda_model::{load_model_dir, RunnerOptions, Tokenizer};
 use serde_json::Value;
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("golden file readable"))
-        .expect("golden JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
 
 fn floats(v: &Value) -> Vec<f64> {
     v.as_array()
@@ -100,7 +88,7 @@ fn tokenizer_cases_are_exact() {
         return;
     };
     let tok = Tokenizer::from_dir(&shared.join("models/stories260k")).expect("tokenizer loads");
-    let cases = read_json(&shared.join("golden/tokenizer_cases.json"));
+    let cases = golden_json(&shared, "tokenizer_cases.json");
     let cases = cases["cases"].as_array().expect("cases");
     assert_eq!(cases.len(), 20);
     for case in cases {
@@ -138,7 +126,7 @@ fn stories260k_greedy_and_logits() {
     let Some(shared) = common::shared_dir("stories260k_greedy_and_logits") else {
         return;
     };
-    let golden = read_json(&shared.join("golden/stories260k_greedy.json"));
+    let golden = golden_json(&shared, "stories260k_greedy.json");
     let cases = golden["cases"].as_array().expect("cases");
     let model = shared.join("models/stories260k");
     let tok = Tokenizer::from_dir(&model).unwrap();
@@ -192,7 +180,7 @@ fn check_synthetic(name: &str) {
     let Some(shared) = common::shared_dir(name) else {
         return;
     };
-    let golden = read_json(&shared.join(format!("golden/synthetic_{name}.json")));
+    let golden = golden_json(&shared, &format!("synthetic_{name}.json"));
     let cases = golden["cases"].as_array().expect("cases");
     let model = shared.join(format!("models/synthetic/{name}"));
     for (variant, groups, block_size, chunk) in variants(cases.len()) {
@@ -242,7 +230,7 @@ fn incremental_detokenization_matches_full_decode_across_split_utf8() {
         return;
     };
     let tok = Tokenizer::from_dir(&shared.join("models/stories260k")).unwrap();
-    let cases = read_json(&shared.join("golden/tokenizer_cases.json"));
+    let cases = golden_json(&shared, "tokenizer_cases.json");
     let mut saw_split_char = false;
     for case in cases["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();

@@ -92,33 +92,35 @@ fn small_m(x: &[f32], m: usize, k: usize, w: Rows<'_>, n: usize, out: &mut [f32]
     #[cfg(target_arch = "x86_64")]
     if let Rows::Bf16(d) = w {
         if k.is_multiple_of(2) && has_avx512() {
-            // Split each activation row into its even and odd elements once per call.
-            let mut split = vec![0f32; m * k];
-            for (src, dst) in x.chunks_exact(k).zip(split.chunks_exact_mut(k)) {
-                let (even, odd) = dst.split_at_mut(k / 2);
-                for (t, pair) in src.chunks_exact(2).enumerate() {
-                    even[t] = pair[0];
-                    odd[t] = pair[1];
+            return SPLIT_SCRATCH.with(|scratch| {
+                // Split each activation row into its even and odd elements once per call.
+                let mut split = scratch.borrow_mut();
+                split.resize(m * k, 0.0);
+                for (src, dst) in x.chunks_exact(k).zip(split.chunks_exact_mut(k)) {
+                    let (even, odd) = dst.split_at_mut(k / 2);
+                    for (t, pair) in src.chunks_exact(2).enumerate() {
+                        even[t] = pair[0];
+                        odd[t] = pair[1];
+                    }
                 }
-            }
-            let run = |start: usize| {
-                let end = (start + chunk).min(n);
-                // SAFETY: AVX-512 checked; this task writes only columns start..end.
-                unsafe { avx512::rows_bf16_even_odd(&split, m, k, d, n, start..end, out_ptr) }
-            };
-            if chunk >= n {
-                run(0);
-            } else {
-                pool::global().parallel_for(n.div_ceil(chunk), &|c| run(c * chunk));
-            }
-            return;
+                let split = &split[..m * k];
+                for_each_chunk(n, chunk, &|start| {
+                    let end = (start + chunk).min(n);
+                    // SAFETY: AVX-512 checked; this task writes only columns start..end.
+                    unsafe { avx512::rows_bf16_even_odd(split, m, k, d, n, start..end, out_ptr) }
+                });
+            });
         }
     }
-    let run = |start: usize| {
+    for_each_chunk(n, chunk, &|start| {
         let end = (start + chunk).min(n);
         // SAFETY: this task writes only columns start..end of each output row.
         unsafe { small_m_rows(x, m, k, w, n, start..end, out_ptr) }
-    };
+    });
+}
+
+/// Runs `run(start)` for each `chunk`-row slice of `n` rows, on the pool when there are several.
+fn for_each_chunk(n: usize, chunk: usize, run: &(dyn Fn(usize) + Sync)) {
     if chunk >= n {
         run(0);
     } else {
@@ -441,7 +443,10 @@ mod avx512 {
 }
 
 thread_local! {
+    /// Per-thread f32 copy of a bf16 weight panel (large-m path).
     static PANEL_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's even/odd split of the activations (small-m bf16 path).
+    static SPLIT_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 fn large_m(x: &[f32], m: usize, k: usize, w: Rows<'_>, n: usize, out: &mut [f32]) {
