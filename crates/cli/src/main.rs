@@ -1,8 +1,11 @@
 //! The `pagoda` binary: one entry point with a subcommand per job.
 
 mod bench_latency;
+mod bench_throughput;
+mod engine_args;
 mod generate_cmd;
 mod model_args;
+mod serve_cmd;
 mod synth_cmd;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible API (completions, chat, models, metrics) over HTTP.
+    Serve(serve_cmd::ServeArgs),
     /// Generate a completion for one prompt, streaming the text to stdout.
     Generate(generate_cmd::GenerateArgs),
     /// Write a random-weight model of a real shape (for benchmarks) in Hugging Face format.
@@ -33,13 +38,17 @@ enum Command {
 enum BenchCommand {
     /// Single-sequence prefill and decode speed, against this machine's memory bandwidth.
     Latency(bench_latency::LatencyArgs),
+    /// Offline throughput of the engine over many requests (continuous vs static batching).
+    Throughput(bench_throughput::ThroughputArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let threads = match &cli.command {
         Command::Generate(a) => a.model.threads,
+        Command::Serve(a) => a.model.threads,
         Command::Bench(BenchCommand::Latency(a)) => a.model.threads,
+        Command::Bench(BenchCommand::Throughput(a)) => a.model.threads,
         Command::SynthModel(_) => None,
     };
     if let Some(n) = threads {
@@ -48,7 +57,9 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(args),
         Command::SynthModel(args) => synth_cmd::run(args),
         Command::Bench(BenchCommand::Latency(args)) => bench_latency::run(args),
+        Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(args),
     }
 }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use pagoda_model::builtin::{load_builtin, BUILTIN_MODEL_NAME};
+use pagoda_model::builtin::{load_builtin, load_synthesized, BUILTIN_MODEL_NAME};
+use pagoda_model::synth;
 use pagoda_model::weights::WeightDtype;
 use pagoda_model::{load_model_dir, LoadedModel, RunnerOptions};
 
@@ -12,8 +13,12 @@ use pagoda_model::{load_model_dir, LoadedModel, RunnerOptions};
 pub struct ModelArgs {
     /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json). Without it, a
     /// small built-in random-weight demo model is used.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "synth")]
     pub model: Option<PathBuf>,
+    /// Instead of --model: a random-weight model of this shape built in memory (e.g.
+    /// smollm2-135m, qwen2.5-0.5b, tinyllama-1.1b; bf16 unless --dtype f32). For benchmarks.
+    #[arg(long, value_name = "SHAPE")]
+    pub synth: Option<String>,
     /// Weight precision in memory: auto (as stored; f16 becomes f32), f32 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
@@ -70,10 +75,17 @@ impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let options = self.runner_options()?;
         let start = std::time::Instant::now();
-        let loaded = match &self.model {
-            Some(dir) => load_model_dir(dir, &options)
+        let loaded = match (&self.model, &self.synth) {
+            (Some(dir), _) => load_model_dir(dir, &options)
                 .with_context(|| format!("loading {}", dir.display()))?,
-            None => {
+            (None, Some(shape)) => {
+                let dtype = match options.dtype {
+                    Some(WeightDtype::F32) => synth::DType::F32,
+                    _ => synth::DType::Bf16,
+                };
+                load_synthesized(shape, dtype, 0, &options, &format!("synth-{shape}"))?
+            }
+            (None, None) => {
                 eprintln!(
                     "pagoda: no --model given: using the built-in demo model {BUILTIN_MODEL_NAME} \
                      (random weights: its output is meaningless text)"

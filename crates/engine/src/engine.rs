@@ -8,13 +8,15 @@
 //! it), `max_tokens` and the model's context length.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
-use pagoda_core::{FinishReason, RequestId, SampledToken, SamplingParams, TokenId};
+use pagoda_core::{FinishReason, RequestId, SamplingParams, TokenId};
 use pagoda_model::model::StepBatch;
 use pagoda_model::ops::attention::SeqAttention;
 use pagoda_model::sampler::{RequestRng, Sampler};
 use pagoda_model::{IncrementalDecoder, ModelRunner, Tokenizer};
 
+use crate::output::{EngineStats, RequestOutput, RequestTimings, StepRecord};
 use crate::request::Request;
 use crate::sched::scheduler::AdmissionError;
 use crate::sched::{Scheduler, SchedulerConfig};
@@ -33,25 +35,6 @@ impl Default for EngineConfig {
             max_num_seqs: 256,
         }
     }
-}
-
-/// What one step produced for one request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RequestOutput {
-    pub id: RequestId,
-    pub token: SampledToken,
-    /// Text completed by this token (may be empty while a character or a possible stop string
-    /// is incomplete).
-    pub text: String,
-    pub finished: Option<FinishReason>,
-}
-
-/// Counters for metrics.
-#[derive(Debug, Clone, Default)]
-pub struct EngineStats {
-    pub num_steps: u64,
-    pub num_preemptions: usize,
-    pub num_scheduled_tokens: u64,
 }
 
 struct Detok {
@@ -101,12 +84,23 @@ impl LlmEngine {
         &self.scheduler
     }
 
-    /// Queues a request; refused when it could never be served.
+    /// Queues a request arriving now; refused when it could never be served.
     pub fn add_request(
         &mut self,
         id: RequestId,
         prompt_ids: Vec<TokenId>,
         params: SamplingParams,
+    ) -> Result<(), AdmissionError> {
+        self.add_request_at(id, prompt_ids, params, Instant::now())
+    }
+
+    /// Queues a request that arrived at `arrival` (its timings count from there).
+    pub fn add_request_at(
+        &mut self,
+        id: RequestId,
+        prompt_ids: Vec<TokenId>,
+        params: SamplingParams,
+        arrival: Instant,
     ) -> Result<(), AdmissionError> {
         let rng = RequestRng::new(params.seed);
         if let Some(tok) = &self.tokenizer {
@@ -119,9 +113,9 @@ impl LlmEngine {
                 },
             );
         }
-        let result = self
-            .scheduler
-            .add_request(Request::new(id, prompt_ids, params));
+        let mut request = Request::new(id, prompt_ids, params);
+        request.timings = RequestTimings::new(arrival);
+        let result = self.scheduler.add_request(request);
         match result {
             Ok(()) => {
                 self.rngs.insert(id, rng);
@@ -148,8 +142,21 @@ impl LlmEngine {
         self.scheduler.has_unfinished()
     }
 
+    /// The counters plus the current queue and cache gauges.
+    pub fn snapshot(&self) -> EngineStats {
+        let pool = self.scheduler.kv().pool();
+        EngineStats {
+            num_running: self.scheduler.num_running(),
+            num_waiting: self.scheduler.num_waiting(),
+            kv_blocks_used: pool.num_used(),
+            kv_blocks_total: pool.num_blocks(),
+            ..self.stats.clone()
+        }
+    }
+
     /// Runs one step and returns one output per sampled token.
     pub fn step(&mut self) -> Vec<RequestOutput> {
+        let started = Instant::now();
         let out = self.scheduler.schedule();
         self.stats.num_preemptions = self.scheduler.num_preemptions;
         if out.is_empty() {
@@ -157,6 +164,11 @@ impl LlmEngine {
         }
         self.stats.num_steps += 1;
         self.stats.num_scheduled_tokens += out.num_tokens() as u64;
+        let now = Instant::now();
+        let num_seqs = out.scheduled.len();
+        for s in &out.scheduled {
+            self.scheduler.mark_scheduled(s.id, now);
+        }
 
         let mut token_ids = Vec::with_capacity(out.num_tokens());
         let mut tables: Vec<Vec<u32>> = Vec::with_capacity(out.scheduled.len());
@@ -220,7 +232,9 @@ impl LlmEngine {
             let params = r.params.clone();
             let num_output = r.output_ids.len() + 1;
             let num_tokens = r.num_tokens() + 1;
+            let num_prompt_tokens = r.prompt_ids.len();
             self.scheduler.append_token(id, token.token);
+            self.stats.num_generated_tokens += 1;
 
             let mut finished = if !params.ignore_eos && self.eos_token_ids.contains(&token.token)
                 || params.stop_token_ids.contains(&token.token)
@@ -249,19 +263,36 @@ impl LlmEngine {
                     d.pending.clear();
                 }
             }
+            let mut timings = self
+                .scheduler
+                .request(id)
+                .map(|r| r.timings)
+                .unwrap_or_else(|| RequestTimings::new(now));
             if let Some(reason) = &finished {
                 // Field by field: `logits` still borrows the runner.
                 self.rngs.remove(&id);
                 self.detok.remove(&id);
                 self.scheduler.finish(id, reason.clone());
+                timings.finished = Some(Instant::now());
             }
             outputs.push(RequestOutput {
                 id,
                 token,
                 text,
                 finished,
+                num_prompt_tokens,
+                num_output_tokens: num_output,
+                timings,
             });
         }
+        let record = StepRecord {
+            num_tokens: out.num_tokens(),
+            num_seqs,
+            num_sampled: outputs.len(),
+            duration: started.elapsed(),
+        };
+        self.stats.step_time_total += record.duration;
+        self.stats.last_step = Some(record);
         outputs
     }
 }

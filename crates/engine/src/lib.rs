@@ -2,6 +2,8 @@
 //! the iteration-level scheduler; the engine loop builds on them (see docs/ARCHITECTURE.md).
 
 pub mod engine;
+pub mod handle;
 pub mod kv;
+pub mod output;
 pub mod request;
 pub mod sched;

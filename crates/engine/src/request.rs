@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use pagoda_core::{FinishReason, RequestId, SamplingParams, TokenId};
 
+use crate::output::RequestTimings;
+
 /// Where a request is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestStatus {
@@ -25,7 +27,7 @@ pub struct Request {
     /// Tokens (prompt first, then output) whose K/V are in the cache.
     pub num_computed_tokens: usize,
     pub status: RequestStatus,
-    pub arrival: Instant,
+    pub timings: RequestTimings,
     pub num_preemptions: usize,
 }
 
@@ -38,7 +40,7 @@ impl Request {
             params,
             num_computed_tokens: 0,
             status: RequestStatus::Waiting,
-            arrival: Instant::now(),
+            timings: RequestTimings::new(Instant::now()),
             num_preemptions: 0,
         }
     }

@@ -20,8 +20,20 @@ const SEED: u64 = 0x5eed;
 
 /// Builds the demo model (shape `tiny`, f32) in memory.
 pub fn load_builtin(options: &RunnerOptions) -> Result<LoadedModel> {
-    let shape = synth::shape("tiny").map_err(|e| ModelError::InvalidOption(e.to_string()))?;
-    let (files, weights) = synth::build_in_memory(shape, synth::DType::F32, SEED)
+    load_synthesized("tiny", synth::DType::F32, SEED, options, BUILTIN_MODEL_NAME)
+}
+
+/// Builds a random-weight model of a named shape (see [`synth::shape`]) in memory, with its
+/// synthetic tokenizer, without touching the disk.
+pub fn load_synthesized(
+    shape_name: &str,
+    dtype: synth::DType,
+    seed: u64,
+    options: &RunnerOptions,
+    name: &str,
+) -> Result<LoadedModel> {
+    let shape = synth::shape(shape_name).map_err(|e| ModelError::InvalidOption(e.to_string()))?;
+    let (files, weights) = synth::build_in_memory(shape, dtype, seed)
         .map_err(|e| ModelError::InvalidOption(e.to_string()))?;
     let origin = Path::new("<built-in>");
     let config = ModelConfig::from_json(
@@ -39,6 +51,6 @@ pub fn load_builtin(options: &RunnerOptions) -> Result<LoadedModel> {
     Ok(LoadedModel {
         runner: ModelRunner::new(model, options)?,
         tokenizer,
-        name: BUILTIN_MODEL_NAME.to_string(),
+        name: name.to_string(),
     })
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{ModelError, Result};
 
 /// A model's tokenizer and its configuration.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     origin: PathBuf,

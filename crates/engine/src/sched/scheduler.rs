@@ -9,6 +9,7 @@
 //! back to the front of the waiting queue, keeping its generated tokens, to be recomputed.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use pagoda_core::{FinishReason, RequestId, TokenId};
 
@@ -26,6 +27,35 @@ pub struct SchedulerConfig {
     pub max_model_len: usize,
     pub block_size: usize,
     pub num_blocks: usize,
+}
+
+impl SchedulerConfig {
+    /// Whether a request of this size could ever be served (a pure function of the limits, so
+    /// callers outside the engine thread can refuse a request at once).
+    pub fn check_admission(
+        &self,
+        prompt_tokens: usize,
+        max_tokens: usize,
+    ) -> Result<(), AdmissionError> {
+        if prompt_tokens == 0 {
+            return Err(AdmissionError::EmptyPrompt);
+        }
+        if prompt_tokens + max_tokens > self.max_model_len {
+            return Err(AdmissionError::ExceedsContext {
+                prompt_tokens,
+                max_tokens,
+                limit: self.max_model_len,
+            });
+        }
+        let needed_blocks = (prompt_tokens + max_tokens).div_ceil(self.block_size);
+        if needed_blocks > self.num_blocks {
+            return Err(AdmissionError::ExceedsCache {
+                needed_blocks,
+                total_blocks: self.num_blocks,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Why a request was refused at admission.
@@ -113,27 +143,11 @@ impl Scheduler {
 
     /// Queues a request, or refuses one that could never be served.
     pub fn add_request(&mut self, request: Request) -> Result<(), AdmissionError> {
-        if request.prompt_ids.is_empty() {
-            return Err(AdmissionError::EmptyPrompt);
-        }
         if self.requests.contains_key(&request.id) {
             return Err(AdmissionError::Duplicate(request.id));
         }
-        let total = request.max_total_tokens();
-        if total > self.config.max_model_len {
-            return Err(AdmissionError::ExceedsContext {
-                prompt_tokens: request.prompt_ids.len(),
-                max_tokens: request.params.max_tokens,
-                limit: self.config.max_model_len,
-            });
-        }
-        let needed_blocks = self.kv.blocks_for(total);
-        if needed_blocks > self.config.num_blocks {
-            return Err(AdmissionError::ExceedsCache {
-                needed_blocks,
-                total_blocks: self.config.num_blocks,
-            });
-        }
+        self.config
+            .check_admission(request.prompt_ids.len(), request.params.max_tokens)?;
         self.arrival_seq.insert(request.id, self.next_seq);
         self.next_seq += 1;
         self.waiting.push_back(request.id);
@@ -234,10 +248,20 @@ impl Scheduler {
         to_sample
     }
 
-    /// Appends a sampled token to a request.
+    /// Appends a sampled token to a request (the first one stamps its first-token time).
     pub fn append_token(&mut self, id: RequestId, token: TokenId) {
         if let Some(r) = self.requests.get_mut(&id) {
+            if r.output_ids.is_empty() && r.timings.first_token.is_none() {
+                r.timings.first_token = Some(Instant::now());
+            }
             r.output_ids.push(token);
+        }
+    }
+
+    /// Stamps a request's first-scheduled time (later calls keep the first).
+    pub fn mark_scheduled(&mut self, id: RequestId, at: Instant) {
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.timings.first_scheduled.get_or_insert(at);
         }
     }
 
@@ -266,6 +290,15 @@ impl Scheduler {
 
     pub fn num_waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Tokens the waiting requests must compute before they can produce output.
+    pub fn num_waiting_tokens(&self) -> usize {
+        self.waiting
+            .iter()
+            .filter_map(|id| self.requests.get(id))
+            .map(Request::num_uncomputed)
+            .sum()
     }
 
     pub fn has_unfinished(&self) -> bool {

@@ -1,0 +1,118 @@
+//! What the engine hands out: per-token request outputs with their timings, and the engine's
+//! counters and gauges for metrics.
+
+use std::time::{Duration, Instant};
+
+use pagoda_core::{FinishReason, RequestId, SampledToken};
+
+/// When a request passed each point of its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTimings {
+    /// When it was handed to the engine.
+    pub arrival: Instant,
+    /// The first step that computed any of its tokens.
+    pub first_scheduled: Option<Instant>,
+    /// When its first output token was sampled.
+    pub first_token: Option<Instant>,
+    /// When it finished (set on the final output only).
+    pub finished: Option<Instant>,
+}
+
+impl RequestTimings {
+    pub fn new(arrival: Instant) -> Self {
+        Self {
+            arrival,
+            first_scheduled: None,
+            first_token: None,
+            finished: None,
+        }
+    }
+
+    /// Arrival to first scheduled step.
+    pub fn queue_time(&self) -> Option<Duration> {
+        Some(self.first_scheduled? - self.arrival)
+    }
+
+    /// Arrival to first token.
+    pub fn time_to_first_token(&self) -> Option<Duration> {
+        Some(self.first_token? - self.arrival)
+    }
+
+    /// First scheduled step to first token.
+    pub fn prefill_time(&self) -> Option<Duration> {
+        Some(self.first_token? - self.first_scheduled?)
+    }
+
+    /// First token to finish.
+    pub fn decode_time(&self) -> Option<Duration> {
+        Some(self.finished? - self.first_token?)
+    }
+
+    /// Arrival to finish.
+    pub fn e2e_latency(&self) -> Option<Duration> {
+        Some(self.finished? - self.arrival)
+    }
+}
+
+/// What one step produced for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestOutput {
+    pub id: RequestId,
+    pub token: SampledToken,
+    /// Text completed by this token (may be empty while a character or a possible stop string
+    /// is incomplete).
+    pub text: String,
+    pub finished: Option<FinishReason>,
+    pub num_prompt_tokens: usize,
+    /// Output tokens so far, this one included.
+    pub num_output_tokens: usize,
+    pub timings: RequestTimings,
+}
+
+/// One engine step, as reported to observers (metrics).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepRecord {
+    /// Tokens computed in the step (prefill chunks plus decodes).
+    pub num_tokens: usize,
+    /// Requests in the step.
+    pub num_seqs: usize,
+    /// Tokens sampled in the step.
+    pub num_sampled: usize,
+    pub duration: Duration,
+}
+
+/// Counters (since start) and gauges (now) of an engine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    pub num_running: usize,
+    pub num_waiting: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    pub num_preemptions: usize,
+    pub num_steps: u64,
+    pub num_scheduled_tokens: u64,
+    pub num_generated_tokens: u64,
+    /// Wall time spent in steps.
+    pub step_time_total: Duration,
+    pub last_step: Option<StepRecord>,
+}
+
+impl EngineStats {
+    /// Fraction of KV blocks in use, in [0, 1].
+    pub fn kv_cache_usage(&self) -> f64 {
+        if self.kv_blocks_total == 0 {
+            0.0
+        } else {
+            self.kv_blocks_used as f64 / self.kv_blocks_total as f64
+        }
+    }
+
+    /// Mean tokens computed per step.
+    pub fn mean_tokens_per_step(&self) -> f64 {
+        if self.num_steps == 0 {
+            0.0
+        } else {
+            self.num_scheduled_tokens as f64 / self.num_steps as f64
+        }
+    }
+}

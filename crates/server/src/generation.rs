@@ -1,0 +1,209 @@
+//! From validated prompts to merged per-choice output streams, shared by completions and chat.
+//!
+//! Each prompt × `n` becomes one engine request (choice `index = prompt × n + i`; with a seed,
+//! choice i samples with `seed + i`). Their streams are merged in arrival order, so n > 1
+//! interleaves by choice index. Dropping the merged stream drops every request stream, which
+//! aborts whatever has not finished: that is how a client disconnect frees the KV cache.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::{self, SelectAll, Stream};
+use pagoda_core::{FinishReason, SamplingParams, TokenId};
+use pagoda_engine::handle::{QueueLimits, RequestStream};
+use pagoda_engine::output::RequestOutput;
+use pagoda_model::Tokenizer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::validation::{max_tokens_for, Generation, MAX_SEQUENCES_PER_REQUEST};
+
+/// One tokenized prompt with its resolved `max_tokens`.
+pub struct PreparedPrompt {
+    pub ids: Vec<TokenId>,
+    pub max_tokens: usize,
+}
+
+/// Tokens of context used to render one token's text for logprobs.
+const PIECE_CONTEXT: usize = 4;
+
+/// What a merged stream yields.
+#[derive(Debug)]
+pub enum ChoiceEvent {
+    Output {
+        index: usize,
+        output: RequestOutput,
+        /// Seconds since this choice's previous output (inter-token latency), if any.
+        since_previous: Option<f64>,
+    },
+    /// The engine dropped the request without finishing it (it stopped, or a bug).
+    Lost { index: usize },
+}
+
+type ChoiceStream = Pin<Box<dyn Stream<Item = ChoiceEvent> + Send>>;
+
+/// The running choices of one HTTP request.
+pub struct Submission {
+    pub merged: SelectAll<ChoiceStream>,
+    pub num_choices: usize,
+    /// Prompt tokens over all prompts (counted once, not per choice).
+    pub prompt_tokens: usize,
+    pub prompts: Vec<Vec<TokenId>>,
+    pub n: usize,
+}
+
+/// Resolves each prompt's `max_tokens` against the context (errors name `max_tokens_param`).
+pub fn prepare(
+    state: &AppState,
+    prompts: Vec<Vec<TokenId>>,
+    generation: &Generation,
+    max_tokens_param: &str,
+) -> Result<Vec<PreparedPrompt>, ApiError> {
+    let num_sequences = prompts.len() * generation.n;
+    if num_sequences > MAX_SEQUENCES_PER_REQUEST {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!("prompts × n must be at most {MAX_SEQUENCES_PER_REQUEST}, got {num_sequences}"),
+        ));
+    }
+    let max_model_len = state.engine.limits().max_model_len;
+    prompts
+        .into_iter()
+        .map(|ids| {
+            let max_tokens = max_tokens_for(
+                generation.max_tokens,
+                ids.len(),
+                max_model_len,
+                max_tokens_param,
+            )?;
+            Ok(PreparedPrompt { ids, max_tokens })
+        })
+        .collect()
+}
+
+/// Submits every choice, or none: on any refusal the accepted ones are aborted.
+pub fn submit(
+    state: &Arc<AppState>,
+    prompts: Vec<PreparedPrompt>,
+    generation: &Generation,
+) -> Result<Submission, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::unavailable("The server is shutting down."));
+    }
+    let limits = QueueLimits {
+        max_requests: state.config.max_waiting_requests,
+        max_tokens: state.config.max_waiting_tokens,
+    };
+    let n = generation.n;
+    let mut merged = SelectAll::new();
+    let mut prompt_tokens = 0;
+    let mut kept = Vec::with_capacity(prompts.len());
+    for (p, prompt) in prompts.into_iter().enumerate() {
+        prompt_tokens += prompt.ids.len();
+        for i in 0..n {
+            let params = SamplingParams {
+                max_tokens: prompt.max_tokens,
+                seed: generation.params.seed.map(|s| s.wrapping_add(i as u64)),
+                ..generation.params.clone()
+            };
+            let stream = state
+                .engine
+                .add_request_bounded(prompt.ids.clone(), params, limits)?;
+            merged.push(choice_stream(p * n + i, stream));
+        }
+        kept.push(prompt.ids);
+    }
+    Ok(Submission {
+        merged,
+        num_choices: kept.len() * n,
+        prompt_tokens,
+        prompts: kept,
+        n,
+    })
+}
+
+fn choice_stream(index: usize, stream: RequestStream) -> ChoiceStream {
+    let state = (stream, None::<Instant>, false);
+    Box::pin(stream::unfold(
+        state,
+        move |(mut stream, last, done)| async move {
+            if done {
+                return None;
+            }
+            match stream.next().await {
+                Some(output) => {
+                    let now = Instant::now();
+                    let since_previous = last.map(|t| (now - t).as_secs_f64());
+                    let done = output.finished.is_some();
+                    Some((
+                        ChoiceEvent::Output {
+                            index,
+                            output,
+                            since_previous,
+                        },
+                        (stream, Some(now), done),
+                    ))
+                }
+                None => Some((ChoiceEvent::Lost { index }, (stream, last, true))),
+            }
+        },
+    ))
+}
+
+impl Submission {
+    /// Records an event in the metrics (tokens, inter-token latency, TTFT and finish).
+    pub fn observe(state: &AppState, event: &ChoiceEvent, prompt_tokens: usize) {
+        let ChoiceEvent::Output {
+            output,
+            since_previous,
+            ..
+        } = event
+        else {
+            return;
+        };
+        let m = &state.metrics;
+        m.generation_tokens.inc();
+        if output.num_output_tokens == 1 {
+            m.prompt_tokens.inc_by(prompt_tokens as u64);
+            if let Some(ttft) = output.timings.time_to_first_token() {
+                m.time_to_first_token.observe(ttft.as_secs_f64());
+            }
+        }
+        if let Some(itl) = since_previous {
+            m.inter_token_latency.observe(*itl);
+        }
+        if let Some(reason) = &output.finished {
+            m.observe_finished(&output.timings, reason.as_openai_str());
+        }
+    }
+
+    /// The prompt a choice came from.
+    pub fn prompt_of(&self, index: usize) -> &[TokenId] {
+        &self.prompts[index / self.n.max(1)]
+    }
+}
+
+/// The text of token `id` after `context` (the tokens before it), as a client should see it in
+/// logprobs: SentencePiece spaces and byte tokens are rendered by the tokenizer's decoder.
+pub fn token_piece(tokenizer: &Tokenizer, context: &[TokenId], id: TokenId) -> String {
+    let context = &context[context.len().saturating_sub(PIECE_CONTEXT)..];
+    let mut ids = context.to_vec();
+    ids.push(id);
+    match (
+        tokenizer.decode(context, false),
+        tokenizer.decode(&ids, false),
+    ) {
+        (Ok(before), Ok(after)) if after.starts_with(&before) => after[before.len()..].to_string(),
+        _ => tokenizer
+            .decode(&[id], false)
+            .ok()
+            .or_else(|| tokenizer.id_to_token(id))
+            .unwrap_or_default(),
+    }
+}
+
+/// The OpenAI `finish_reason` of an engine finish.
+pub fn finish_reason(reason: &FinishReason) -> &'static str {
+    reason.as_openai_str()
+}

@@ -1,0 +1,198 @@
+//! `POST /v1/completions`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use pagoda_core::TokenId;
+use serde_json::{json, Map};
+
+use crate::api::common::Usage;
+use crate::api::completions::{
+    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
+};
+use crate::error::ApiError;
+use crate::generation::{self, token_piece, ChoiceEvent, Submission};
+use crate::routes::{check_model, parse_json, random_id, sse};
+use crate::state::AppState;
+use crate::validation::{self, PromptInput};
+
+/// What one choice has produced so far.
+#[derive(Default, Clone)]
+struct ChoiceText {
+    text: String,
+    logprobs: Option<CompletionLogprobs>,
+    finish_reason: Option<&'static str>,
+    /// Prompt tail plus output so far: context for rendering logprob tokens.
+    context: Vec<TokenId>,
+}
+
+fn record_logprobs(
+    state: &AppState,
+    choice: &mut ChoiceText,
+    output: &pagoda_engine::output::RequestOutput,
+    offset: usize,
+) -> CompletionLogprobs {
+    let piece = token_piece(&state.tokenizer, &choice.context, output.token.token);
+    let mut top = Map::new();
+    for &(id, lp) in &output.token.top_logprobs {
+        top.insert(
+            token_piece(&state.tokenizer, &choice.context, id),
+            json!(lp),
+        );
+    }
+    CompletionLogprobs {
+        tokens: vec![piece],
+        token_logprobs: vec![output.token.logprob],
+        top_logprobs: vec![top],
+        text_offset: vec![offset],
+    }
+}
+
+/// Applies one output to its choice; returns this token's logprobs when asked for.
+fn apply(
+    state: &AppState,
+    choice: &mut ChoiceText,
+    output: &pagoda_engine::output::RequestOutput,
+    want_logprobs: bool,
+) -> Option<CompletionLogprobs> {
+    let delta = if want_logprobs {
+        let offset = choice.text.chars().count();
+        let lp = record_logprobs(state, choice, output, offset);
+        if let Some(all) = choice.logprobs.as_mut() {
+            all.tokens.extend(lp.tokens.iter().cloned());
+            all.token_logprobs.extend(&lp.token_logprobs);
+            all.top_logprobs.extend(lp.top_logprobs.iter().cloned());
+            all.text_offset.extend(&lp.text_offset);
+        }
+        Some(lp)
+    } else {
+        None
+    };
+    choice.context.push(output.token.token);
+    choice.text.push_str(&output.text);
+    choice.finish_reason = output.finished.as_ref().map(generation::finish_reason);
+    delta
+}
+
+pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    match run(state, body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let request: CompletionRequest = parse_json(&body)?;
+    check_model(&state, request.model.as_deref())?;
+    if request.echo {
+        return Err(ApiError::invalid_param("echo", "echo is not supported"));
+    }
+    let generation = validation::generation(
+        &request.sampling,
+        request.sampling.max_tokens.or(Some(16)),
+        "max_tokens",
+        request.logprobs,
+        "logprobs",
+    )?;
+    let vocab = state.vocab_size;
+    let prompts = validation::prompts(request.prompt.as_ref(), vocab)?
+        .into_iter()
+        .map(|p| match p {
+            PromptInput::Tokens(ids) => Ok(ids),
+            PromptInput::Text(text) => state
+                .tokenizer
+                .encode(&text, true)
+                .map_err(|e| ApiError::invalid_param("prompt", format!("cannot tokenize: {e}"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let prepared = generation::prepare(&state, prompts, &generation, "max_tokens")?;
+    let guard = state.in_flight_guard();
+    let mut submission = generation::submit(&state, prepared, &generation)?;
+    let id = random_id("cmpl");
+    let created = crate::state::unix_now();
+    let model = state.config.served_model_name.clone();
+    let want_logprobs = generation.params.logprobs.is_some();
+    let mut choices: Vec<ChoiceText> = (0..submission.num_choices)
+        .map(|i| {
+            let prompt = submission.prompt_of(i);
+            ChoiceText {
+                logprobs: want_logprobs.then(CompletionLogprobs::default),
+                context: prompt[prompt.len().saturating_sub(8)..].to_vec(),
+                ..ChoiceText::default()
+            }
+        })
+        .collect();
+
+    if generation.stream {
+        let (chunk_state, chunk_id, chunk_model) = (Arc::clone(&state), id.clone(), model.clone());
+        let format = Box::new(move |event: &ChoiceEvent| {
+            let ChoiceEvent::Output { index, output, .. } = event else {
+                return Vec::new();
+            };
+            let choice = &mut choices[*index];
+            let logprobs = apply(&chunk_state, choice, output, want_logprobs);
+            if output.text.is_empty() && output.finished.is_none() && logprobs.is_none() {
+                return Vec::new();
+            }
+            vec![json!({
+                "id": chunk_id,
+                "object": "text_completion",
+                "created": created,
+                "model": chunk_model,
+                "choices": [{
+                    "index": index,
+                    "text": output.text,
+                    "logprobs": logprobs,
+                    "finish_reason": choice.finish_reason,
+                }],
+            })]
+        });
+        let usage_chunk = Box::new(
+            move |_usage: Usage| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": []}),
+        );
+        return Ok(sse::respond(
+            state,
+            guard,
+            submission,
+            generation.include_usage,
+            format,
+            usage_chunk,
+        ));
+    }
+
+    let mut completion_tokens = 0;
+    while let Some(event) = submission.merged.next().await {
+        Submission::observe(&state, &event, submission.prompt_tokens);
+        match event {
+            ChoiceEvent::Output { index, output, .. } => {
+                completion_tokens += 1;
+                apply(&state, &mut choices[index], &output, want_logprobs);
+            }
+            ChoiceEvent::Lost { .. } => {
+                return Err(ApiError::internal("The engine dropped the request."))
+            }
+        }
+    }
+    drop(guard);
+    let response = CompletionResponse {
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices: choices
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| CompletionChoice {
+                index,
+                text: c.text,
+                logprobs: c.logprobs,
+                finish_reason: c.finish_reason,
+            })
+            .collect(),
+        usage: Some(Usage::new(submission.prompt_tokens, completion_tokens)),
+    };
+    Ok(axum::Json(response).into_response())
+}

@@ -1,0 +1,291 @@
+//! Client fields → engine parameters, with errors that name the parameter and its limit.
+
+use pagoda_core::{SamplingParams, TokenId, MAX_LOGPROBS};
+use serde_json::Value;
+
+use crate::api::common::SamplingFields;
+use crate::error::ApiError;
+
+/// Most choices (`n`) per prompt.
+pub const MAX_N: usize = 128;
+/// Most stop strings per request.
+pub const MAX_STOP: usize = 16;
+/// Most prompts × choices in one request.
+pub const MAX_SEQUENCES_PER_REQUEST: usize = 256;
+
+/// A request's validated generation settings; `max_tokens` of `None` means "the rest of the
+/// context", resolved per prompt.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub params: SamplingParams,
+    pub max_tokens: Option<usize>,
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// One prompt as given: text to tokenize, or token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<TokenId>),
+}
+
+fn range_error(param: &str, message: String) -> ApiError {
+    ApiError::invalid_param(param, message)
+}
+
+/// Validates the sampling fields. `max_tokens` is the value the client gave under whichever name
+/// (`max_tokens_param` names it in errors); `logprobs` the number of alternatives asked for.
+pub fn generation(
+    fields: &SamplingFields,
+    max_tokens: Option<i64>,
+    max_tokens_param: &str,
+    logprobs: Option<i64>,
+    logprobs_param: &str,
+) -> Result<Generation, ApiError> {
+    let max_tokens = match max_tokens {
+        None => None,
+        Some(v) if v >= 1 => Some(v as usize),
+        Some(v) => {
+            return Err(range_error(
+                max_tokens_param,
+                format!("{max_tokens_param} must be at least 1, got {v}"),
+            ))
+        }
+    };
+    let n = match fields.n.unwrap_or(1) {
+        v if (1..=MAX_N as i64).contains(&v) => v as usize,
+        v => {
+            return Err(range_error(
+                "n",
+                format!("n must be in [1, {MAX_N}], got {v}"),
+            ))
+        }
+    };
+    let top_k = match fields.top_k {
+        None | Some(-1) | Some(0) => None,
+        Some(v) if v > 0 => Some(v as usize),
+        Some(v) => {
+            return Err(range_error(
+                "top_k",
+                format!("top_k must be -1 or 0 (disabled) or at least 1, got {v}"),
+            ))
+        }
+    };
+    let logprobs = match logprobs {
+        None => None,
+        Some(v) if (0..=MAX_LOGPROBS as i64).contains(&v) => Some(v as usize),
+        Some(v) => {
+            return Err(range_error(
+                logprobs_param,
+                format!("{logprobs_param} must be in [0, {MAX_LOGPROBS}], got {v}"),
+            ))
+        }
+    };
+    let stop = fields
+        .stop
+        .clone()
+        .map(|s| s.into_vec())
+        .unwrap_or_default();
+    if stop.len() > MAX_STOP {
+        return Err(range_error(
+            "stop",
+            format!("at most {MAX_STOP} stop strings, got {}", stop.len()),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(range_error("stop", "stop strings must not be empty".into()));
+    }
+    let params = SamplingParams {
+        temperature: fields.temperature.unwrap_or(1.0),
+        top_k,
+        top_p: fields.top_p.unwrap_or(1.0),
+        min_p: fields.min_p.unwrap_or(0.0),
+        seed: fields.seed.map(|s| s as u64),
+        repetition_penalty: fields.repetition_penalty.unwrap_or(1.0),
+        presence_penalty: fields.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: fields.frequency_penalty.unwrap_or(0.0),
+        logprobs,
+        max_tokens: max_tokens.unwrap_or(1),
+        ignore_eos: fields.ignore_eos,
+        stop_token_ids: fields.stop_token_ids.clone().unwrap_or_default(),
+        stop,
+    };
+    params.validate()?;
+    let include_usage = fields
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    if fields.stream_options.is_some() && !fields.stream {
+        return Err(range_error(
+            "stream_options",
+            "stream_options is only allowed when stream is true".into(),
+        ));
+    }
+    Ok(Generation {
+        params,
+        max_tokens,
+        n,
+        stream: fields.stream,
+        include_usage,
+    })
+}
+
+/// Parses `prompt`: a string, a list of strings, a list of token ids or a list of lists of ids.
+pub fn prompts(value: Option<&Value>, vocab_size: usize) -> Result<Vec<PromptInput>, ApiError> {
+    const SHAPES: &str =
+        "prompt must be a string, a list of strings, a list of token ids or a list of lists of token ids";
+    let value = value.ok_or_else(|| ApiError::invalid_param("prompt", "prompt is required"))?;
+    let tokens = |items: &[Value]| -> Result<Vec<TokenId>, ApiError> {
+        items
+            .iter()
+            .map(|t| match t.as_u64() {
+                Some(id) if (id as usize) < vocab_size => Ok(id as TokenId),
+                _ => Err(ApiError::invalid_param(
+                    "prompt",
+                    format!("token ids must be integers in [0, {vocab_size}), got {t}"),
+                )),
+            })
+            .collect()
+    };
+    let prompts = match value {
+        Value::String(s) => vec![PromptInput::Text(s.clone())],
+        Value::Array(items) if items.is_empty() => {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                "prompt must not be empty",
+            ))
+        }
+        Value::Array(items) => match &items[0] {
+            Value::String(_) => items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => Ok(PromptInput::Text(s.clone())),
+                    _ => Err(ApiError::invalid_param("prompt", SHAPES)),
+                })
+                .collect::<Result<_, _>>()?,
+            Value::Number(_) => vec![PromptInput::Tokens(tokens(items)?)],
+            Value::Array(_) => items
+                .iter()
+                .map(|i| match i {
+                    Value::Array(ids) if !ids.is_empty() => Ok(PromptInput::Tokens(tokens(ids)?)),
+                    _ => Err(ApiError::invalid_param("prompt", SHAPES)),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(ApiError::invalid_param("prompt", SHAPES)),
+        },
+        _ => return Err(ApiError::invalid_param("prompt", SHAPES)),
+    };
+    Ok(prompts)
+}
+
+/// Resolves `max_tokens` for one prompt and checks prompt + max_tokens against the context,
+/// with the numbers in the message.
+pub fn max_tokens_for(
+    requested: Option<usize>,
+    prompt_len: usize,
+    max_model_len: usize,
+    param: &str,
+) -> Result<usize, ApiError> {
+    if prompt_len == 0 {
+        return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
+    }
+    if prompt_len >= max_model_len {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!(
+                "This model's maximum context length is {max_model_len} tokens, but the prompt has {prompt_len} tokens, leaving no room for output."
+            ),
+        ));
+    }
+    let available = max_model_len - prompt_len;
+    match requested {
+        None => Ok(available),
+        Some(m) if m <= available => Ok(m),
+        Some(m) => Err(ApiError::invalid_param(
+            param,
+            format!(
+                "This model's maximum context length is {max_model_len} tokens. However, you requested {} tokens ({prompt_len} in the prompt, {m} for the completion). Please reduce the prompt or {param}.",
+                prompt_len + m
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: Value) -> SamplingFields {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_parameter() {
+        let cases = [
+            (json!({"temperature": 3.0}), "temperature"),
+            (json!({"top_p": 0.0}), "top_p"),
+            (json!({"top_k": -5}), "top_k"),
+            (json!({"n": 0}), "n"),
+            (json!({"stop": ["", "x"]}), "stop"),
+            (json!({"presence_penalty": 9}), "presence_penalty"),
+            (
+                json!({"stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
+        ];
+        for (body, param) in cases {
+            let e = generation(&fields(body.clone()), None, "max_tokens", None, "logprobs")
+                .unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}");
+        }
+        let e =
+            generation(&fields(json!({})), Some(0), "max_tokens", None, "logprobs").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        let e =
+            generation(&fields(json!({})), None, "max_tokens", Some(21), "logprobs").unwrap_err();
+        assert!(e.message.contains("[0, 20]"));
+    }
+
+    #[test]
+    fn prompts_accept_the_four_shapes() {
+        assert_eq!(
+            prompts(Some(&json!("hi")), 10).unwrap(),
+            vec![PromptInput::Text("hi".into())]
+        );
+        assert_eq!(prompts(Some(&json!(["a", "b"])), 10).unwrap().len(), 2);
+        assert_eq!(
+            prompts(Some(&json!([1, 2])), 10).unwrap(),
+            vec![PromptInput::Tokens(vec![1, 2])]
+        );
+        assert_eq!(prompts(Some(&json!([[1], [2, 3]])), 10).unwrap().len(), 2);
+        for bad in [
+            json!([]),
+            json!(3),
+            json!([1, "a"]),
+            json!([[]]),
+            json!([10]),
+            json!({}),
+        ] {
+            assert_eq!(
+                prompts(Some(&bad), 10).unwrap_err().param.as_deref(),
+                Some("prompt"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn context_overflow_says_the_numbers() {
+        let e = max_tokens_for(Some(100), 450, 512, "max_tokens").unwrap_err();
+        assert!(
+            e.message.contains("512") && e.message.contains("550"),
+            "{}",
+            e.message
+        );
+        assert_eq!(max_tokens_for(None, 500, 512, "max_tokens").unwrap(), 12);
+        assert!(max_tokens_for(None, 512, 512, "max_tokens").is_err());
+    }
+}
