@@ -44,7 +44,10 @@ async fn disconnected_streams_free_the_cache_within_a_second() {
         streams.push(stream);
     }
     let before = s.metrics().await;
-    assert!(metric(&before, "pagoda:num_requests_running") > 0.0, "{before}");
+    assert!(
+        metric(&before, "pagoda:num_requests_running") > 0.0,
+        "{before}"
+    );
     assert!(metric(&before, "pagoda:kv_cache_usage_perc") > 0.0);
     let closed = Instant::now();
     drop(streams);
@@ -64,7 +67,15 @@ async fn disconnected_streams_free_the_cache_within_a_second() {
     }
     eprintln!("cache free {:?} after the disconnects", closed.elapsed());
     let m = s.metrics().await;
-    assert_eq!(metric_with(&m, "pagoda:request_success_total", "finished_reason", "length"), 0.0);
+    assert_eq!(
+        metric_with(
+            &m,
+            "pagoda:request_success_total",
+            "finished_reason",
+            "length"
+        ),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +138,10 @@ async fn an_overload_burst_is_refused_fast_and_accepted_requests_complete() {
     eprintln!("burst of {burst}: {accepted} accepted, {refused} refused");
     // At most the queue plus the running slots were let in (a few more only if requests
     // finished during the burst); the queue itself was used.
-    assert!(accepted >= max_waiting && accepted <= max_waiting + 2 + 2, "{accepted}");
+    assert!(
+        accepted >= max_waiting && accepted <= max_waiting + 2 + 2,
+        "{accepted}"
+    );
     assert_eq!(accepted + refused, burst);
     if let (Some(before), Some(after)) = (rss_before, rss_bytes()) {
         let growth = after.saturating_sub(before);
@@ -142,7 +156,10 @@ async fn metrics_parse_and_count_what_was_sent() {
     let mut prompt_tokens = 0;
     for p in prompts {
         let (status, r) = s
-            .post("/v1/completions", &json!({"prompt": p, "max_tokens": 5, "ignore_eos": true}))
+            .post(
+                "/v1/completions",
+                &json!({"prompt": p, "max_tokens": 5, "ignore_eos": true}),
+            )
             .await;
         assert_eq!(status, 200);
         prompt_tokens += r["usage"]["prompt_tokens"].as_u64().unwrap();
@@ -150,21 +167,50 @@ async fn metrics_parse_and_count_what_was_sent() {
     let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
         "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
     let chunks = common::chunks(&s.stream("/v1/chat/completions", &chat).await);
-    prompt_tokens += chunks.last().unwrap()["usage"]["prompt_tokens"].as_u64().unwrap();
-    let (status, _) = s.post("/v1/completions", &json!({"prompt": "x", "top_p": 7})).await;
+    prompt_tokens += chunks.last().unwrap()["usage"]["prompt_tokens"]
+        .as_u64()
+        .unwrap();
+    let (status, _) = s
+        .post("/v1/completions", &json!({"prompt": "x", "top_p": 7}))
+        .await;
     assert_eq!(status, 400);
     let (status, _) = s.post_raw("/v1/completions", "{").await;
     assert_eq!(status, 400);
-    let (status, _) = s.post("/v1/completions", &json!({"model": "nope", "prompt": "x"})).await;
+    let (status, _) = s
+        .post("/v1/completions", &json!({"model": "nope", "prompt": "x"}))
+        .await;
     assert_eq!(status, 404);
 
     let m = s.metrics().await;
-    assert_eq!(metric(&m, "pagoda:prompt_tokens_total"), prompt_tokens as f64);
-    assert_eq!(metric(&m, "pagoda:generation_tokens_total"), (3 * 5 + 4) as f64);
-    assert_eq!(metric_with(&m, "pagoda:request_success_total", "finished_reason", "length"), 4.0);
-    assert_eq!(metric_with(&m, "pagoda:http_requests_total", "status", "200"), 4.0);
-    assert_eq!(metric_with(&m, "pagoda:http_requests_total", "status", "400"), 2.0);
-    assert_eq!(metric_with(&m, "pagoda:http_requests_total", "status", "404"), 1.0);
+    assert_eq!(
+        metric(&m, "pagoda:prompt_tokens_total"),
+        prompt_tokens as f64
+    );
+    assert_eq!(
+        metric(&m, "pagoda:generation_tokens_total"),
+        (3 * 5 + 4) as f64
+    );
+    assert_eq!(
+        metric_with(
+            &m,
+            "pagoda:request_success_total",
+            "finished_reason",
+            "length"
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric_with(&m, "pagoda:http_requests_total", "status", "200"),
+        4.0
+    );
+    assert_eq!(
+        metric_with(&m, "pagoda:http_requests_total", "status", "400"),
+        2.0
+    );
+    assert_eq!(
+        metric_with(&m, "pagoda:http_requests_total", "status", "404"),
+        1.0
+    );
     for h in [
         "pagoda:time_to_first_token_seconds",
         "pagoda:e2e_request_latency_seconds",
@@ -174,7 +220,10 @@ async fn metrics_parse_and_count_what_was_sent() {
     ] {
         assert_eq!(histogram_count(&m, h), 4, "{h}");
     }
-    assert_eq!(histogram_count(&m, "pagoda:inter_token_latency_seconds"), 3 * 4 + 3);
+    assert_eq!(
+        histogram_count(&m, "pagoda:inter_token_latency_seconds"),
+        3 * 4 + 3
+    );
     assert!(histogram_count(&m, "pagoda:iteration_tokens_total") > 0);
     assert_eq!(metric(&m, "pagoda:num_requests_running"), 0.0);
     assert_eq!(metric(&m, "pagoda:num_requests_waiting"), 0.0);

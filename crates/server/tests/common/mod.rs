@@ -128,7 +128,10 @@ impl TestServer {
 
 /// Splits an SSE body into its `data:` payloads, checking OpenAI's framing.
 pub fn sse_payloads(body: &str) -> Vec<String> {
-    assert!(body.ends_with("\n\n"), "unterminated event stream: {body:?}");
+    assert!(
+        body.ends_with("\n\n"),
+        "unterminated event stream: {body:?}"
+    );
     body.split("\n\n")
         .filter(|e| !e.is_empty())
         .map(|e| {
@@ -177,11 +180,16 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
             assert!(valid_name(name), "bad metric name in: {line}");
             if kind == "TYPE" {
                 let t = parts.next().unwrap_or_default();
-                assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&t), "{line}");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                    "{line}"
+                );
             }
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line: {line}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line: {line}"));
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
@@ -190,13 +198,20 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
         let (name, labels) = match series.split_once('{') {
             None => (series, Vec::new()),
             Some((name, rest)) => {
-                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("bad labels: {line}"));
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels: {line}"));
                 let labels = body
                     .split("\",")
                     .filter(|p| !p.is_empty())
                     .map(|pair| {
-                        let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("bad label in: {line}"));
-                        assert!(valid_name(k) && !k.contains(':'), "bad label name in: {line}");
+                        let (k, v) = pair
+                            .split_once("=\"")
+                            .unwrap_or_else(|| panic!("bad label in: {line}"));
+                        assert!(
+                            valid_name(k) && !k.contains(':'),
+                            "bad label name in: {line}"
+                        );
                         (k.to_string(), v.trim_end_matches('"').to_string())
                     })
                     .collect();
