@@ -79,6 +79,48 @@ async fn disconnected_streams_free_the_cache_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_streaming_client_that_gives_up_aborts_its_request() {
+    let s = start(ServerConfig::default(), EngineConfig::default()).await;
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 1900, "ignore_eos": true});
+    let request = s
+        .client
+        .post(format!("{}/v1/completions", s.base))
+        .json(&body)
+        .timeout(Duration::from_millis(300))
+        .send();
+    assert!(
+        request.await.is_err(),
+        "the request should still be running at 300 ms"
+    );
+    let gave_up = Instant::now();
+    loop {
+        let m = s.metrics().await;
+        if metric(&m, "pagoda:num_requests_running") == 0.0
+            && metric(&m, "pagoda:kv_cache_usage_perc") == 0.0
+        {
+            // Aborted, not finished: it never reached max_tokens.
+            assert_eq!(
+                metric_with(
+                    &m,
+                    "pagoda:request_success_total",
+                    "finished_reason",
+                    "length"
+                ),
+                0.0
+            );
+            break;
+        }
+        assert!(
+            gave_up.elapsed() < Duration::from_secs(1),
+            "still running after {:?}",
+            gave_up.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overload_burst_is_refused_fast_and_accepted_requests_complete() {
     let max_waiting = 4;
     let config = ServerConfig {
