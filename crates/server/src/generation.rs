@@ -152,12 +152,13 @@ fn choice_stream(index: usize, stream: RequestStream) -> ChoiceStream {
 }
 
 impl Submission {
-    /// Records an event in the metrics (tokens, inter-token latency, TTFT and finish).
-    pub fn observe(state: &AppState, event: &ChoiceEvent, prompt_tokens: usize) {
+    /// Records an event in the metrics (tokens, inter-token latency, TTFT and finish). Prompt
+    /// tokens count once per prompt (at its first choice's first token), as in `usage`.
+    pub fn observe(&self, state: &AppState, event: &ChoiceEvent) {
         let ChoiceEvent::Output {
+            index,
             output,
             since_previous,
-            ..
         } = event
         else {
             return;
@@ -165,7 +166,9 @@ impl Submission {
         let m = &state.metrics;
         m.generation_tokens.inc();
         if output.num_output_tokens == 1 {
-            m.prompt_tokens.inc_by(prompt_tokens as u64);
+            if index % self.n.max(1) == 0 {
+                m.prompt_tokens.inc_by(output.num_prompt_tokens as u64);
+            }
             if let Some(ttft) = output.timings.time_to_first_token() {
                 m.time_to_first_token.observe(ttft.as_secs_f64());
             }

@@ -206,6 +206,15 @@ async fn metrics_parse_and_count_what_was_sent() {
         assert_eq!(status, 200);
         prompt_tokens += r["usage"]["prompt_tokens"].as_u64().unwrap();
     }
+    // Two prompts × n = 2: prompt tokens count once per prompt, as in usage.
+    let (status, r) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": ["A dog", "A big cat"], "n": 2, "max_tokens": 3, "ignore_eos": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    prompt_tokens += r["usage"]["prompt_tokens"].as_u64().unwrap();
     let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
         "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
     let chunks = common::chunks(&s.stream("/v1/chat/completions", &chat).await);
@@ -230,7 +239,7 @@ async fn metrics_parse_and_count_what_was_sent() {
     );
     assert_eq!(
         metric(&m, "pagoda:generation_tokens_total"),
-        (3 * 5 + 4) as f64
+        (3 * 5 + 4 * 3 + 4) as f64
     );
     assert_eq!(
         metric_with(
@@ -239,11 +248,11 @@ async fn metrics_parse_and_count_what_was_sent() {
             "finished_reason",
             "length"
         ),
-        4.0
+        8.0
     );
     assert_eq!(
         metric_with(&m, "pagoda:http_requests_total", "status", "200"),
-        4.0
+        5.0
     );
     assert_eq!(
         metric_with(&m, "pagoda:http_requests_total", "status", "400"),
@@ -260,11 +269,11 @@ async fn metrics_parse_and_count_what_was_sent() {
         "pagoda:request_prefill_time_seconds",
         "pagoda:request_decode_time_seconds",
     ] {
-        assert_eq!(histogram_count(&m, h), 4, "{h}");
+        assert_eq!(histogram_count(&m, h), 8, "{h}");
     }
     assert_eq!(
         histogram_count(&m, "pagoda:inter_token_latency_seconds"),
-        3 * 4 + 3
+        3 * 4 + 4 * 2 + 3
     );
     assert!(histogram_count(&m, "pagoda:iteration_tokens_total") > 0);
     assert_eq!(metric(&m, "pagoda:num_requests_running"), 0.0);

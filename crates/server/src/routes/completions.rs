@@ -14,7 +14,7 @@ use crate::api::completions::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
 };
 use crate::error::ApiError;
-use crate::generation::{self, token_piece, ChoiceEvent, Submission};
+use crate::generation::{self, token_piece, ChoiceEvent};
 use crate::routes::{check_model, parse_json, random_id, sse};
 use crate::state::AppState;
 use crate::validation::{self, PromptInput};
@@ -165,7 +165,7 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
 
     let mut completion_tokens = 0;
     while let Some(event) = submission.merged.next().await {
-        Submission::observe(&state, &event, submission.prompt_tokens);
+        submission.observe(&state, &event);
         match event {
             ChoiceEvent::Output { index, output, .. } => {
                 completion_tokens += 1;

@@ -74,7 +74,7 @@ pub fn respond(
             match st.phase {
                 Phase::Body => match st.submission.merged.next().await {
                     Some(event) => {
-                        Submission::observe(&st.state, &event, st.submission.prompt_tokens);
+                        st.submission.observe(&st.state, &event);
                         match &event {
                             ChoiceEvent::Output { .. } => {
                                 st.completion_tokens += 1;
