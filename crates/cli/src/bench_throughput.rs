@@ -80,13 +80,9 @@ struct Report {
     total_output_tokens: usize,
     max_num_seqs: usize,
     max_num_batched_tokens: usize,
-    elapsed_s: f64,
-    requests_per_s: f64,
-    output_tok_s: f64,
-    total_tok_s: f64,
-    num_steps: u64,
-    mean_tokens_per_step: f64,
-    num_preemptions: usize,
+    /// The continuous-batching run, at the top level.
+    #[serde(flatten)]
+    continuous: RunReport,
     #[serde(rename = "static")]
     static_batching: Option<RunReport>,
     continuous_over_static: Option<f64>,
@@ -250,19 +246,13 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         total_output_tokens: requests.iter().map(|r| r.output_len).sum(),
         max_num_seqs: config.max_num_seqs,
         max_num_batched_tokens: config.max_num_batched_tokens,
-        elapsed_s: continuous.elapsed_s,
-        requests_per_s: continuous.requests_per_s,
-        output_tok_s: continuous.output_tok_s,
-        total_tok_s: continuous.total_tok_s,
-        num_steps: continuous.num_steps,
-        mean_tokens_per_step: continuous.mean_tokens_per_step,
-        num_preemptions: continuous.num_preemptions,
         continuous_over_static: static_batching
             .as_ref()
             .map(|s| continuous.output_tok_s / s.output_tok_s),
         static_batching,
         continuous_over_single_seq: single_seq.map(|s| continuous.output_tok_s / s),
         single_seq_decode_tok_s: single_seq,
+        continuous,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -288,7 +278,7 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
             r.num_preemptions
         )
     };
-    line("continuous", &continuous);
+    line("continuous", &report.continuous);
     if let (Some(s), Some(ratio)) = (&report.static_batching, report.continuous_over_static) {
         line("static", s);
         println!("continuous/static {ratio:.2}× output tok/s");

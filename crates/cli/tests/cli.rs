@@ -105,3 +105,40 @@ fn synth_model_writes_a_loadable_model_and_bench_latency_reports_json() {
     assert_eq!(report["dtype"], "bf16");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bench_throughput_reports_both_schedulers_as_json() {
+    let out = run_ok(pagoda().args([
+        "bench",
+        "throughput",
+        "--num-prompts",
+        "6",
+        "--input-len",
+        "24",
+        "--output-len",
+        "6",
+        "--range-ratio",
+        "0.5",
+        "--max-num-seqs",
+        "2",
+        "--scheduler",
+        "static",
+        "--single-seq",
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["requests_per_s", "output_tok_s", "total_tok_s"] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
+        assert!(
+            report["static"][key].as_f64().unwrap() > 0.0,
+            "static {key}"
+        );
+    }
+    assert_eq!(report["num_prompts"], 6);
+    // Lengths in len × [0.5, 1.5]: every request's output was produced (checked by the bench).
+    let outputs = report["total_output_tokens"].as_u64().unwrap();
+    assert!((18..=54).contains(&outputs), "{outputs}");
+    // Static batching of 2 at a time takes more steps than continuous batching.
+    assert!(report["static"]["num_steps"].as_u64() >= report["num_steps"].as_u64());
+    assert!(report["continuous_over_single_seq"].as_f64().unwrap() > 0.0);
+}

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::stream::{self, SelectAll, Stream};
+use futures::stream::{self, SelectAll, Stream, StreamExt};
 use pagoda_core::{FinishReason, SamplingParams, TokenId};
 use pagoda_engine::handle::{QueueLimits, RequestStream};
 use pagoda_engine::output::RequestOutput;
@@ -179,6 +179,29 @@ impl Submission {
         if let Some(reason) = &output.finished {
             m.observe_finished(&output.timings, reason.as_openai_str());
         }
+    }
+
+    /// Runs every choice to its end (non-streaming responses), handing each output to `apply`
+    /// with its choice index; returns the number of completion tokens.
+    pub async fn collect(
+        &mut self,
+        state: &AppState,
+        mut apply: impl FnMut(usize, &RequestOutput),
+    ) -> Result<usize, ApiError> {
+        let mut completion_tokens = 0;
+        while let Some(event) = self.merged.next().await {
+            self.observe(state, &event);
+            match event {
+                ChoiceEvent::Output { index, output, .. } => {
+                    completion_tokens += 1;
+                    apply(index, &output);
+                }
+                ChoiceEvent::Lost { .. } => {
+                    return Err(ApiError::internal("The engine dropped the request."))
+                }
+            }
+        }
+        Ok(completion_tokens)
     }
 
     /// The prompt a choice came from.

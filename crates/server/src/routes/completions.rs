@@ -5,7 +5,6 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use pagoda_core::TokenId;
 use serde_json::{json, Map};
 
@@ -163,19 +162,11 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
         ));
     }
 
-    let mut completion_tokens = 0;
-    while let Some(event) = submission.merged.next().await {
-        submission.observe(&state, &event);
-        match event {
-            ChoiceEvent::Output { index, output, .. } => {
-                completion_tokens += 1;
-                apply(&state, &mut choices[index], &output, want_logprobs);
-            }
-            ChoiceEvent::Lost { .. } => {
-                return Err(ApiError::internal("The engine dropped the request."))
-            }
-        }
-    }
+    let completion_tokens = submission
+        .collect(&state, |index, output| {
+            apply(&state, &mut choices[index], output, want_logprobs);
+        })
+        .await?;
     drop(guard);
     let response = CompletionResponse {
         id,
