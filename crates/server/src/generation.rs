@@ -47,8 +47,6 @@ type ChoiceStream = Pin<Box<dyn Stream<Item = ChoiceEvent> + Send>>;
 pub struct Submission {
     pub merged: SelectAll<ChoiceStream>,
     pub num_choices: usize,
-    /// Prompt tokens over all prompts (counted once, not per choice).
-    pub prompt_tokens: usize,
     pub prompts: Vec<Vec<TokenId>>,
     pub n: usize,
 }
@@ -97,10 +95,8 @@ pub fn submit(
     };
     let n = generation.n;
     let mut merged = SelectAll::new();
-    let mut prompt_tokens = 0;
     let mut kept = Vec::with_capacity(prompts.len());
     for (p, prompt) in prompts.into_iter().enumerate() {
-        prompt_tokens += prompt.ids.len();
         for i in 0..n {
             let params = SamplingParams {
                 max_tokens: prompt.max_tokens,
@@ -117,7 +113,6 @@ pub fn submit(
     Ok(Submission {
         merged,
         num_choices: kept.len() * n,
-        prompt_tokens,
         prompts: kept,
         n,
     })
@@ -204,9 +199,52 @@ impl Submission {
         Ok(completion_tokens)
     }
 
+    /// Prompt tokens over all prompts (counted once, not per choice), as in `usage`.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompts.iter().map(Vec::len).sum()
+    }
+
     /// The prompt a choice came from.
     pub fn prompt_of(&self, index: usize) -> &[TokenId] {
         &self.prompts[index / self.n.max(1)]
+    }
+}
+
+/// What one choice has produced so far; `L` is the endpoint's logprobs shape.
+#[derive(Debug, Default)]
+pub struct ChoiceProgress<L> {
+    pub text: String,
+    /// `Some` when logprobs were asked for.
+    pub logprobs: Option<L>,
+    pub finish_reason: Option<&'static str>,
+    /// The last few tokens (prompt tail, then output): context for [`token_piece`].
+    pub context: Vec<TokenId>,
+}
+
+impl<L: Default> ChoiceProgress<L> {
+    /// One per choice of `submission`, each starting from its prompt's tail.
+    pub fn for_choices(submission: &Submission, want_logprobs: bool) -> Vec<Self> {
+        (0..submission.num_choices)
+            .map(|i| {
+                let prompt = submission.prompt_of(i);
+                Self {
+                    text: String::new(),
+                    logprobs: want_logprobs.then(L::default),
+                    finish_reason: None,
+                    context: prompt[prompt.len().saturating_sub(PIECE_CONTEXT)..].to_vec(),
+                }
+            })
+            .collect()
+    }
+
+    /// Takes in one output: its text, its finish reason, and its token as context.
+    pub fn advance(&mut self, output: &RequestOutput) {
+        if self.context.len() == PIECE_CONTEXT {
+            self.context.remove(0);
+        }
+        self.context.push(output.token.token);
+        self.text.push_str(&output.text);
+        self.finish_reason = output.finished.as_ref().map(FinishReason::as_openai_str);
     }
 }
 
@@ -227,9 +265,4 @@ pub fn token_piece(tokenizer: &Tokenizer, context: &[TokenId], id: TokenId) -> S
             .or_else(|| tokenizer.id_to_token(id))
             .unwrap_or_default(),
     }
-}
-
-/// The OpenAI `finish_reason` of an engine finish.
-pub fn finish_reason(reason: &FinishReason) -> &'static str {
-    reason.as_openai_str()
 }

@@ -17,19 +17,12 @@ use crate::api::chat::{
 };
 use crate::api::common::Usage;
 use crate::error::ApiError;
-use crate::generation::{self, token_piece, ChoiceEvent};
+use crate::generation::{self, token_piece, ChoiceEvent, ChoiceProgress};
 use crate::routes::{check_model, parse_json, random_id, sse};
 use crate::state::AppState;
 use crate::validation;
 
-#[derive(Default)]
-struct ChoiceText {
-    text: String,
-    logprobs: Option<ChatLogprobs>,
-    finish_reason: Option<&'static str>,
-    context: Vec<TokenId>,
-    started: bool,
-}
+type ChoiceText = ChoiceProgress<ChatLogprobs>;
 
 fn token_logprob(state: &AppState, choice: &ChoiceText, output: &RequestOutput) -> TokenLogprob {
     let token = token_piece(&state.tokenizer, &choice.context, output.token.token);
@@ -63,9 +56,7 @@ fn apply(
     if let (Some(all), Some(lp)) = (choice.logprobs.as_mut(), &lp) {
         all.content.push(lp.clone());
     }
-    choice.context.push(output.token.token);
-    choice.text.push_str(&output.text);
-    choice.finish_reason = output.finished.as_ref().map(generation::finish_reason);
+    choice.advance(output);
     lp
 }
 
@@ -129,16 +120,9 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let created = crate::state::unix_now();
     let model = state.config.served_model_name.clone();
     let want_logprobs = generation.params.logprobs.is_some();
-    let mut choices: Vec<ChoiceText> = (0..submission.num_choices)
-        .map(|i| {
-            let prompt = submission.prompt_of(i);
-            ChoiceText {
-                logprobs: want_logprobs.then(ChatLogprobs::default),
-                context: prompt[prompt.len().saturating_sub(8)..].to_vec(),
-                ..ChoiceText::default()
-            }
-        })
-        .collect();
+    let mut choices = ChoiceText::for_choices(&submission, want_logprobs);
+    // Streaming: whether a choice's opening `role` chunk was sent.
+    let mut started = vec![false; choices.len()];
 
     if generation.stream {
         let (chunk_state, chunk_id, chunk_model) = (Arc::clone(&state), id.clone(), model.clone());
@@ -157,8 +141,8 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
             };
             let choice = &mut choices[*index];
             let mut chunks = Vec::new();
-            if !choice.started {
-                choice.started = true;
+            if !started[*index] {
+                started[*index] = true;
                 chunks.push(chunk(ChatChunkChoice {
                     index: *index,
                     delta: Delta {
@@ -228,7 +212,7 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
                 finish_reason: c.finish_reason,
             })
             .collect(),
-        usage: Usage::new(submission.prompt_tokens, completion_tokens),
+        usage: Usage::new(submission.prompt_tokens(), completion_tokens),
     };
     Ok(axum::Json(response).into_response())
 }

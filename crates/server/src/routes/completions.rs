@@ -5,7 +5,6 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use pagoda_core::TokenId;
 use serde_json::{json, Map};
 
 use crate::api::common::Usage;
@@ -13,20 +12,12 @@ use crate::api::completions::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
 };
 use crate::error::ApiError;
-use crate::generation::{self, token_piece, ChoiceEvent};
+use crate::generation::{self, token_piece, ChoiceEvent, ChoiceProgress};
 use crate::routes::{check_model, parse_json, random_id, sse};
 use crate::state::AppState;
 use crate::validation::{self, PromptInput};
 
-/// What one choice has produced so far.
-#[derive(Default, Clone)]
-struct ChoiceText {
-    text: String,
-    logprobs: Option<CompletionLogprobs>,
-    finish_reason: Option<&'static str>,
-    /// Prompt tail plus output so far: context for rendering logprob tokens.
-    context: Vec<TokenId>,
-}
+type ChoiceText = ChoiceProgress<CompletionLogprobs>;
 
 fn record_logprobs(
     state: &AppState,
@@ -70,9 +61,7 @@ fn apply(
     } else {
         None
     };
-    choice.context.push(output.token.token);
-    choice.text.push_str(&output.text);
-    choice.finish_reason = output.finished.as_ref().map(generation::finish_reason);
+    choice.advance(output);
     delta
 }
 
@@ -114,16 +103,7 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let created = crate::state::unix_now();
     let model = state.config.served_model_name.clone();
     let want_logprobs = generation.params.logprobs.is_some();
-    let mut choices: Vec<ChoiceText> = (0..submission.num_choices)
-        .map(|i| {
-            let prompt = submission.prompt_of(i);
-            ChoiceText {
-                logprobs: want_logprobs.then(CompletionLogprobs::default),
-                context: prompt[prompt.len().saturating_sub(8)..].to_vec(),
-                ..ChoiceText::default()
-            }
-        })
-        .collect();
+    let mut choices = ChoiceText::for_choices(&submission, want_logprobs);
 
     if generation.stream {
         let (chunk_state, chunk_id, chunk_model) = (Arc::clone(&state), id.clone(), model.clone());
@@ -183,7 +163,7 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
                 finish_reason: c.finish_reason,
             })
             .collect(),
-        usage: Some(Usage::new(submission.prompt_tokens, completion_tokens)),
+        usage: Some(Usage::new(submission.prompt_tokens(), completion_tokens)),
     };
     Ok(axum::Json(response).into_response())
 }
