@@ -309,10 +309,15 @@ impl EngineLoop {
             self.publish();
             let steps_before = self.engine.stats.num_steps;
             let outputs = self.engine.step();
-            for output in outputs {
-                self.deliver(output);
-            }
+            // Stats first, so a reader that sees its final output also sees the step in them.
             self.publish();
+            let mut aborted = false;
+            for output in outputs {
+                aborted |= !self.deliver(output);
+            }
+            if aborted {
+                self.publish();
+            }
             if self.engine.stats.num_steps > steps_before {
                 if let (Some(observer), Some(record)) =
                     (self.observer.as_mut(), self.engine.stats.last_step.as_ref())
@@ -355,19 +360,23 @@ impl EngineLoop {
         }
     }
 
-    fn deliver(&mut self, output: RequestOutput) {
+    /// Sends an output to its stream; false when the reader was gone and the request aborted.
+    fn deliver(&mut self, output: RequestOutput) -> bool {
         let id = output.id;
         let finished = output.finished.is_some();
         let Some(stream) = self.streams.get(&id) else {
-            return;
+            return true;
         };
         if stream.try_send(output).is_err() {
             // The reader is gone (or, impossibly, behind by more than max_tokens).
             self.engine.abort(id);
             self.streams.remove(&id);
-        } else if finished {
+            return false;
+        }
+        if finished {
             self.streams.remove(&id);
         }
+        true
     }
 
     fn publish(&self) {
