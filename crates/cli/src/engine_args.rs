@@ -11,6 +11,10 @@ pub struct EngineArgs {
     /// Most requests running at once.
     #[arg(long, default_value_t = 256)]
     pub max_num_seqs: usize,
+    /// Turn off automatic prefix caching (reuse of cached K/V blocks across requests that share
+    /// a prefix; on by default).
+    #[arg(long)]
+    pub no_prefix_caching: bool,
 }
 
 impl EngineArgs {
@@ -23,6 +27,7 @@ impl EngineArgs {
         Ok(EngineConfig {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_num_seqs: self.max_num_seqs,
+            enable_prefix_caching: !self.no_prefix_caching,
         })
     }
 }

@@ -8,6 +8,7 @@
 //! it), `max_tokens` and the model's context length.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use pagoda_core::{FinishReason, RequestId, SamplingParams, TokenId};
@@ -26,6 +27,8 @@ use crate::sched::{Scheduler, SchedulerConfig};
 pub struct EngineConfig {
     pub max_num_batched_tokens: usize,
     pub max_num_seqs: usize,
+    /// Reuse the K/V of cached full blocks across requests sharing a prefix.
+    pub enable_prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
@@ -33,6 +36,7 @@ impl Default for EngineConfig {
         Self {
             max_num_batched_tokens: 2048,
             max_num_seqs: 256,
+            enable_prefix_caching: true,
         }
     }
 }
@@ -67,6 +71,7 @@ impl LlmEngine {
             max_model_len: runner.config().max_context_len,
             block_size: g.block_size,
             num_blocks: g.num_blocks,
+            enable_prefix_caching: config.enable_prefix_caching,
         });
         Self {
             eos_token_ids: runner.config().eos_token_ids.clone(),
@@ -91,16 +96,18 @@ impl LlmEngine {
         prompt_ids: Vec<TokenId>,
         params: SamplingParams,
     ) -> Result<(), AdmissionError> {
-        self.add_request_at(id, prompt_ids, params, Instant::now())
+        self.add_request_at(id, prompt_ids, params, Instant::now(), None)
     }
 
-    /// Queues a request that arrived at `arrival` (its timings count from there).
+    /// Queues a request that arrived at `arrival` (its timings count from there). Requests with
+    /// different `cache_salt`s never share cached K/V.
     pub fn add_request_at(
         &mut self,
         id: RequestId,
         prompt_ids: Vec<TokenId>,
         params: SamplingParams,
         arrival: Instant,
+        cache_salt: Option<Arc<str>>,
     ) -> Result<(), AdmissionError> {
         let rng = RequestRng::new(params.seed);
         if let Some(tok) = &self.tokenizer {
@@ -115,6 +122,7 @@ impl LlmEngine {
         }
         let mut request = Request::new(id, prompt_ids, params);
         request.timings = RequestTimings::new(arrival);
+        request.cache_salt = cache_salt;
         let result = self.scheduler.add_request(request);
         match result {
             Ok(()) => {
@@ -144,12 +152,15 @@ impl LlmEngine {
 
     /// The counters plus the current queue and cache gauges.
     pub fn snapshot(&self) -> EngineStats {
-        let pool = self.scheduler.kv().pool();
+        let kv = self.scheduler.kv();
         EngineStats {
             num_running: self.scheduler.num_running(),
             num_waiting: self.scheduler.num_waiting(),
-            kv_blocks_used: pool.num_used(),
-            kv_blocks_total: pool.num_blocks(),
+            kv_blocks_used: kv.pool().num_used(),
+            kv_blocks_total: kv.pool().num_blocks(),
+            prefix_cache_queries: kv.stats.queries,
+            prefix_cache_hits: kv.stats.hits,
+            prompt_tokens_cached: self.scheduler.num_prompt_tokens_cached,
             ..self.stats.clone()
         }
     }
@@ -233,6 +244,7 @@ impl LlmEngine {
             let num_output = r.output_ids.len() + 1;
             let num_tokens = r.num_tokens() + 1;
             let num_prompt_tokens = r.prompt_ids.len();
+            let num_cached_tokens = r.num_cached_tokens.unwrap_or(0);
             self.scheduler.append_token(id, token.token);
             self.stats.num_generated_tokens += 1;
 
@@ -281,6 +293,7 @@ impl LlmEngine {
                 text,
                 finished,
                 num_prompt_tokens,
+                num_cached_tokens,
                 num_output_tokens: num_output,
                 timings,
             });

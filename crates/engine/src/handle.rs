@@ -58,6 +58,7 @@ enum Command {
         prompt_ids: Vec<TokenId>,
         params: SamplingParams,
         arrival: Instant,
+        cache_salt: Option<Arc<str>>,
         outputs: stream_channel::Sender<RequestOutput>,
     },
     Abort(RequestId),
@@ -132,18 +133,20 @@ impl EngineHandle {
         prompt_ids: Vec<TokenId>,
         params: SamplingParams,
     ) -> Result<RequestStream, SubmitError> {
-        self.submit(prompt_ids, params, None)
+        self.submit(prompt_ids, params, None, None)
     }
 
     /// Submits a request unless the waiting queue would pass `limits`. The check reserves its
     /// place before comparing, so concurrent callers can never overshoot the limits together.
+    /// Requests with different `cache_salt`s never share cached K/V.
     pub fn add_request_bounded(
         &self,
         prompt_ids: Vec<TokenId>,
         params: SamplingParams,
         limits: QueueLimits,
+        cache_salt: Option<Arc<str>>,
     ) -> Result<RequestStream, SubmitError> {
-        self.submit(prompt_ids, params, Some(limits))
+        self.submit(prompt_ids, params, Some(limits), cache_salt)
     }
 
     fn submit(
@@ -151,6 +154,7 @@ impl EngineHandle {
         prompt_ids: Vec<TokenId>,
         params: SamplingParams,
         limits: Option<QueueLimits>,
+        cache_salt: Option<Arc<str>>,
     ) -> Result<RequestStream, SubmitError> {
         if self.is_stopped() {
             return Err(SubmitError::EngineStopped);
@@ -182,6 +186,7 @@ impl EngineHandle {
                 prompt_ids,
                 params,
                 arrival: Instant::now(),
+                cache_salt,
                 outputs: tx,
             })
             .map_err(|_| SubmitError::EngineStopped)?;
@@ -335,13 +340,14 @@ impl EngineLoop {
                 prompt_ids,
                 params,
                 arrival,
+                cache_salt,
                 outputs,
             } => {
                 let num_tokens = prompt_ids.len();
                 // Refusals were decided by the handle; one here just closes the stream.
                 if self
                     .engine
-                    .add_request_at(id, prompt_ids, params, arrival)
+                    .add_request_at(id, prompt_ids, params, arrival, cache_salt)
                     .is_ok()
                 {
                     self.streams.insert(id, outputs);

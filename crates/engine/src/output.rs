@@ -64,6 +64,8 @@ pub struct RequestOutput {
     pub text: String,
     pub finished: Option<FinishReason>,
     pub num_prompt_tokens: usize,
+    /// Prompt tokens whose K/V came from the prefix cache.
+    pub num_cached_tokens: usize,
     /// Output tokens so far, this one included.
     pub num_output_tokens: usize,
     pub timings: RequestTimings,
@@ -92,6 +94,12 @@ pub struct EngineStats {
     pub num_steps: u64,
     pub num_scheduled_tokens: u64,
     pub num_generated_tokens: u64,
+    /// Tokens of scheduled requests looked up in the prefix cache (resumptions included).
+    pub prefix_cache_queries: u64,
+    /// Of those, tokens found in the cache.
+    pub prefix_cache_hits: u64,
+    /// Prompt tokens served from the cache at requests' first scheduling.
+    pub prompt_tokens_cached: u64,
     /// Wall time spent in steps.
     pub step_time_total: Duration,
     pub last_step: Option<StepRecord>,

@@ -1,6 +1,7 @@
 //! A request as the scheduler sees it: its tokens, how many of them have K/V in the cache, and
 //! where it is in its life.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use pagoda_core::{FinishReason, RequestId, SamplingParams, TokenId};
@@ -29,6 +30,10 @@ pub struct Request {
     pub status: RequestStatus,
     pub timings: RequestTimings,
     pub num_preemptions: usize,
+    /// Requests with different salts never share cached KV blocks (tenant isolation).
+    pub cache_salt: Option<Arc<str>>,
+    /// Prompt tokens whose K/V came from the prefix cache when it was first scheduled.
+    pub num_cached_tokens: Option<usize>,
 }
 
 impl Request {
@@ -42,6 +47,8 @@ impl Request {
             status: RequestStatus::Waiting,
             timings: RequestTimings::new(Instant::now()),
             num_preemptions: 0,
+            cache_salt: None,
+            num_cached_tokens: None,
         }
     }
 

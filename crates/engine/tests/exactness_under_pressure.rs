@@ -94,6 +94,7 @@ fn preempted_and_batched_requests_give_their_solo_tokens() {
     let tight = EngineConfig {
         max_num_batched_tokens: 48,
         max_num_seqs: 16,
+        ..EngineConfig::default()
     };
     let mut pressed = engine(&model, 48, &tight);
     for (id, prompt, params) in &requests {

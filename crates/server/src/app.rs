@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::routes::{admin, chat, completions, random_id};
-use crate::state::AppState;
+use crate::state::{AppState, Tenant};
 
 /// The whole HTTP application over `state`.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -41,7 +41,7 @@ async fn not_found(request: Request) -> Response {
 /// 401 unless a configured key is sent as `Authorization: Bearer <key>` (when keys are set).
 async fn require_api_key(
     State(state): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if state.config.api_keys.is_empty() {
@@ -53,17 +53,28 @@ async fn require_api_key(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
-        Some(key)
-            if state
-                .config
-                .api_keys
-                .iter()
-                .any(|k| constant_time_eq(k, key)) =>
-        {
+    // Every key is compared (no early exit), so timing reveals neither which key matched nor
+    // how much of one.
+    let matched = presented.and_then(|key| {
+        state
+            .config
+            .api_keys
+            .iter()
+            .enumerate()
+            .fold(None, |found, (i, k)| {
+                if constant_time_eq(k, key) {
+                    Some(i)
+                } else {
+                    found
+                }
+            })
+    });
+    match matched {
+        Some(index) => {
+            request.extensions_mut().insert(Tenant(index));
             next.run(request).await
         }
-        _ => ApiError::unauthorized().into_response(),
+        None => ApiError::unauthorized().into_response(),
     }
 }
 

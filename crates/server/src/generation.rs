@@ -15,8 +15,9 @@ use pagoda_engine::handle::{QueueLimits, RequestStream};
 use pagoda_engine::output::RequestOutput;
 use pagoda_model::Tokenizer;
 
+use crate::api::common::Usage;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, Tenant};
 use crate::validation::{max_tokens_for, Generation, MAX_SEQUENCES_PER_REQUEST};
 
 /// One tokenized prompt with its resolved `max_tokens`.
@@ -49,6 +50,8 @@ pub struct Submission {
     pub num_choices: usize,
     pub prompts: Vec<Vec<TokenId>>,
     pub n: usize,
+    /// Per prompt: its tokens served from the prefix cache (as seen by its first choice).
+    cached_tokens: Vec<usize>,
 }
 
 /// Resolves each prompt's `max_tokens` against the context (errors name `max_tokens_param`).
@@ -80,11 +83,23 @@ pub fn prepare(
         .collect()
 }
 
+/// The salt isolating a request's prefix-cache blocks: the tenant's (from its API key) and the
+/// client's `cache_salt`, so tenants never share blocks and a tenant can partition its own.
+fn cache_salt(tenant: Option<&Tenant>, generation: &Generation) -> Option<Arc<str>> {
+    match (tenant, generation.cache_salt.as_deref()) {
+        (None, None) => None,
+        (None, Some(salt)) => Some(Arc::from(format!("client:{salt}"))),
+        (Some(t), None) => Some(Arc::from(format!("tenant:{}", t.0))),
+        (Some(t), Some(salt)) => Some(Arc::from(format!("tenant:{}|client:{salt}", t.0))),
+    }
+}
+
 /// Submits every choice, or none: on any refusal the accepted ones are aborted.
 pub fn submit(
     state: &Arc<AppState>,
     prompts: Vec<PreparedPrompt>,
     generation: &Generation,
+    tenant: Option<&Tenant>,
 ) -> Result<Submission, ApiError> {
     if state.is_draining() {
         return Err(ApiError::unavailable("The server is shutting down."));
@@ -94,6 +109,7 @@ pub fn submit(
         max_tokens: state.config.max_waiting_tokens,
     };
     let n = generation.n;
+    let salt = cache_salt(tenant, generation);
     let mut merged = SelectAll::new();
     let mut kept = Vec::with_capacity(prompts.len());
     for (p, prompt) in prompts.into_iter().enumerate() {
@@ -105,7 +121,7 @@ pub fn submit(
             };
             let stream = state
                 .engine
-                .add_request_bounded(prompt.ids.clone(), params, limits)?;
+                .add_request_bounded(prompt.ids.clone(), params, limits, salt.clone())?;
             merged.push(choice_stream(p * n + i, stream));
         }
         kept.push(prompt.ids);
@@ -113,6 +129,7 @@ pub fn submit(
     Ok(Submission {
         merged,
         num_choices: kept.len() * n,
+        cached_tokens: vec![0; kept.len()],
         prompts: kept,
         n,
     })
@@ -149,7 +166,7 @@ fn choice_stream(index: usize, stream: RequestStream) -> ChoiceStream {
 impl Submission {
     /// Records an event in the metrics (tokens, inter-token latency, TTFT and finish). Prompt
     /// tokens count once per prompt (at its first choice's first token), as in `usage`.
-    pub fn observe(&self, state: &AppState, event: &ChoiceEvent) {
+    pub fn observe(&mut self, state: &AppState, event: &ChoiceEvent) {
         let ChoiceEvent::Output {
             index,
             output,
@@ -163,6 +180,9 @@ impl Submission {
         if output.num_output_tokens == 1 {
             if index % self.n.max(1) == 0 {
                 m.prompt_tokens.inc_by(output.num_prompt_tokens as u64);
+                if let Some(c) = self.cached_tokens.get_mut(index / self.n.max(1)) {
+                    *c = output.num_cached_tokens;
+                }
             }
             if let Some(ttft) = output.timings.time_to_first_token() {
                 m.time_to_first_token.observe(ttft.as_secs_f64());
@@ -202,6 +222,15 @@ impl Submission {
     /// Prompt tokens over all prompts (counted once, not per choice), as in `usage`.
     pub fn prompt_tokens(&self) -> usize {
         self.prompts.iter().map(Vec::len).sum()
+    }
+
+    /// The `usage` object for `completion_tokens` generated tokens.
+    pub fn usage(&self, completion_tokens: usize) -> Usage {
+        Usage::new(
+            self.prompt_tokens(),
+            completion_tokens,
+            self.cached_tokens.iter().sum(),
+        )
     }
 
     /// The prompt a choice came from.

@@ -1,6 +1,7 @@
 //! Prometheus metrics with vLLM's names and semantics under a `pagoda:` prefix, so existing
-//! dashboards port by a rename. Gauges (running, waiting, KV usage) and the preemption counter
-//! are read from the engine at scrape time; per-request histograms are observed when a request
+//! dashboards port by a rename. Gauges (running, waiting, KV usage) and the engine's counters
+//! (preemptions, prefix-cache queries and hits, cached prompt tokens) are read from the engine at
+//! scrape time; per-request histograms are observed when a request
 //! ends; iteration sizes are observed by the engine thread after every step.
 
 use std::sync::Mutex;
@@ -35,8 +36,10 @@ pub struct Metrics {
     running: IntGauge,
     waiting: IntGauge,
     kv_cache_usage: Gauge,
-    preemptions: IntCounter,
-    preemptions_seen: Mutex<u64>,
+    preemptions: MirroredCounter,
+    prefix_cache_queries: MirroredCounter,
+    prefix_cache_hits: MirroredCounter,
+    prompt_tokens_cached: MirroredCounter,
     pub prompt_tokens: IntCounter,
     pub generation_tokens: IntCounter,
     pub request_success: IntCounterVec,
@@ -65,6 +68,32 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
         .register(Box::new(c.clone()))
         .expect("invariant: metric names are unique");
     c
+}
+
+/// A Prometheus counter that follows a counter kept by the engine (advanced at scrape time).
+struct MirroredCounter {
+    counter: IntCounter,
+    seen: Mutex<u64>,
+}
+
+impl MirroredCounter {
+    fn new(registry: &Registry, name: &str, help: &str) -> Self {
+        Self {
+            counter: counter(registry, name, help),
+            seen: Mutex::new(0),
+        }
+    }
+
+    fn sync(&self, now: u64) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now > *seen {
+            self.counter.inc_by(now - *seen);
+            *seen = now;
+        }
+    }
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -110,12 +139,26 @@ impl Metrics {
             running,
             waiting,
             kv_cache_usage,
-            preemptions: counter(
+            preemptions: MirroredCounter::new(
                 &registry,
                 "pagoda:num_preemptions_total",
                 "Cumulative number of preemptions.",
             ),
-            preemptions_seen: Mutex::new(0),
+            prefix_cache_queries: MirroredCounter::new(
+                &registry,
+                "pagoda:prefix_cache_queries_total",
+                "Prefix-cache queries, in tokens (every scheduling of a waiting request).",
+            ),
+            prefix_cache_hits: MirroredCounter::new(
+                &registry,
+                "pagoda:prefix_cache_hits_total",
+                "Prefix-cache hits, in tokens.",
+            ),
+            prompt_tokens_cached: MirroredCounter::new(
+                &registry,
+                "pagoda:prompt_tokens_cached_total",
+                "Prompt tokens served from the prefix cache (at each request's first scheduling).",
+            ),
             prompt_tokens: counter(
                 &registry,
                 "pagoda:prompt_tokens_total",
@@ -211,17 +254,10 @@ impl Metrics {
         self.running.set(stats.num_running as i64);
         self.waiting.set(stats.num_waiting as i64);
         self.kv_cache_usage.set(stats.kv_cache_usage());
-        {
-            let mut seen = self
-                .preemptions_seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = stats.num_preemptions as u64;
-            if now > *seen {
-                self.preemptions.inc_by(now - *seen);
-                *seen = now;
-            }
-        }
+        self.preemptions.sync(stats.num_preemptions as u64);
+        self.prefix_cache_queries.sync(stats.prefix_cache_queries);
+        self.prefix_cache_hits.sync(stats.prefix_cache_hits);
+        self.prompt_tokens_cached.sync(stats.prompt_tokens_cached);
         let mut buffer = Vec::new();
         // Encoding into memory cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);

@@ -12,6 +12,11 @@ use tokio::sync::Notify;
 use crate::chat_template::ChatTemplate;
 use crate::metrics::Metrics;
 
+/// The tenant of a request authenticated by an API key: the key's position in the configured
+/// list (never the key itself). Its prefix-cache blocks are salted with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenant(pub usize);
+
 /// Server options (the engine's come with its handle).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -22,6 +22,8 @@ pub struct Generation {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// The client's `cache_salt` (the tenant's salt is added when the request is submitted).
+    pub cache_salt: Option<String>,
 }
 
 /// One prompt as given: text to tokenize, or token ids.
@@ -123,12 +125,19 @@ pub fn generation(
             "stream_options is only allowed when stream is true".into(),
         ));
     }
+    if fields.cache_salt.as_deref() == Some("") {
+        return Err(range_error(
+            "cache_salt",
+            "cache_salt must be a non-empty string".into(),
+        ));
+    }
     Ok(Generation {
         params,
         max_tokens,
         n,
         stream: fields.stream,
         include_usage,
+        cache_salt: fields.cache_salt.clone(),
     })
 }
 

@@ -1,30 +1,75 @@
-//! Per-request block tables over a [`BlockPool`]: `allocate_slots` grows a request's table so it
-//! covers its computed tokens plus the tokens of this step, `free` gives everything back.
+//! Per-request block tables over a [`BlockPool`], with automatic prefix caching.
+//!
+//! `find_cached_prefix` finds the longest run of cached full blocks that starts a request's
+//! tokens; `allocate_slots` takes those blocks (a hit) and allocates the rest so the table covers
+//! the tokens of this step, registering every block that this step fills; `free` gives the blocks
+//! back, last block first, so that when cached blocks are later evicted the leaves of a prefix go
+//! before the blocks they extend.
 
 use std::collections::HashMap;
 
 use pagoda_core::RequestId;
 
 use super::block_pool::{BlockId, BlockPool};
+use super::hash::{BlockHash, BlockKey};
+use crate::request::Request;
+
+/// The cached full blocks a request can start from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CachedPrefix {
+    pub blocks: Vec<BlockId>,
+    /// Hashes of those blocks (the start of the request's hash chain).
+    hashes: Vec<BlockHash>,
+}
+
+impl CachedPrefix {
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+}
+
+/// Tokens looked up in, and found in, the prefix cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixCacheStats {
+    /// Tokens of scheduled requests that were looked up.
+    pub queries: u64,
+    /// Of those, tokens whose K/V came from the cache.
+    pub hits: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct RequestBlocks {
+    table: Vec<BlockId>,
+    /// Hashes of the request's first full blocks (a chain; computed as blocks fill).
+    hashes: Vec<BlockHash>,
+    /// Leading blocks of `table` already offered to the cache.
+    num_registered: usize,
+}
 
 /// Block tables of every request holding KV cache.
 #[derive(Debug, Clone)]
 pub struct KvCacheManager {
     pool: BlockPool,
     block_size: usize,
-    tables: HashMap<RequestId, Vec<BlockId>>,
+    requests: HashMap<RequestId, RequestBlocks>,
+    pub stats: PrefixCacheStats,
 }
 
 impl KvCacheManager {
-    pub fn new(num_blocks: usize, block_size: usize) -> Self {
+    pub fn new(num_blocks: usize, block_size: usize, prefix_caching: bool) -> Self {
+        Self::with_pool(BlockPool::new(num_blocks, prefix_caching), block_size)
+    }
+
+    pub fn with_pool(pool: BlockPool, block_size: usize) -> Self {
         assert!(
             block_size > 0,
             "invariant: block size is validated by the caller"
         );
         Self {
-            pool: BlockPool::new(num_blocks),
+            pool,
             block_size,
-            tables: HashMap::new(),
+            requests: HashMap::new(),
+            stats: PrefixCacheStats::default(),
         }
     }
 
@@ -41,116 +86,138 @@ impl KvCacheManager {
         num_tokens.div_ceil(self.block_size)
     }
 
-    /// Makes `request`'s table cover `num_tokens` tokens in total, allocating what is missing.
-    /// Returns the table, or `None` (and changes nothing) when the pool cannot serve it.
-    pub fn allocate_slots(&mut self, request: RequestId, num_tokens: usize) -> Option<&[BlockId]> {
-        let have = self.tables.get(&request).map_or(0, Vec::len);
-        let need = self.blocks_for(num_tokens).saturating_sub(have);
-        let new_blocks = self.pool.allocate(need)?;
-        let table = self.tables.entry(request).or_default();
-        table.extend(new_blocks);
+    /// The key of `request`'s full block `index`, chained to `parent`.
+    fn block_key(&self, request: &Request, index: usize, parent: Option<BlockHash>) -> BlockKey {
+        let start = index * self.block_size;
+        BlockKey {
+            parent,
+            tokens: (start..start + self.block_size)
+                .map(|p| request.token_at(p))
+                .collect(),
+            salt: request.cache_salt.clone(),
+        }
+    }
+
+    /// The longest run of cached full blocks at the start of `request`'s tokens, leaving at least
+    /// its last token to compute (its logits are needed to sample). Changes nothing.
+    pub fn find_cached_prefix(&self, request: &Request) -> CachedPrefix {
+        let mut prefix = CachedPrefix::default();
+        if !self.pool.caching() {
+            return prefix;
+        }
+        let max_blocks = request.num_tokens().saturating_sub(1) / self.block_size;
+        for index in 0..max_blocks {
+            let key = self.block_key(request, index, prefix.hashes.last().copied());
+            let hash = self.pool.hash(&key);
+            match self.pool.lookup(hash, &key) {
+                Some(block) => {
+                    prefix.blocks.push(block);
+                    prefix.hashes.push(hash);
+                }
+                None => break,
+            }
+        }
+        prefix
+    }
+
+    /// Makes `request`'s table cover `num_tokens` tokens in total, starting from `prefix` (empty,
+    /// or what `find_cached_prefix` just returned for a request holding no blocks), allocating
+    /// what is missing and registering the blocks that `num_tokens` fills. Returns the table, or
+    /// `None` (and changes nothing) when the pool cannot serve it.
+    pub fn allocate_slots(
+        &mut self,
+        request: &Request,
+        num_tokens: usize,
+        prefix: CachedPrefix,
+    ) -> Option<&[BlockId]> {
+        let have = self.requests.get(&request.id).map_or(0, |r| r.table.len());
+        debug_assert!(
+            prefix.blocks.is_empty() || have == 0,
+            "invariant: a cached prefix starts a new table"
+        );
+        let need = self
+            .blocks_for(num_tokens)
+            .saturating_sub(have.max(prefix.blocks.len()));
+        // Hit blocks nobody holds sit in the free queue: they are not free for new content.
+        let free_hits = prefix
+            .blocks
+            .iter()
+            .filter(|&&b| self.pool.ref_count(b) == 0)
+            .count();
+        if need + free_hits > self.pool.num_free() {
+            return None;
+        }
+        for &b in &prefix.blocks {
+            self.pool.touch(b);
+        }
+        let new_blocks = self
+            .pool
+            .allocate(need)
+            .expect("invariant: enough free blocks were counted");
+        let mut entry = self.requests.remove(&request.id).unwrap_or_default();
+        if !prefix.blocks.is_empty() {
+            entry.num_registered = prefix.blocks.len();
+            entry.table = prefix.blocks;
+            entry.hashes = prefix.hashes;
+        }
+        entry.table.extend(new_blocks);
+        self.register_full_blocks(request, num_tokens, &mut entry);
+        let table = &self.requests.entry(request.id).or_insert(entry).table;
         Some(table)
     }
 
-    /// Whether `allocate_slots` for this many more blocks would succeed.
-    pub fn can_allocate(&self, num_blocks: usize) -> bool {
-        num_blocks <= self.pool.num_free()
+    /// Offers to the cache every block of `entry` that holds `block_size` of the request's first
+    /// `num_tokens` tokens and was not offered yet.
+    fn register_full_blocks(
+        &mut self,
+        request: &Request,
+        num_tokens: usize,
+        entry: &mut RequestBlocks,
+    ) {
+        if !self.pool.caching() {
+            return;
+        }
+        let num_full = num_tokens.min(request.num_tokens()) / self.block_size;
+        for index in entry.num_registered..num_full {
+            let key = self.block_key(request, index, entry.hashes.last().copied());
+            let hash = self.pool.hash(&key);
+            debug_assert_eq!(entry.hashes.len(), index, "invariant: one hash per full block");
+            entry.hashes.push(hash);
+            self.pool.register(entry.table[index], hash, key);
+        }
+        entry.num_registered = entry.num_registered.max(num_full);
+    }
+
+    /// Counts a scheduled request's lookup in the prefix-cache statistics.
+    pub fn record_lookup(&mut self, num_tokens: usize, num_hit_tokens: usize) {
+        if self.pool.caching() {
+            self.stats.queries += num_tokens as u64;
+            self.stats.hits += num_hit_tokens as u64;
+        }
     }
 
     pub fn block_table(&self, request: RequestId) -> Option<&[BlockId]> {
-        self.tables.get(&request).map(Vec::as_slice)
+        self.requests.get(&request).map(|r| r.table.as_slice())
     }
 
-    /// Returns all of `request`'s blocks to the pool (no-op for an unknown request).
+    /// Returns all of `request`'s blocks to the pool, last block first (no-op for an unknown
+    /// request). Its cached blocks stay cached until evicted.
     pub fn free(&mut self, request: RequestId) {
-        if let Some(table) = self.tables.remove(&request) {
-            self.pool.release(&table);
+        if let Some(entry) = self.requests.remove(&request) {
+            self.pool.release(entry.table.iter().rev());
         }
     }
 
     /// Ref counts match the tables; free and used blocks partition the pool.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.pool
-            .check_invariants(self.tables.values().map(Vec::as_slice))
+            .check_invariants(self.requests.values().map(|r| r.table.as_slice()))
     }
 
     pub fn num_requests(&self) -> usize {
-        self.tables.len()
+        self.requests.len()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn grows_tables_block_by_block_and_fails_without_side_effects() {
-        let mut m = KvCacheManager::new(4, 2);
-        let r = RequestId(1);
-        assert_eq!(m.allocate_slots(r, 3).unwrap(), &[BlockId(0), BlockId(1)]);
-        assert_eq!(
-            m.allocate_slots(r, 4).unwrap().len(),
-            2,
-            "still fits in 2 blocks"
-        );
-        assert_eq!(m.allocate_slots(r, 5).unwrap().len(), 3);
-        let other = RequestId(2);
-        assert!(m.allocate_slots(other, 4).is_none(), "needs 2, 1 free");
-        assert!(m.block_table(other).is_none());
-        assert_eq!(m.pool().num_free(), 1);
-        m.free(r);
-        assert_eq!(m.pool().num_free(), 4);
-        m.check_invariants().unwrap();
-    }
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Grow { req: u64, tokens: usize },
-        Free { req: u64 },
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            3 => (0u64..6, 1usize..12).prop_map(|(req, tokens)| Op::Grow { req, tokens }),
-            1 => (0u64..6).prop_map(|req| Op::Free { req }),
-        ]
-    }
-
-    proptest! {
-        #[test]
-        fn invariants_hold_after_every_operation(
-            num_blocks in 1usize..10,
-            block_size in 1usize..5,
-            ops in prop::collection::vec(op(), 1..200),
-        ) {
-            let mut m = KvCacheManager::new(num_blocks, block_size);
-            let mut tokens: HashMap<u64, usize> = HashMap::new();
-            for op in ops {
-                match op {
-                    Op::Grow { req, tokens: add } => {
-                        let total = tokens.get(&req).copied().unwrap_or(0) + add;
-                        let before = m.pool().num_free();
-                        match m.allocate_slots(RequestId(req), total) {
-                            Some(table) => {
-                                prop_assert!(table.len() * block_size >= total);
-                                tokens.insert(req, total);
-                            }
-                            None => prop_assert_eq!(m.pool().num_free(), before),
-                        }
-                    }
-                    Op::Free { req } => {
-                        m.free(RequestId(req));
-                        tokens.remove(&req);
-                    }
-                }
-                m.check_invariants().map_err(TestCaseError::fail)?;
-            }
-            for req in 0..6 {
-                m.free(RequestId(req));
-            }
-            prop_assert_eq!(m.pool().num_free(), num_blocks, "everything free at the end");
-            m.check_invariants().map_err(TestCaseError::fail)?;
-        }
-    }
-}
+mod tests;

@@ -7,13 +7,17 @@
 //! is thereby split across steps and shares them with decodes (chunked prefill). When blocks run
 //! out, the most recently arrived running request is preempted: its blocks are freed and it goes
 //! back to the front of the waiting queue, keeping its generated tokens, to be recomputed.
+//!
+//! With prefix caching, a waiting request (new or preempted) starts from the longest run of cached
+//! full blocks matching its tokens and computes only the rest; a preempted request thus finds its
+//! own blocks again unless they were evicted meanwhile.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use pagoda_core::{FinishReason, RequestId, TokenId};
 
-use crate::kv::{BlockId, KvCacheManager};
+use crate::kv::{BlockId, CachedPrefix, KvCacheManager};
 use crate::request::{Request, RequestStatus};
 
 /// Limits of the scheduler.
@@ -27,6 +31,8 @@ pub struct SchedulerConfig {
     pub max_model_len: usize,
     pub block_size: usize,
     pub num_blocks: usize,
+    /// Reuse cached full blocks across requests with the same prefix.
+    pub enable_prefix_caching: bool,
 }
 
 impl SchedulerConfig {
@@ -121,12 +127,18 @@ pub struct Scheduler {
     /// Kept sorted by arrival, so the last one is the most recently arrived.
     running: Vec<RequestId>,
     pub num_preemptions: usize,
+    /// Prompt tokens served from the prefix cache at requests' first scheduling.
+    pub num_prompt_tokens_cached: u64,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         Self {
-            kv: KvCacheManager::new(config.num_blocks, config.block_size),
+            kv: KvCacheManager::new(
+                config.num_blocks,
+                config.block_size,
+                config.enable_prefix_caching,
+            ),
             config,
             requests: HashMap::new(),
             arrival_seq: HashMap::new(),
@@ -134,6 +146,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             num_preemptions: 0,
+            num_prompt_tokens_cached: 0,
         }
     }
 
@@ -162,15 +175,17 @@ impl Scheduler {
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
-            let (computed, num_new) = {
-                let r = &self.requests[&id];
-                (r.num_computed_tokens, r.num_uncomputed().min(budget))
-            };
+            let r = &self.requests[&id];
+            let (computed, num_new) = (r.num_computed_tokens, r.num_uncomputed().min(budget));
             if num_new == 0 {
                 i += 1;
                 continue;
             }
-            if self.kv.allocate_slots(id, computed + num_new).is_some() {
+            if self
+                .kv
+                .allocate_slots(r, computed + num_new, CachedPrefix::default())
+                .is_some()
+            {
                 out.scheduled.push(ScheduledRequest {
                     id,
                     num_new_tokens: num_new,
@@ -194,17 +209,30 @@ impl Scheduler {
                 if budget == 0 || self.running.len() >= self.config.max_num_seqs {
                     break;
                 }
-                let (computed, num_new) = {
-                    let r = &self.requests[&id];
-                    (r.num_computed_tokens, r.num_uncomputed().min(budget))
-                };
-                if self.kv.allocate_slots(id, computed + num_new).is_none() {
+                let r = &self.requests[&id];
+                debug_assert_eq!(r.num_computed_tokens, 0, "invariant: waiting holds no KV");
+                let prefix = self.kv.find_cached_prefix(r);
+                let num_hit = prefix.num_blocks() * self.config.block_size;
+                let num_new = (r.num_tokens() - num_hit).min(budget);
+                let num_tokens = r.num_tokens();
+                if self
+                    .kv
+                    .allocate_slots(r, num_hit + num_new, prefix)
+                    .is_none()
+                {
                     break;
                 }
+                self.kv.record_lookup(num_tokens, num_hit);
                 self.waiting.pop_front();
                 self.insert_running(id);
                 if let Some(r) = self.requests.get_mut(&id) {
                     r.status = RequestStatus::Running;
+                    r.num_computed_tokens = num_hit;
+                    if r.num_cached_tokens.is_none() {
+                        let cached = num_hit.min(r.prompt_ids.len());
+                        r.num_cached_tokens = Some(cached);
+                        self.num_prompt_tokens_cached += cached as u64;
+                    }
                 }
                 out.scheduled.push(ScheduledRequest {
                     id,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::Extension;
 use axum::response::{IntoResponse, Response};
 use pagoda_core::TokenId;
 use pagoda_engine::output::RequestOutput;
@@ -19,7 +20,7 @@ use crate::api::common::Usage;
 use crate::error::ApiError;
 use crate::generation::{self, token_piece, ChoiceEvent, ChoiceProgress};
 use crate::routes::{check_model, parse_json, random_id, sse};
-use crate::state::AppState;
+use crate::state::{AppState, Tenant};
 use crate::validation;
 
 type ChoiceText = ChoiceProgress<ChatLogprobs>;
@@ -60,8 +61,12 @@ fn apply(
     lp
 }
 
-pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    match run(state, body).await {
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    tenant: Option<Extension<Tenant>>,
+    body: Bytes,
+) -> Response {
+    match run(state, tenant.map(|Extension(t)| t), body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -84,7 +89,11 @@ pub fn chat_prompt_ids(
         .map_err(|e| ApiError::invalid_param("messages", format!("cannot tokenize: {e}")))
 }
 
-async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn run(
+    state: Arc<AppState>,
+    tenant: Option<Tenant>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: ChatCompletionRequest = parse_json(&body)?;
     check_model(&state, request.model.as_deref())?;
     let (max_tokens, param) = match request.max_completion_tokens {
@@ -115,7 +124,7 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
     )?;
     let prepared = generation::prepare(&state, vec![ids], &generation, param)?;
     let guard = state.in_flight_guard();
-    let mut submission = generation::submit(&state, prepared, &generation)?;
+    let mut submission = generation::submit(&state, prepared, &generation, tenant.as_ref())?;
     let id = random_id("chatcmpl");
     let created = crate::state::unix_now();
     let model = state.config.served_model_name.clone();
@@ -212,7 +221,7 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
                 finish_reason: c.finish_reason,
             })
             .collect(),
-        usage: Usage::new(submission.prompt_tokens(), completion_tokens),
+        usage: submission.usage(completion_tokens),
     };
     Ok(axum::Json(response).into_response())
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::Extension;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map};
 
@@ -14,7 +15,7 @@ use crate::api::completions::{
 use crate::error::ApiError;
 use crate::generation::{self, token_piece, ChoiceEvent, ChoiceProgress};
 use crate::routes::{check_model, parse_json, random_id, sse};
-use crate::state::AppState;
+use crate::state::{AppState, Tenant};
 use crate::validation::{self, PromptInput};
 
 type ChoiceText = ChoiceProgress<CompletionLogprobs>;
@@ -65,14 +66,22 @@ fn apply(
     delta
 }
 
-pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    match run(state, body).await {
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    tenant: Option<Extension<Tenant>>,
+    body: Bytes,
+) -> Response {
+    match run(state, tenant.map(|Extension(t)| t), body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn run(
+    state: Arc<AppState>,
+    tenant: Option<Tenant>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse_json(&body)?;
     check_model(&state, request.model.as_deref())?;
     if request.echo {
@@ -98,7 +107,7 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
         .collect::<Result<Vec<_>, _>>()?;
     let prepared = generation::prepare(&state, prompts, &generation, "max_tokens")?;
     let guard = state.in_flight_guard();
-    let mut submission = generation::submit(&state, prepared, &generation)?;
+    let mut submission = generation::submit(&state, prepared, &generation, tenant.as_ref())?;
     let id = random_id("cmpl");
     let created = crate::state::unix_now();
     let model = state.config.served_model_name.clone();
@@ -163,7 +172,7 @@ async fn run(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
                 finish_reason: c.finish_reason,
             })
             .collect(),
-        usage: Some(Usage::new(submission.prompt_tokens(), completion_tokens)),
+        usage: Some(submission.usage(completion_tokens)),
     };
     Ok(axum::Json(response).into_response())
 }

@@ -93,7 +93,7 @@ pub fn respond(
                 Phase::Usage => {
                     st.phase = Phase::Done;
                     if st.include_usage {
-                        let usage = Usage::new(st.submission.prompt_tokens(), st.completion_tokens);
+                        let usage = st.submission.usage(st.completion_tokens);
                         let mut chunk = (st.usage_chunk)(usage);
                         chunk["usage"] = serde_json::to_value(usage).unwrap_or(Value::Null);
                         return Some((data(&chunk), st));

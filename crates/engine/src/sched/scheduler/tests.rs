@@ -1,6 +1,6 @@
 //! Exact schedules for chunked prefill, budget sharing, preemption and admission.
 
-use pagoda_core::SamplingParams;
+use pagoda_core::{SamplingParams, TokenId};
 
 use super::*;
 
@@ -11,6 +11,7 @@ fn config(budget: usize, blocks: usize, block_size: usize) -> SchedulerConfig {
         max_model_len: 1024,
         block_size,
         num_blocks: blocks,
+        enable_prefix_caching: false,
     }
 }
 
@@ -153,6 +154,52 @@ fn aborting_frees_blocks_at_once() {
     s.check_invariants().unwrap();
 }
 
+#[test]
+fn a_cached_prefix_is_skipped_and_only_the_rest_is_computed() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        enable_prefix_caching: true,
+        ..config(64, 20, 4)
+    });
+    s.add_request(request(1, 10, 4)).unwrap();
+    assert_eq!(step(&mut s), vec![(1, 10)]);
+    // Request 2's first 8 tokens are request 1's: two cached blocks, 4 tokens to compute.
+    let mut r2 = request(2, 12, 4);
+    r2.prompt_ids[8..].copy_from_slice(&[100, 101, 102, 103]);
+    s.add_request(r2).unwrap();
+    assert_eq!(step(&mut s), vec![(1, 1), (2, 4)]);
+    assert_eq!(s.request(RequestId(2)).unwrap().num_cached_tokens, Some(8));
+    assert_eq!(s.kv().block_table(RequestId(2)).unwrap()[..2], s.kv().block_table(RequestId(1)).unwrap()[..2]);
+    assert_eq!((s.kv().stats.queries, s.kv().stats.hits), (22, 8));
+    assert_eq!(s.num_prompt_tokens_cached, 8);
+}
+
+#[test]
+fn a_preempted_request_resumes_from_its_own_cached_blocks() {
+    // 5 blocks of 2 tokens; both requests need 3 blocks to reach their 6th token.
+    let mut s = Scheduler::new(SchedulerConfig {
+        enable_prefix_caching: true,
+        ..config(64, 5, 2)
+    });
+    let mut r2 = request(2, 3, 4);
+    r2.prompt_ids = vec![10, 11, 12];
+    s.add_request(request(1, 3, 4)).unwrap();
+    s.add_request(r2).unwrap();
+    assert_eq!(step(&mut s), vec![(1, 3), (2, 3)]);
+    assert_eq!(step(&mut s), vec![(1, 1), (2, 1)]);
+    // 5 tokens each: 1 takes the last free block, 2 finds none and is preempted.
+    let out = s.schedule();
+    assert_eq!(out.preempted, vec![RequestId(2)]);
+    for id in s.on_step_done(&out) {
+        s.append_token(id, 7);
+    }
+    s.finish(RequestId(1), FinishReason::Length);
+    // 2 holds 5 tokens (3 + 2 sampled); its two full blocks are still cached: only 1 recomputed.
+    assert_eq!(step(&mut s), vec![(2, 1)]);
+    let r2 = s.request(RequestId(2)).unwrap();
+    assert_eq!((r2.num_computed_tokens, r2.output_ids.len()), (5, 3));
+    assert_eq!(r2.num_cached_tokens, Some(0), "counted at its first scheduling only");
+}
+
 mod properties {
     use proptest::prelude::*;
 
@@ -160,17 +207,34 @@ mod properties {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Add { prompt: usize, max_tokens: usize },
+        /// `n` requests with one prompt: one of three shared prefixes, then a unique suffix.
+        Add {
+            prefix: usize,
+            prefix_len: usize,
+            suffix_len: usize,
+            max_tokens: usize,
+            n: usize,
+        },
         Step,
         Abort { pick: usize },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            2 => (1usize..12, 1usize..8).prop_map(|(prompt, max_tokens)| Op::Add { prompt, max_tokens }),
+            2 => (0usize..3, 0usize..10, 0usize..6, 1usize..8, 1usize..4).prop_map(
+                |(prefix, prefix_len, suffix_len, max_tokens, n)| Op::Add {
+                    prefix, prefix_len, suffix_len, max_tokens, n
+                }
+            ),
             5 => Just(Op::Step),
             1 => any::<usize>().prop_map(|pick| Op::Abort { pick }),
         ]
+    }
+
+    fn prompt(id: u64, prefix: usize, prefix_len: usize, suffix_len: usize) -> Vec<TokenId> {
+        let shared = (0..prefix_len as u32).map(|i| prefix as u32 * 100 + i);
+        let unique = (0..suffix_len.max(1) as u32).map(|i| 1000 + id as u32 * 10 + i);
+        shared.chain(unique).collect()
     }
 
     /// Steps like an engine: samples token 7 for each request needing one, finishes at max_tokens.
@@ -191,6 +255,7 @@ mod properties {
             num_blocks in 3usize..12,
             block_size in 1usize..5,
             budget in 1usize..24,
+            caching in any::<bool>(),
             ops in prop::collection::vec(op(), 1..150),
         ) {
             let mut s = Scheduler::new(SchedulerConfig {
@@ -199,16 +264,22 @@ mod properties {
                 max_model_len: 64,
                 block_size,
                 num_blocks,
+                enable_prefix_caching: caching,
             });
             let mut next = 0u64;
             let mut live: Vec<RequestId> = Vec::new();
             for op in ops {
                 match op {
-                    Op::Add { prompt, max_tokens } => {
-                        if s.add_request(request(next, prompt, max_tokens)).is_ok() {
-                            live.push(RequestId(next));
+                    Op::Add { prefix, prefix_len, suffix_len, max_tokens, n } => {
+                        let ids = prompt(next, prefix, prefix_len, suffix_len);
+                        for _ in 0..n {
+                            let mut r = request(next, 1, max_tokens);
+                            r.prompt_ids = ids.clone();
+                            if s.add_request(r).is_ok() {
+                                live.push(RequestId(next));
+                            }
+                            next += 1;
                         }
-                        next += 1;
                     }
                     Op::Step => engine_step(&mut s),
                     Op::Abort { pick } => {
@@ -240,6 +311,7 @@ mod properties {
             max_model_len: 64,
             block_size: 4,
             num_blocks: 24,
+            enable_prefix_caching: true,
         });
         let mut state = 12345u64;
         let mut rand = |n: u64| {
@@ -250,8 +322,13 @@ mod properties {
         };
         let mut live = Vec::new();
         for id in 0..10_000u64 {
-            let (prompt, max_tokens) = (1 + rand(20) as usize, 1 + rand(16) as usize);
-            s.add_request(request(id, prompt, max_tokens)).unwrap();
+            let (prompt_len, max_tokens) = (1 + rand(20) as usize, 1 + rand(16) as usize);
+            // Prompts share prefixes (of 0..20) in one case out of two, so blocks are reused.
+            let mut r = request(id, prompt_len, max_tokens);
+            if rand(2) == 0 {
+                r.prompt_ids.iter_mut().for_each(|t| *t += 1000 + id as u32);
+            }
+            s.add_request(r).unwrap();
             live.push(RequestId(id));
             if rand(3) == 0 {
                 let victim = live.swap_remove(rand(live.len() as u64) as usize);
@@ -269,5 +346,6 @@ mod properties {
         s.check_invariants().unwrap();
         assert_eq!(s.kv().pool().num_free(), 24);
         assert!(s.num_preemptions > 0);
+        assert!(s.kv().stats.hits > 0, "shared prefixes were reused");
     }
 }
