@@ -1,6 +1,7 @@
 //! The `pagoda` binary: one entry point with a subcommand per job.
 
 mod bench_latency;
+mod bench_prefix;
 mod bench_throughput;
 mod engine_args;
 mod generate_cmd;
@@ -40,6 +41,8 @@ enum BenchCommand {
     Latency(bench_latency::LatencyArgs),
     /// Offline throughput of the engine over many requests (continuous vs static batching).
     Throughput(bench_throughput::ThroughputArgs),
+    /// TTFT and hit rate of automatic prefix caching on a shared-prefix workload (on vs off).
+    PrefixCache(bench_prefix::PrefixCacheArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(a) => a.model.threads,
         Command::Bench(BenchCommand::Latency(a)) => a.model.threads,
         Command::Bench(BenchCommand::Throughput(a)) => a.model.threads,
+        Command::Bench(BenchCommand::PrefixCache(a)) => a.model.threads,
         Command::SynthModel(_) => None,
     };
     if let Some(n) = threads {
@@ -61,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Command::SynthModel(args) => synth_cmd::run(args),
         Command::Bench(BenchCommand::Latency(args)) => bench_latency::run(args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(args),
+        Command::Bench(BenchCommand::PrefixCache(args)) => bench_prefix::run(args),
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pagoda_core::{FinishReason, RequestId, SamplingParams, TokenId};
+use pagoda_core::{FinishReason, RequestId, SampledToken, SamplingParams, TokenId};
 use pagoda_model::model::StepBatch;
 use pagoda_model::ops::attention::SeqAttention;
 use pagoda_model::sampler::{RequestRng, Sampler};
@@ -135,6 +135,45 @@ impl LlmEngine {
         result
     }
 
+    /// Queues `params.len()` parallel samples of one prompt (ids `ids`, same length): the prompt
+    /// is computed once, each sample draws its first token from the same logits with its own
+    /// parameters and seed, and the samples share the prompt's blocks (copied on write).
+    pub fn add_request_group(
+        &mut self,
+        ids: &[RequestId],
+        prompt_ids: Vec<TokenId>,
+        params: Vec<SamplingParams>,
+        arrival: Instant,
+        cache_salt: Option<Arc<str>>,
+    ) -> Result<(), AdmissionError> {
+        let requests: Vec<Request> = ids
+            .iter()
+            .zip(params)
+            .map(|(&id, params)| {
+                let mut r = Request::new(id, prompt_ids.clone(), params);
+                r.timings = RequestTimings::new(arrival);
+                r.cache_salt = cache_salt.clone();
+                r
+            })
+            .collect();
+        let seeds: Vec<Option<u64>> = requests.iter().map(|r| r.params.seed).collect();
+        self.scheduler.add_request_group(requests)?;
+        for (&id, seed) in ids.iter().zip(seeds) {
+            self.rngs.insert(id, RequestRng::new(seed));
+            if let Some(tok) = &self.tokenizer {
+                let decoder = IncrementalDecoder::new(tok, &prompt_ids, true);
+                self.detok.insert(
+                    id,
+                    Detok {
+                        decoder,
+                        pending: String::new(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Ends a request now; its blocks are free before the next step.
     pub fn abort(&mut self, id: RequestId) -> bool {
         self.forget(id);
@@ -161,6 +200,7 @@ impl LlmEngine {
             prefix_cache_queries: kv.stats.queries,
             prefix_cache_hits: kv.stats.hits,
             prompt_tokens_cached: self.scheduler.num_prompt_tokens_cached,
+            num_cow_copies: kv.num_cow_copies,
             ..self.stats.clone()
         }
     }
@@ -221,83 +261,43 @@ impl LlmEngine {
             logits_rows: &logits_rows,
         };
         let vocab = self.runner.config().vocab_size;
-        let max_len = self.runner.config().max_context_len;
+        for &(src, dst) in &out.copies {
+            self.runner.kv.copy_block(src.0 as usize, dst.0 as usize);
+        }
         let logits = self.runner.execute(&batch);
 
         let to_sample = self.scheduler.on_step_done(&out);
         debug_assert_eq!(to_sample.len(), logits_rows.len());
-        let mut outputs = Vec::with_capacity(to_sample.len());
+        // Sample every request (and the samples forking from it, from the same row) while the
+        // logits borrow the runner; then fork and apply the tokens.
+        let mut sampled = Vec::with_capacity(to_sample.len());
+        let mut forked = Vec::new();
         for (row, id) in to_sample.into_iter().enumerate() {
             let row_logits = &logits[row * vocab..(row + 1) * vocab];
-            let r = self
-                .scheduler
-                .request(id)
-                .expect("invariant: sampled requests exist");
-            let rng = self
-                .rngs
-                .get_mut(&id)
-                .expect("invariant: every live request has an rng");
-            let token =
-                self.sampler
-                    .sample(row_logits, &r.params, &r.prompt_ids, &r.output_ids, rng);
-            let params = r.params.clone();
-            let num_output = r.output_ids.len() + 1;
-            let num_tokens = r.num_tokens() + 1;
-            let num_prompt_tokens = r.prompt_ids.len();
-            let num_cached_tokens = r.num_cached_tokens.unwrap_or(0);
-            self.scheduler.append_token(id, token.token);
-            self.stats.num_generated_tokens += 1;
-
-            let mut finished = if !params.ignore_eos && self.eos_token_ids.contains(&token.token)
-                || params.stop_token_ids.contains(&token.token)
-            {
-                Some(FinishReason::StopToken(token.token))
-            } else if num_output >= params.max_tokens {
-                Some(FinishReason::Length)
-            } else if num_tokens >= max_len {
-                Some(FinishReason::ContextLength)
-            } else {
-                None
-            };
-            let mut text = String::new();
-            if let (Some(tok), Some(d)) = (&self.tokenizer, self.detok.get_mut(&id)) {
-                // A failed decode (malformed vocabulary entry) loses text, never the request.
-                let delta = d.decoder.step(tok, token.token).unwrap_or_default();
-                d.pending.push_str(&delta);
-                let (emit, stop) = split_at_stop(&d.pending, &params.stop, finished.is_some());
-                text = emit;
-                d.pending
-                    .drain(..text.len() + stop.as_ref().map_or(0, |s| s.len()));
-                if let Some(stop) = stop {
-                    finished = Some(FinishReason::StopString(stop));
-                }
-                if finished.is_some() {
-                    d.pending.clear();
-                }
+            let children = self.scheduler.take_forks(id);
+            for &rid in std::iter::once(&id).chain(&children) {
+                let r = self
+                    .scheduler
+                    .request(rid)
+                    .expect("invariant: sampled requests exist");
+                let rng = self
+                    .rngs
+                    .get_mut(&rid)
+                    .expect("invariant: every live request has an rng");
+                let token =
+                    self.sampler
+                        .sample(row_logits, &r.params, &r.prompt_ids, &r.output_ids, rng);
+                sampled.push((rid, token));
             }
-            let mut timings = self
-                .scheduler
-                .request(id)
-                .map(|r| r.timings)
-                .unwrap_or_else(|| RequestTimings::new(now));
-            if let Some(reason) = &finished {
-                // Field by field: `logits` still borrows the runner.
-                self.rngs.remove(&id);
-                self.detok.remove(&id);
-                self.scheduler.finish(id, reason.clone());
-                timings.finished = Some(Instant::now());
-            }
-            outputs.push(RequestOutput {
-                id,
-                token,
-                text,
-                finished,
-                num_prompt_tokens,
-                num_cached_tokens,
-                num_output_tokens: num_output,
-                timings,
-            });
+            forked.extend(children.into_iter().map(|child| (id, child)));
         }
+        for (leader, child) in forked {
+            self.scheduler.fork(leader, child, now);
+        }
+        let outputs = sampled
+            .into_iter()
+            .map(|(id, token)| self.apply_token(id, token, now))
+            .collect::<Vec<_>>();
         let record = StepRecord {
             num_tokens: out.num_tokens(),
             num_seqs,
@@ -307,6 +307,70 @@ impl LlmEngine {
         self.stats.step_time_total += record.duration;
         self.stats.last_step = Some(record);
         outputs
+    }
+
+    /// Appends a sampled token to its request, applies the stop rules and detokenizes.
+    fn apply_token(&mut self, id: RequestId, token: SampledToken, now: Instant) -> RequestOutput {
+        let max_len = self.runner.config().max_context_len;
+        let r = self
+            .scheduler
+            .request(id)
+            .expect("invariant: sampled requests exist");
+        let params = r.params.clone();
+        let num_output = r.output_ids.len() + 1;
+        let num_tokens = r.num_tokens() + 1;
+        let num_prompt_tokens = r.prompt_ids.len();
+        let num_cached_tokens = r.num_cached_tokens.unwrap_or(0);
+        self.scheduler.append_token(id, token.token);
+        self.stats.num_generated_tokens += 1;
+
+        let mut finished = if !params.ignore_eos && self.eos_token_ids.contains(&token.token)
+            || params.stop_token_ids.contains(&token.token)
+        {
+            Some(FinishReason::StopToken(token.token))
+        } else if num_output >= params.max_tokens {
+            Some(FinishReason::Length)
+        } else if num_tokens >= max_len {
+            Some(FinishReason::ContextLength)
+        } else {
+            None
+        };
+        let mut text = String::new();
+        if let (Some(tok), Some(d)) = (&self.tokenizer, self.detok.get_mut(&id)) {
+            // A failed decode (malformed vocabulary entry) loses text, never the request.
+            let delta = d.decoder.step(tok, token.token).unwrap_or_default();
+            d.pending.push_str(&delta);
+            let (emit, stop) = split_at_stop(&d.pending, &params.stop, finished.is_some());
+            text = emit;
+            d.pending
+                .drain(..text.len() + stop.as_ref().map_or(0, |s| s.len()));
+            if let Some(stop) = stop {
+                finished = Some(FinishReason::StopString(stop));
+            }
+            if finished.is_some() {
+                d.pending.clear();
+            }
+        }
+        let mut timings = self
+            .scheduler
+            .request(id)
+            .map(|r| r.timings)
+            .unwrap_or_else(|| RequestTimings::new(now));
+        if let Some(reason) = &finished {
+            self.forget(id);
+            self.scheduler.finish(id, reason.clone());
+            timings.finished = Some(Instant::now());
+        }
+        RequestOutput {
+            id,
+            token,
+            text,
+            finished,
+            num_prompt_tokens,
+            num_cached_tokens,
+            num_output_tokens: num_output,
+            timings,
+        }
     }
 }
 

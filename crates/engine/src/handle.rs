@@ -53,13 +53,14 @@ pub struct QueueLimits {
 }
 
 enum Command {
+    /// One request, or (several ids) parallel samples of one prompt.
     Add {
-        id: RequestId,
+        ids: Vec<RequestId>,
         prompt_ids: Vec<TokenId>,
-        params: SamplingParams,
+        params: Vec<SamplingParams>,
         arrival: Instant,
         cache_salt: Option<Arc<str>>,
-        outputs: stream_channel::Sender<RequestOutput>,
+        outputs: Vec<stream_channel::Sender<RequestOutput>>,
     },
     Abort(RequestId),
 }
@@ -133,7 +134,8 @@ impl EngineHandle {
         prompt_ids: Vec<TokenId>,
         params: SamplingParams,
     ) -> Result<RequestStream, SubmitError> {
-        self.submit(prompt_ids, params, None, None)
+        self.submit(prompt_ids, vec![params], None, None)
+            .map(|mut streams| streams.remove(0))
     }
 
     /// Submits a request unless the waiting queue would pass `limits`. The check reserves its
@@ -146,58 +148,83 @@ impl EngineHandle {
         limits: QueueLimits,
         cache_salt: Option<Arc<str>>,
     ) -> Result<RequestStream, SubmitError> {
+        self.submit(prompt_ids, vec![params], Some(limits), cache_salt)
+            .map(|mut streams| streams.remove(0))
+    }
+
+    /// Submits parallel samples of one prompt (one stream per entry of `params`, in order): the
+    /// prompt is computed once and its blocks shared (see [`LlmEngine::add_request_group`]).
+    /// Each sample counts as a waiting request against `limits`, the prompt's tokens once.
+    pub fn add_request_group(
+        &self,
+        prompt_ids: Vec<TokenId>,
+        params: Vec<SamplingParams>,
+        limits: QueueLimits,
+        cache_salt: Option<Arc<str>>,
+    ) -> Result<Vec<RequestStream>, SubmitError> {
         self.submit(prompt_ids, params, Some(limits), cache_salt)
     }
 
     fn submit(
         &self,
         prompt_ids: Vec<TokenId>,
-        params: SamplingParams,
+        params: Vec<SamplingParams>,
         limits: Option<QueueLimits>,
         cache_salt: Option<Arc<str>>,
-    ) -> Result<RequestStream, SubmitError> {
+    ) -> Result<Vec<RequestStream>, SubmitError> {
         if self.is_stopped() {
             return Err(SubmitError::EngineStopped);
         }
-        self.limits
-            .check_admission(prompt_ids.len(), params.max_tokens)?;
+        for p in &params {
+            self.limits
+                .check_admission(prompt_ids.len(), p.max_tokens)?;
+        }
         let num_tokens = prompt_ids.len();
-        let reservation = Reservation::new(&self.shared, num_tokens);
+        let num_requests = params.len();
+        let reservation = Reservation::new(&self.shared, num_requests, num_tokens);
         if let Some(limits) = limits {
             let depth = self.queue_depth();
             // The first waiting request is always let in, however long, so that a prompt over
             // the token limit is not refused forever.
-            let over_tokens = depth.tokens > limits.max_tokens && depth.requests > 1;
+            let over_tokens = depth.tokens > limits.max_tokens && depth.requests > num_requests;
             if depth.requests > limits.max_requests || over_tokens {
                 return Err(SubmitError::QueueFull {
-                    waiting_requests: depth.requests - 1,
+                    waiting_requests: depth.requests - num_requests,
                     waiting_tokens: depth.tokens - num_tokens,
                     max_requests: limits.max_requests,
                     max_tokens: limits.max_tokens,
                 });
             }
         }
-        let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        // One slot per possible output: the engine's `try_send` can never find it full.
-        let (tx, rx) = stream_channel::channel(params.max_tokens.max(1));
+        let mut ids = Vec::with_capacity(num_requests);
+        let mut senders = Vec::with_capacity(num_requests);
+        let mut streams = Vec::with_capacity(num_requests);
+        for p in &params {
+            let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
+            // One slot per possible output: the engine's `try_send` can never find it full.
+            let (tx, rx) = stream_channel::channel(p.max_tokens.max(1));
+            ids.push(id);
+            senders.push(tx);
+            streams.push(RequestStream {
+                id,
+                outputs: rx,
+                commands: self.commands.clone(),
+                finished: false,
+            });
+        }
         self.commands
             .send(Command::Add {
-                id,
+                ids,
                 prompt_ids,
                 params,
                 arrival: Instant::now(),
                 cache_salt,
-                outputs: tx,
+                outputs: senders,
             })
             .map_err(|_| SubmitError::EngineStopped)?;
         // The engine thread releases the in-transit counts when it takes the request in.
         std::mem::forget(reservation);
-        Ok(RequestStream {
-            id,
-            outputs: rx,
-            commands: self.commands.clone(),
-            finished: false,
-        })
+        Ok(streams)
     }
 
     /// Aborts a request; its blocks are free after the engine's next step.
@@ -336,25 +363,30 @@ impl EngineLoop {
     fn apply(&mut self, command: Command) {
         match command {
             Command::Add {
-                id,
+                ids,
                 prompt_ids,
-                params,
+                mut params,
                 arrival,
                 cache_salt,
                 outputs,
             } => {
                 let num_tokens = prompt_ids.len();
-                // Refusals were decided by the handle; one here just closes the stream.
-                if self
-                    .engine
-                    .add_request_at(id, prompt_ids, params, arrival, cache_salt)
-                    .is_ok()
-                {
-                    self.streams.insert(id, outputs);
+                let num_requests = ids.len();
+                // Refusals were decided by the handle; one here just closes the streams.
+                let added = if ids.len() == 1 {
+                    let p = params.remove(0);
+                    self.engine
+                        .add_request_at(ids[0], prompt_ids, p, arrival, cache_salt)
+                } else {
+                    self.engine
+                        .add_request_group(&ids, prompt_ids, params, arrival, cache_salt)
+                };
+                if added.is_ok() {
+                    self.streams.extend(ids.into_iter().zip(outputs));
                 }
                 self.shared
                     .in_transit_requests
-                    .fetch_sub(1, Ordering::SeqCst);
+                    .fetch_sub(num_requests, Ordering::SeqCst);
                 self.shared
                     .in_transit_tokens
                     .fetch_sub(num_tokens, Ordering::SeqCst);
@@ -401,16 +433,23 @@ impl EngineLoop {
 /// A request counted as in transit; released on drop unless handed to the engine thread.
 struct Reservation<'a> {
     shared: &'a Shared,
+    num_requests: usize,
     num_tokens: usize,
 }
 
 impl<'a> Reservation<'a> {
-    fn new(shared: &'a Shared, num_tokens: usize) -> Self {
-        shared.in_transit_requests.fetch_add(1, Ordering::SeqCst);
+    fn new(shared: &'a Shared, num_requests: usize, num_tokens: usize) -> Self {
+        shared
+            .in_transit_requests
+            .fetch_add(num_requests, Ordering::SeqCst);
         shared
             .in_transit_tokens
             .fetch_add(num_tokens, Ordering::SeqCst);
-        Self { shared, num_tokens }
+        Self {
+            shared,
+            num_requests,
+            num_tokens,
+        }
     }
 }
 
@@ -418,7 +457,7 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.shared
             .in_transit_requests
-            .fetch_sub(1, Ordering::SeqCst);
+            .fetch_sub(self.num_requests, Ordering::SeqCst);
         self.shared
             .in_transit_tokens
             .fetch_sub(self.num_tokens, Ordering::SeqCst);

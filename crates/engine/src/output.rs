@@ -100,6 +100,8 @@ pub struct EngineStats {
     pub prefix_cache_hits: u64,
     /// Prompt tokens served from the cache at requests' first scheduling.
     pub prompt_tokens_cached: u64,
+    /// Blocks copied on write (parallel samples diverging inside a shared block).
+    pub num_cow_copies: u64,
     /// Wall time spent in steps.
     pub step_time_total: Duration,
     pub last_step: Option<StepRecord>,

@@ -93,6 +93,18 @@ impl KvCache {
         self.geometry.num_blocks * self.geometry.block_size
     }
 
+    /// Copies block `src`'s K and V, in every layer, over block `dst` (copy-on-write of a block
+    /// shared by parallel samples).
+    pub fn copy_block(&mut self, src: usize, dst: usize) {
+        let g = self.geometry;
+        let len = g.num_kv_heads * g.block_size * g.head_dim;
+        let (from, to) = (g.offset(src, 0, 0), g.offset(dst, 0, 0));
+        for layer in &mut self.layers {
+            layer.k.copy_within(from..from + len, to);
+            layer.v.copy_within(from..from + len, to);
+        }
+    }
+
     /// Stores K and V of each token at its slot. `k_rows`/`v_rows` hold `[num_kv_heads * head_dim]`
     /// values per token, `row_stride` apart.
     pub fn write(
@@ -116,6 +128,44 @@ impl KvCache {
                 v[dst..dst + g.head_dim]
                     .copy_from_slice(&src_v[h * g.head_dim..(h + 1) * g.head_dim]);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_block_copies_every_layer_and_nothing_else() {
+        let g = KvGeometry {
+            block_size: 2,
+            num_blocks: 3,
+            num_kv_heads: 2,
+            head_dim: 4,
+        };
+        let layer = || LayerKv {
+            k: vec![0.0; g.layer_len()],
+            v: vec![0.0; g.layer_len()],
+        };
+        let mut kv = KvCache {
+            geometry: g,
+            layers: vec![layer(), layer()],
+        };
+        let len = g.num_kv_heads * g.block_size * g.head_dim;
+        for layer in &mut kv.layers {
+            for (i, x) in layer.k.iter_mut().enumerate() {
+                *x = i as f32;
+            }
+            for (i, x) in layer.v.iter_mut().enumerate() {
+                *x = -(i as f32);
+            }
+        }
+        kv.copy_block(0, 2);
+        for layer in &kv.layers {
+            assert_eq!(layer.k[2 * len..3 * len], layer.k[..len]);
+            assert_eq!(layer.v[2 * len..3 * len], layer.v[..len]);
+            assert_eq!(layer.k[len], len as f32, "block 1 untouched");
         }
     }
 }

@@ -1,7 +1,8 @@
 //! From validated prompts to merged per-choice output streams, shared by completions and chat.
 //!
 //! Each prompt × `n` becomes one engine request (choice `index = prompt × n + i`; with a seed,
-//! choice i samples with `seed + i`). Their streams are merged in arrival order, so n > 1
+//! choice i samples with `seed + i`); the n samples of a prompt go in as one group, which computes
+//! the prompt once and shares its KV blocks. Their streams are merged in arrival order, so n > 1
 //! interleaves by choice index. Dropping the merged stream drops every request stream, which
 //! aborts whatever has not finished: that is how a client disconnect frees the KV cache.
 
@@ -113,15 +114,19 @@ pub fn submit(
     let mut merged = SelectAll::new();
     let mut kept = Vec::with_capacity(prompts.len());
     for (p, prompt) in prompts.into_iter().enumerate() {
-        for i in 0..n {
-            let params = SamplingParams {
+        let params: Vec<SamplingParams> = (0..n)
+            .map(|i| SamplingParams {
                 max_tokens: prompt.max_tokens,
                 seed: generation.params.seed.map(|s| s.wrapping_add(i as u64)),
                 ..generation.params.clone()
-            };
-            let stream = state
+            })
+            .collect();
+        // n > 1: parallel samples computing the prompt once and sharing its KV blocks.
+        let streams =
+            state
                 .engine
-                .add_request_bounded(prompt.ids.clone(), params, limits, salt.clone())?;
+                .add_request_group(prompt.ids.clone(), params, limits, salt.clone())?;
+        for (i, stream) in streams.into_iter().enumerate() {
             merged.push(choice_stream(p * n + i, stream));
         }
         kept.push(prompt.ids);

@@ -183,7 +183,10 @@ impl BlockPool {
             count += 1;
         }
         if count != self.free.len() {
-            return Err(format!("free queue links {count} blocks but counts {}", self.free.len()));
+            return Err(format!(
+                "free queue links {count} blocks but counts {}",
+                self.free.len()
+            ));
         }
         for (i, (&rc, &held)) in self.ref_counts.iter().zip(&holders).enumerate() {
             if rc != held {

@@ -22,7 +22,9 @@ impl FreeQueue {
         let n = num_blocks as u32;
         Self {
             prev: (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect(),
-            next: (0..n).map(|i| if i + 1 == n { NONE } else { i + 1 }).collect(),
+            next: (0..n)
+                .map(|i| if i + 1 == n { NONE } else { i + 1 })
+                .collect(),
             queued: vec![true; num_blocks],
             head: if n == 0 { NONE } else { 0 },
             tail: if n == 0 { NONE } else { n - 1 },

@@ -5,6 +5,12 @@
 //! the tokens of this step, registering every block that this step fills; `free` gives the blocks
 //! back, last block first, so that when cached blocks are later evicted the leaves of a prefix go
 //! before the blocks they extend.
+//!
+//! Parallel samples of one prompt share its blocks: `fork` gives a sample its parent's whole
+//! table (one more reference per block). A block that is still shared when a request is about to
+//! write into it (the prompt's partially filled last block, when the samples' first tokens
+//! differ) is copied on write: the writer gets a fresh block, and the copy is queued for the
+//! model runner to perform before the step's forward (`take_copies`).
 
 use std::collections::HashMap;
 
@@ -52,6 +58,10 @@ pub struct KvCacheManager {
     pool: BlockPool,
     block_size: usize,
     requests: HashMap<RequestId, RequestBlocks>,
+    /// Copy-on-write block copies (source, destination) the runner must do before the next step.
+    copies: Vec<(BlockId, BlockId)>,
+    /// Blocks copied on write since the start.
+    pub num_cow_copies: u64,
     pub stats: PrefixCacheStats,
 }
 
@@ -69,6 +79,8 @@ impl KvCacheManager {
             pool,
             block_size,
             requests: HashMap::new(),
+            copies: Vec::new(),
+            num_cow_copies: 0,
             stats: PrefixCacheStats::default(),
         }
     }
@@ -122,8 +134,10 @@ impl KvCacheManager {
 
     /// Makes `request`'s table cover `num_tokens` tokens in total, starting from `prefix` (empty,
     /// or what `find_cached_prefix` just returned for a request holding no blocks), allocating
-    /// what is missing and registering the blocks that `num_tokens` fills. Returns the table, or
-    /// `None` (and changes nothing) when the pool cannot serve it.
+    /// what is missing, copying on write the shared blocks that the tokens after
+    /// `request.num_computed_tokens` will be written into, and registering the blocks that
+    /// `num_tokens` fills. Returns the table, or `None` (and changes nothing) when the pool
+    /// cannot serve it.
     pub fn allocate_slots(
         &mut self,
         request: &Request,
@@ -135,9 +149,21 @@ impl KvCacheManager {
             prefix.blocks.is_empty() || have == 0,
             "invariant: a cached prefix starts a new table"
         );
+        // Held blocks this step writes into that another table also holds.
+        let shared_writes: Vec<usize> = match self.requests.get(&request.id) {
+            Some(entry) if num_tokens > request.num_computed_tokens => {
+                let first = request.num_computed_tokens / self.block_size;
+                let last = (num_tokens - 1) / self.block_size;
+                (first..=last.min(entry.table.len().saturating_sub(1)))
+                    .filter(|&i| self.pool.ref_count(entry.table[i]) > 1)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let need = self
             .blocks_for(num_tokens)
-            .saturating_sub(have.max(prefix.blocks.len()));
+            .saturating_sub(have.max(prefix.blocks.len()))
+            + shared_writes.len();
         // Hit blocks nobody holds sit in the free queue: they are not free for new content.
         let free_hits = prefix
             .blocks
@@ -160,7 +186,14 @@ impl KvCacheManager {
             entry.table = prefix.blocks;
             entry.hashes = prefix.hashes;
         }
-        entry.table.extend(new_blocks);
+        let (cow_blocks, new_blocks) = new_blocks.split_at(shared_writes.len());
+        for (&index, &copy) in shared_writes.iter().zip(cow_blocks) {
+            let shared = std::mem::replace(&mut entry.table[index], copy);
+            self.pool.release([&shared]);
+            self.copies.push((shared, copy));
+            self.num_cow_copies += 1;
+        }
+        entry.table.extend_from_slice(new_blocks);
         self.register_full_blocks(request, num_tokens, &mut entry);
         let table = &self.requests.entry(request.id).or_insert(entry).table;
         Some(table)
@@ -181,11 +214,34 @@ impl KvCacheManager {
         for index in entry.num_registered..num_full {
             let key = self.block_key(request, index, entry.hashes.last().copied());
             let hash = self.pool.hash(&key);
-            debug_assert_eq!(entry.hashes.len(), index, "invariant: one hash per full block");
+            debug_assert_eq!(
+                entry.hashes.len(),
+                index,
+                "invariant: one hash per full block"
+            );
             entry.hashes.push(hash);
             self.pool.register(entry.table[index], hash, key);
         }
         entry.num_registered = entry.num_registered.max(num_full);
+    }
+
+    /// Gives `child` the same blocks as `parent` (one more reference each): a parallel sample
+    /// starting from its parent's computed prompt. No-op if the parent holds no blocks.
+    pub fn fork(&mut self, parent: RequestId, child: RequestId) {
+        let Some(entry) = self.requests.get(&parent).cloned() else {
+            return;
+        };
+        for &b in &entry.table {
+            self.pool.touch(b);
+        }
+        if let Some(old) = self.requests.insert(child, entry) {
+            self.pool.release(old.table.iter().rev());
+        }
+    }
+
+    /// The copy-on-write copies queued since the last call, for the runner.
+    pub fn take_copies(&mut self) -> Vec<(BlockId, BlockId)> {
+        std::mem::take(&mut self.copies)
     }
 
     /// Counts a scheduled request's lookup in the prefix-cache statistics.

@@ -11,6 +11,11 @@
 //! With prefix caching, a waiting request (new or preempted) starts from the longest run of cached
 //! full blocks matching its tokens and computes only the rest; a preempted request thus finds its
 //! own blocks again unless they were evicted meanwhile.
+//!
+//! Parallel samples of one prompt (`add_request_group`) are scheduled as one request, the group's
+//! leader; the others wait until the leader's prompt is computed and then fork from it, sharing
+//! its blocks (see [`KvCacheManager::fork`]), each with its own first token sampled from the
+//! leader's logits.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -103,6 +108,8 @@ pub struct SchedulerOutput {
     pub scheduled: Vec<ScheduledRequest>,
     /// Requests preempted while building this step.
     pub preempted: Vec<RequestId>,
+    /// Copy-on-write block copies (source, destination) to do before the step's forward.
+    pub copies: Vec<(BlockId, BlockId)>,
 }
 
 impl SchedulerOutput {
@@ -126,6 +133,8 @@ pub struct Scheduler {
     waiting: VecDeque<RequestId>,
     /// Kept sorted by arrival, so the last one is the most recently arrived.
     running: Vec<RequestId>,
+    /// Parallel samples waiting for their leader's prompt, by leader.
+    forks: HashMap<RequestId, Vec<RequestId>>,
     pub num_preemptions: usize,
     /// Prompt tokens served from the prefix cache at requests' first scheduling.
     pub num_prompt_tokens_cached: u64,
@@ -145,6 +154,7 @@ impl Scheduler {
             next_seq: 0,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            forks: HashMap::new(),
             num_preemptions: 0,
             num_prompt_tokens_cached: 0,
         }
@@ -166,6 +176,65 @@ impl Scheduler {
         self.waiting.push_back(request.id);
         self.requests.insert(request.id, request);
         Ok(())
+    }
+
+    /// Queues parallel samples of one prompt: the first is scheduled; the others fork from it
+    /// once its prompt is computed (see [`Scheduler::take_forks`]). All or none are queued.
+    pub fn add_request_group(&mut self, requests: Vec<Request>) -> Result<(), AdmissionError> {
+        let mut ids = std::collections::HashSet::new();
+        for r in &requests {
+            if self.requests.contains_key(&r.id) || !ids.insert(r.id) {
+                return Err(AdmissionError::Duplicate(r.id));
+            }
+            self.config
+                .check_admission(r.prompt_ids.len(), r.params.max_tokens)?;
+        }
+        let mut requests = requests.into_iter();
+        let Some(leader) = requests.next() else {
+            return Ok(());
+        };
+        let leader_id = leader.id;
+        self.add_request(leader)?;
+        let children: Vec<RequestId> = requests
+            .map(|r| {
+                let id = r.id;
+                self.arrival_seq.insert(id, self.next_seq);
+                self.next_seq += 1;
+                self.requests.insert(id, r);
+                id
+            })
+            .collect();
+        if !children.is_empty() {
+            self.forks.insert(leader_id, children);
+        }
+        Ok(())
+    }
+
+    /// The samples waiting to fork from `leader` (taken: call when the leader's prompt is
+    /// computed, then [`Scheduler::fork`] each).
+    pub fn take_forks(&mut self, leader: RequestId) -> Vec<RequestId> {
+        self.forks.remove(&leader).unwrap_or_default()
+    }
+
+    /// Starts `child` from `leader`'s computed tokens and blocks (shared, copied on write).
+    pub fn fork(&mut self, leader: RequestId, child: RequestId, at: Instant) {
+        let Some((computed, cached)) = self
+            .requests
+            .get(&leader)
+            .map(|l| (l.num_computed_tokens, l.num_cached_tokens))
+        else {
+            return;
+        };
+        if let Some(c) = self.requests.get_mut(&child) {
+            c.num_computed_tokens = computed;
+            c.num_cached_tokens = cached;
+            c.status = RequestStatus::Running;
+            c.timings.first_scheduled.get_or_insert(at);
+        } else {
+            return;
+        }
+        self.kv.fork(leader, child);
+        self.insert_running(child);
     }
 
     /// Decides the next step.
@@ -206,7 +275,11 @@ impl Scheduler {
         // New work only in steps that did not have to preempt.
         if out.preempted.is_empty() {
             while let Some(&id) = self.waiting.front() {
-                if budget == 0 || self.running.len() >= self.config.max_num_seqs {
+                // A group's samples will all run: they must fit under the cap together (a group
+                // larger than the cap runs alone).
+                let group = 1 + self.forks.get(&id).map_or(0, Vec::len);
+                let full = self.running.len() + group > self.config.max_num_seqs;
+                if budget == 0 || (full && !self.running.is_empty()) {
                     break;
                 }
                 let r = &self.requests[&id];
@@ -241,6 +314,7 @@ impl Scheduler {
                 budget -= num_new;
             }
         }
+        out.copies = self.kv.take_copies();
         out
     }
 
@@ -298,6 +372,21 @@ impl Scheduler {
         let mut request = self.requests.remove(&id)?;
         self.arrival_seq.remove(&id);
         self.kv.free(id);
+        // A leader ending before its samples forked hands the group to its first sample.
+        if let Some(mut children) = self.forks.remove(&id) {
+            let heir = children.remove(0);
+            match self.waiting.iter().position(|r| *r == id) {
+                Some(at) => self.waiting.insert(at, heir),
+                None => self.waiting.push_front(heir),
+            }
+            if !children.is_empty() {
+                self.forks.insert(heir, children);
+            }
+        }
+        self.forks.retain(|_, children| {
+            children.retain(|r| *r != id);
+            !children.is_empty()
+        });
         self.running.retain(|r| *r != id);
         self.waiting.retain(|r| *r != id);
         request.status = RequestStatus::Finished(reason);
@@ -316,8 +405,9 @@ impl Scheduler {
         self.running.len()
     }
 
+    /// Waiting requests, samples waiting to fork included.
     pub fn num_waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting.len() + self.forks.values().map(Vec::len).sum::<usize>()
     }
 
     /// Tokens the waiting requests must compute before they can produce output.
@@ -337,19 +427,30 @@ impl Scheduler {
         &self.kv
     }
 
-    /// Block-pool invariants plus: every live request is in exactly one queue, only running
-    /// requests hold blocks, and a request's table covers its computed tokens.
+    /// Block-pool invariants plus: every live request is in exactly one queue (running,
+    /// waiting, or waiting to fork from a live leader), only running requests hold blocks, and a
+    /// request's table covers its computed tokens.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.kv.check_invariants()?;
         let running_set: std::collections::HashSet<_> = self.running.iter().collect();
         let waiting_set: std::collections::HashSet<_> = self.waiting.iter().collect();
-        if running_set.len() != self.running.len() || waiting_set.len() != self.waiting.len() {
+        let fork_set: std::collections::HashSet<_> = self.forks.values().flatten().collect();
+        let num_forks: usize = self.forks.values().map(Vec::len).sum();
+        if running_set.len() != self.running.len()
+            || waiting_set.len() != self.waiting.len()
+            || fork_set.len() != num_forks
+        {
             return Err("a request is queued twice".into());
+        }
+        for (leader, children) in &self.forks {
+            if children.is_empty() || !self.requests.contains_key(leader) {
+                return Err(format!("forks of {leader}: leader gone or no samples"));
+            }
         }
         for (id, r) in &self.requests {
             let running = running_set.contains(id);
-            let waiting = waiting_set.contains(id);
-            if running == waiting {
+            let waiting = waiting_set.contains(id) || fork_set.contains(id);
+            if running == waiting || (waiting_set.contains(id) && fork_set.contains(id)) {
                 return Err(format!("{id}: running = {running}, waiting = {waiting}"));
             }
             let blocks = self.kv.block_table(*id).map_or(0, <[_]>::len);

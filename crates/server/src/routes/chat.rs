@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::Extension;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use pagoda_core::TokenId;
 use pagoda_engine::output::RequestOutput;
 use serde_json::json;

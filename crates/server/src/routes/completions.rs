@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::Extension;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde_json::{json, Map};
 
 use crate::api::common::Usage;

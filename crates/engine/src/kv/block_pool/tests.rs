@@ -24,7 +24,11 @@ fn allocates_in_order_and_reuses_uncached_blocks_first() {
     assert!(pool.allocate(3).is_none(), "only 2 free");
     assert_eq!(pool.num_free(), 2, "a failed allocation takes nothing");
     pool.release(&a[..1]);
-    assert_eq!(free_ids(&pool), vec![0, 2, 3], "an uncached block goes to the front");
+    assert_eq!(
+        free_ids(&pool),
+        vec![0, 2, 3],
+        "an uncached block goes to the front"
+    );
     assert_eq!(
         pool.allocate(3).unwrap(),
         vec![BlockId(0), BlockId(2), BlockId(3)]
@@ -55,13 +59,25 @@ fn cached_blocks_survive_release_until_allocate_evicts_them() {
     pool.release(&blocks);
     // Block 1 (uncached) is reused first, then 2, and block 0 (cached) last.
     assert_eq!(free_ids(&pool), vec![1, 2, 0]);
-    assert_eq!(pool.lookup(h, &k), Some(BlockId(0)), "still cached while free");
+    assert_eq!(
+        pool.lookup(h, &k),
+        Some(BlockId(0)),
+        "still cached while free"
+    );
     pool.touch(BlockId(0));
-    assert_eq!(free_ids(&pool), vec![1, 2], "a hit takes it out of the free queue");
+    assert_eq!(
+        free_ids(&pool),
+        vec![1, 2],
+        "a hit takes it out of the free queue"
+    );
     pool.release(&[BlockId(0)]);
     let taken = pool.allocate(3).unwrap();
     assert_eq!(taken, vec![BlockId(1), BlockId(2), BlockId(0)]);
-    assert_eq!(pool.lookup(h, &k), None, "evicted when taken for new content");
+    assert_eq!(
+        pool.lookup(h, &k),
+        None,
+        "evicted when taken for new content"
+    );
     assert_eq!(pool.num_cached(), 0);
     pool.check_invariants([&taken[..]]).unwrap();
 }

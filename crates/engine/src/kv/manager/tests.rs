@@ -42,7 +42,10 @@ fn grows_tables_block_by_block_and_fails_without_side_effects() {
     assert_eq!(m.allocate_slots(&r, 4, none()).unwrap().len(), 2);
     assert_eq!(m.allocate_slots(&r, 5, none()).unwrap().len(), 3);
     let other = request(2, &[0; 4]);
-    assert!(m.allocate_slots(&other, 4, none()).is_none(), "needs 2, 1 free");
+    assert!(
+        m.allocate_slots(&other, 4, none()).is_none(),
+        "needs 2, 1 free"
+    );
     assert!(m.block_table(other.id).is_none());
     assert_eq!(m.pool().num_free(), 1);
     m.free(r.id);
@@ -105,8 +108,16 @@ fn eviction_is_least_recently_freed_first_and_leaves_before_parents() {
     let fresh = request(4, &[50, 51, 52, 53, 54, 55]);
     assert_eq!(admit(&mut m, &fresh).1, vec![5, 4, 3]);
     // a's prefix is still cached, b's is gone.
-    assert_eq!(m.find_cached_prefix(&request(5, &[1, 2, 3, 4, 0])).blocks.len(), 2);
-    assert!(m.find_cached_prefix(&request(6, &[7, 8, 9, 10, 0])).blocks.is_empty());
+    assert_eq!(
+        m.find_cached_prefix(&request(5, &[1, 2, 3, 4, 0]))
+            .blocks
+            .len(),
+        2
+    );
+    assert!(m
+        .find_cached_prefix(&request(6, &[7, 8, 9, 10, 0]))
+        .blocks
+        .is_empty());
 }
 
 #[test]
@@ -116,9 +127,15 @@ fn a_hash_collision_is_a_miss_not_a_wrong_hit() {
     }
     let pool = BlockPool::with_hash_fn(8, true, colliding);
     let mut m = KvCacheManager::with_pool(pool, 2);
-    assert_eq!(admit(&mut m, &request(1, &[1, 2, 3, 4, 5])).1, vec![0, 1, 2]);
+    assert_eq!(
+        admit(&mut m, &request(1, &[1, 2, 3, 4, 5])).1,
+        vec![0, 1, 2]
+    );
     // Every key hashes alike: a different first block must not reuse block 0.
-    assert_eq!(admit(&mut m, &request(2, &[9, 9, 3, 4, 5])), (vec![], vec![3, 4, 5]));
+    assert_eq!(
+        admit(&mut m, &request(2, &[9, 9, 3, 4, 5])),
+        (vec![], vec![3, 4, 5])
+    );
     // The true owner of the hash still hits.
     assert_eq!(admit(&mut m, &request(3, &[1, 2, 7, 7, 7])).0, vec![0]);
 }
@@ -130,7 +147,11 @@ fn different_salts_never_share_blocks() {
     let miss: Vec<u32> = Vec::new();
     assert_eq!(admit(&mut m, &salted(1, &tokens, "tenant-a")).0, miss);
     assert_eq!(admit(&mut m, &salted(2, &tokens, "tenant-b")).0, miss);
-    assert_eq!(admit(&mut m, &request(3, &tokens)).0, miss, "no salt is a salt too");
+    assert_eq!(
+        admit(&mut m, &request(3, &tokens)).0,
+        miss,
+        "no salt is a salt too"
+    );
     assert_eq!(admit(&mut m, &salted(4, &tokens, "tenant-a")).0, vec![0, 1]);
 }
 

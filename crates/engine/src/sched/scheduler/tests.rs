@@ -1,5 +1,7 @@
 //! Exact schedules for chunked prefill, budget sharing, preemption and admission.
 
+use std::time::Instant;
+
 use pagoda_core::{SamplingParams, TokenId};
 
 use super::*;
@@ -168,7 +170,10 @@ fn a_cached_prefix_is_skipped_and_only_the_rest_is_computed() {
     s.add_request(r2).unwrap();
     assert_eq!(step(&mut s), vec![(1, 1), (2, 4)]);
     assert_eq!(s.request(RequestId(2)).unwrap().num_cached_tokens, Some(8));
-    assert_eq!(s.kv().block_table(RequestId(2)).unwrap()[..2], s.kv().block_table(RequestId(1)).unwrap()[..2]);
+    assert_eq!(
+        s.kv().block_table(RequestId(2)).unwrap()[..2],
+        s.kv().block_table(RequestId(1)).unwrap()[..2]
+    );
     assert_eq!((s.kv().stats.queries, s.kv().stats.hits), (22, 8));
     assert_eq!(s.num_prompt_tokens_cached, 8);
 }
@@ -197,7 +202,102 @@ fn a_preempted_request_resumes_from_its_own_cached_blocks() {
     assert_eq!(step(&mut s), vec![(2, 1)]);
     let r2 = s.request(RequestId(2)).unwrap();
     assert_eq!((r2.num_computed_tokens, r2.output_ids.len()), (5, 3));
-    assert_eq!(r2.num_cached_tokens, Some(0), "counted at its first scheduling only");
+    assert_eq!(
+        r2.num_cached_tokens,
+        Some(0),
+        "counted at its first scheduling only"
+    );
+}
+
+/// Steps like an engine with parallel samples: the samples of a leader that just got its first
+/// token fork from it (token 7 for everyone).
+fn step_with_forks(s: &mut Scheduler) -> SchedulerOutput {
+    let out = s.schedule();
+    for id in s.on_step_done(&out) {
+        for child in s.take_forks(id) {
+            s.fork(id, child, Instant::now());
+            s.append_token(child, 7);
+        }
+        s.append_token(id, 7);
+    }
+    s.check_invariants().unwrap();
+    out
+}
+
+#[test]
+fn parallel_samples_share_the_prompt_and_copy_its_partial_block_on_write() {
+    let mut s = Scheduler::new(config(64, 10, 4));
+    let group: Vec<Request> = (1..=3).map(|id| request(id, 5, 4)).collect();
+    s.add_request_group(group).unwrap();
+    assert_eq!(s.num_waiting(), 3);
+    // The prompt is computed once, by the leader.
+    let out = step_with_forks(&mut s);
+    assert_eq!(
+        out.scheduled,
+        vec![ScheduledRequest {
+            id: RequestId(1),
+            num_new_tokens: 5
+        }]
+    );
+    let table = |s: &Scheduler, id| s.block_table(RequestId(id)).unwrap().to_vec();
+    assert_eq!(table(&s, 1), vec![BlockId(0), BlockId(1)]);
+    assert_eq!(
+        table(&s, 2),
+        table(&s, 1),
+        "forked samples share every block"
+    );
+    assert_eq!(table(&s, 3), table(&s, 1));
+    assert_eq!(s.kv().pool().ref_count(BlockId(1)), 3);
+    assert_eq!(s.request(RequestId(3)).unwrap().output_ids, vec![7]);
+    // Each writes its first token at position 5, inside shared block 1: the first two writers
+    // get copies (blocks 2 and 3), the last one keeps block 1.
+    let out = step_with_forks(&mut s);
+    assert_eq!(out.scheduled.len(), 3);
+    assert_eq!(
+        out.copies,
+        vec![(BlockId(1), BlockId(2)), (BlockId(1), BlockId(3))]
+    );
+    assert_eq!(table(&s, 1), vec![BlockId(0), BlockId(2)]);
+    assert_eq!(table(&s, 2), vec![BlockId(0), BlockId(3)]);
+    assert_eq!(table(&s, 3), vec![BlockId(0), BlockId(1)]);
+    assert_eq!(
+        s.kv().pool().ref_count(BlockId(0)),
+        3,
+        "full block stays shared"
+    );
+    assert_eq!(s.kv().num_cow_copies, 2);
+    // Decoding on within private blocks copies nothing more.
+    assert!(step_with_forks(&mut s).copies.is_empty());
+}
+
+#[test]
+fn a_leader_aborted_before_its_samples_forked_hands_over_the_group() {
+    let mut s = Scheduler::new(config(4, 10, 4));
+    s.add_request(request(9, 2, 4)).unwrap();
+    let group: Vec<Request> = (1..=3).map(|id| request(id, 6, 4)).collect();
+    s.add_request_group(group).unwrap();
+    // 9 takes 2 tokens of budget, leader 1 starts its prompt with the other 2.
+    step_with_forks(&mut s);
+    s.finish(RequestId(1), FinishReason::Abort);
+    s.check_invariants().unwrap();
+    // Sample 2 now leads: it computes the prompt itself and 3 forks from it.
+    let out = step_with_forks(&mut s);
+    assert_eq!(
+        out.scheduled,
+        vec![
+            ScheduledRequest {
+                id: RequestId(9),
+                num_new_tokens: 1
+            },
+            ScheduledRequest {
+                id: RequestId(2),
+                num_new_tokens: 3
+            }
+        ]
+    );
+    step_with_forks(&mut s);
+    assert_eq!(s.request(RequestId(3)).unwrap().output_ids, vec![7]);
+    assert_eq!(s.block_table(RequestId(3)), s.block_table(RequestId(2)));
 }
 
 mod properties {
@@ -207,23 +307,27 @@ mod properties {
 
     #[derive(Debug, Clone)]
     enum Op {
-        /// `n` requests with one prompt: one of three shared prefixes, then a unique suffix.
+        /// `n` requests with one prompt: one of three shared prefixes, then a unique suffix;
+        /// `grouped`: as parallel samples of one request (forked, copy-on-write).
         Add {
             prefix: usize,
             prefix_len: usize,
             suffix_len: usize,
             max_tokens: usize,
             n: usize,
+            grouped: bool,
         },
         Step,
-        Abort { pick: usize },
+        Abort {
+            pick: usize,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            2 => (0usize..3, 0usize..10, 0usize..6, 1usize..8, 1usize..4).prop_map(
-                |(prefix, prefix_len, suffix_len, max_tokens, n)| Op::Add {
-                    prefix, prefix_len, suffix_len, max_tokens, n
+            2 => (0usize..3, 0usize..10, 0usize..6, 1usize..8, 1usize..4, any::<bool>()).prop_map(
+                |(prefix, prefix_len, suffix_len, max_tokens, n, grouped)| Op::Add {
+                    prefix, prefix_len, suffix_len, max_tokens, n, grouped
                 }
             ),
             5 => Just(Op::Step),
@@ -241,10 +345,16 @@ mod properties {
     fn engine_step(s: &mut Scheduler) {
         let out = s.schedule();
         for id in s.on_step_done(&out) {
-            s.append_token(id, 7);
-            let r = s.request(id).unwrap();
-            if r.output_ids.len() >= r.params.max_tokens {
-                s.finish(id, FinishReason::Length);
+            let children = s.take_forks(id);
+            for &child in &children {
+                s.fork(id, child, Instant::now());
+            }
+            for id in std::iter::once(id).chain(children) {
+                s.append_token(id, 7);
+                let r = s.request(id).unwrap();
+                if r.output_ids.len() >= r.params.max_tokens {
+                    s.finish(id, FinishReason::Length);
+                }
             }
         }
     }
@@ -270,15 +380,28 @@ mod properties {
             let mut live: Vec<RequestId> = Vec::new();
             for op in ops {
                 match op {
-                    Op::Add { prefix, prefix_len, suffix_len, max_tokens, n } => {
+                    Op::Add { prefix, prefix_len, suffix_len, max_tokens, n, grouped } => {
                         let ids = prompt(next, prefix, prefix_len, suffix_len);
-                        for _ in 0..n {
-                            let mut r = request(next, 1, max_tokens);
-                            r.prompt_ids = ids.clone();
-                            if s.add_request(r).is_ok() {
-                                live.push(RequestId(next));
+                        let requests: Vec<Request> = (0..n as u64)
+                            .map(|i| {
+                                let mut r = request(next + i, 1, max_tokens);
+                                r.prompt_ids = ids.clone();
+                                r
+                            })
+                            .collect();
+                        let added: Vec<RequestId> = requests.iter().map(|r| r.id).collect();
+                        next += n as u64;
+                        if grouped {
+                            if s.add_request_group(requests).is_ok() {
+                                live.extend(added);
                             }
-                            next += 1;
+                        } else {
+                            for r in requests {
+                                let id = r.id;
+                                if s.add_request(r).is_ok() {
+                                    live.push(id);
+                                }
+                            }
                         }
                     }
                     Op::Step => engine_step(&mut s),
