@@ -162,7 +162,7 @@ fn caching_and_parallel_sampling_give_the_solo_and_golden_tokens() {
         );
         assert_eq!(off.snapshot().prefix_cache_hits, 0);
         let copies = on.scheduler().kv().num_cow_copies;
-        if prompt_len % block_size != 0 {
+        if !prompt_len.is_multiple_of(block_size) {
             assert!(copies > 0, "block size {block_size}: no copy on write");
         }
         for s in &subs {
