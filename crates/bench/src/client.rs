@@ -118,6 +118,16 @@ impl Target {
     /// A client for `base_url` (`http://host:port`, optionally ending in `/v1`). Only that host
     /// is contacted: proxies from the environment are ignored.
     pub fn new(base_url: &str, kind: EndpointKind, request_timeout: Duration) -> Result<Self> {
+        Self::with_api_key(base_url, kind, request_timeout, None)
+    }
+
+    /// Like [`Target::new`], sending `Authorization: Bearer KEY` with every request.
+    pub fn with_api_key(
+        base_url: &str,
+        kind: EndpointKind,
+        request_timeout: Duration,
+        api_key: Option<&str>,
+    ) -> Result<Self> {
         let trimmed = base_url.trim_end_matches('/');
         let trimmed = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
         let parsed = reqwest::Url::parse(trimmed)
@@ -129,7 +139,16 @@ impl Target {
         }
         let endpoint = reqwest::Url::parse(&format!("{trimmed}{}", kind.path()))
             .map_err(|e| BenchError::invalid(format!("--base-url {base_url:?}: {e}")))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = api_key {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                BenchError::invalid("--api-key has characters a header cannot carry")
+            })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .no_proxy()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(usize::MAX)

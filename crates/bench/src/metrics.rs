@@ -150,8 +150,29 @@ pub struct BenchmarkMetrics {
     pub e2el: Summary,
     /// Output tokens in the busiest whole second of the run.
     pub max_output_tokens_per_s: f64,
-    /// Requests in flight during the busiest second.
+    /// Requests active at some point of the busiest whole second (`vllm bench serve`'s
+    /// `max_concurrent_requests`; can exceed the concurrency limit as requests come and go).
     pub max_concurrent_requests: usize,
+    /// Most requests in flight at one instant.
+    pub peak_concurrency: usize,
+}
+
+/// Most successful requests in flight at one instant.
+pub fn peak_concurrency(outcomes: &[RequestOutcome]) -> usize {
+    let mut events: Vec<(f64, i32)> = outcomes
+        .iter()
+        .filter(|o| o.success)
+        .flat_map(|o| [(o.start, 1), (o.start + o.latency, -1)])
+        .collect();
+    // Ends before starts at the same instant: back-to-back requests do not overlap.
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut current = 0i32;
+    let mut peak = 0i32;
+    for (_, delta) in events {
+        current += delta;
+        peak = peak.max(current);
+    }
+    peak.max(0) as usize
 }
 
 /// Computes the metrics of a run that took `duration` seconds.
@@ -181,7 +202,8 @@ pub fn compute(outcomes: &[RequestOutcome], duration: f64, slo: &Slo) -> Benchma
         itl: Summary::of(&itls),
         e2el: Summary::of(&e2els),
         max_output_tokens_per_s: series.output_tokens.iter().copied().fold(0.0, f64::max),
-        max_concurrent_requests: series.concurrency.iter().copied().max().unwrap_or(0),
+        max_concurrent_requests: series.active_requests.iter().copied().max().unwrap_or(0),
+        peak_concurrency: peak_concurrency(outcomes),
     }
 }
 
@@ -193,7 +215,9 @@ pub struct TimeSeries {
     /// Output tokens per second in each bucket.
     pub output_tokens: Vec<f64>,
     /// Requests in flight at any point of each bucket.
-    pub concurrency: Vec<usize>,
+    pub active_requests: Vec<usize>,
+    /// Time-averaged requests in flight in each bucket.
+    pub mean_concurrency: Vec<f64>,
 }
 
 impl TimeSeries {
@@ -209,7 +233,8 @@ impl TimeSeries {
         let bucket = |t: f64| ((t - first) / bucket_s).max(0.0) as usize;
         let n = bucket(last) + 1;
         let mut tokens = vec![0.0; n];
-        let mut concurrency = vec![0usize; n];
+        let mut active = vec![0usize; n];
+        let mut busy = vec![0.0f64; n];
         for o in ok {
             // Token times: the first at TTFT, then each inter-token gap; usage may report more
             // tokens than chunks (several tokens per chunk), those land with the last chunk.
@@ -224,15 +249,22 @@ impl TimeSeries {
             if o.output_tokens > chunks {
                 add(t, (o.output_tokens - chunks) as f64);
             }
-            for c in &mut concurrency[bucket(o.start)..=bucket(o.start + o.latency).min(n - 1)] {
-                *c += 1;
+            let end = o.start + o.latency;
+            for b in bucket(o.start)..=bucket(end).min(n - 1) {
+                active[b] += 1;
+                let (lo, hi) = (
+                    first + b as f64 * bucket_s,
+                    first + (b + 1) as f64 * bucket_s,
+                );
+                busy[b] += (end.min(hi) - o.start.max(lo)).max(0.0);
             }
         }
         tokens.iter_mut().for_each(|t| *t /= bucket_s);
         Self {
             bucket_s,
             output_tokens: tokens,
-            concurrency,
+            active_requests: active,
+            mean_concurrency: busy.iter().map(|b| b / bucket_s).collect(),
         }
     }
 }
@@ -321,5 +353,31 @@ mod tests {
         // Tokens at 0.5, 0.75, 1.0 (a) and 0.7, 1.2 (b): 3 in [0, 1) s, 2 in [1, 2) s.
         assert_eq!(m.max_output_tokens_per_s, 3.0);
         assert_eq!(m.max_concurrent_requests, 2);
+        assert_eq!(m.peak_concurrency, 2);
+        // a: [0, 1.0], b: [0.2, 1.2]: 1.8 request-seconds in [0, 1), 0.2 in [1, 2).
+        let series = TimeSeries::of(&[a_copy(), b_copy()], 1.0);
+        assert!((series.mean_concurrency[0] - 1.8).abs() < 1e-9);
+        assert!((series.mean_concurrency[1] - 0.2).abs() < 1e-9);
+    }
+
+    fn a_copy() -> RequestOutcome {
+        outcome(0.0, 0.5, vec![0.25, 0.25], 3)
+    }
+
+    fn b_copy() -> RequestOutcome {
+        outcome(0.2, 0.5, vec![0.5], 2)
+    }
+
+    #[test]
+    fn peak_concurrency_is_instantaneous() {
+        // Three back-to-back requests in one second: active in the same second, never together.
+        let seq: Vec<RequestOutcome> = (0..3)
+            .map(|i| outcome(i as f64 * 0.3, 0.1, vec![0.2], 2))
+            .collect();
+        assert_eq!(peak_concurrency(&seq), 1);
+        assert_eq!(
+            compute(&seq, 1.0, &Slo::default()).max_concurrent_requests,
+            3
+        );
     }
 }

@@ -176,12 +176,12 @@ pub fn plot_run(dir: &Path, outcomes: &[RequestOutcome], duration: f64) -> Resul
         &concurrency_path,
         &format!("Requests in flight over time ({bucket:.2} s buckets)"),
         "seconds since the first request",
-        "requests in flight",
+        "requests in flight (time-averaged)",
         series
-            .concurrency
+            .mean_concurrency
             .iter()
             .enumerate()
-            .map(|(i, &c)| (at(i), c as f64))
+            .map(|(i, &c)| (at(i), c))
             .collect(),
     )?;
     Ok(vec![cdf_path, tokens_path, concurrency_path])

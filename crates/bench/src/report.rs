@@ -113,6 +113,7 @@ pub fn result_json(info: &RunInfo, run: &RunOutput, m: &BenchmarkMetrics) -> Map
     put("total_token_throughput", json!(m.total_token_throughput));
     put("max_output_tokens_per_s", json!(m.max_output_tokens_per_s));
     put("max_concurrent_requests", json!(m.max_concurrent_requests));
+    put("peak_concurrency", json!(m.peak_concurrency));
     put("client_cpu_seconds", json!(run.cpu_seconds));
     put("client_cpu_cores", json!(run.client_cpu_cores()));
     put("input_lens", o.iter().map(|x| x.prompt_len).collect());
@@ -217,7 +218,7 @@ pub fn print_table(
     line(
         out,
         "Peak concurrent requests:",
-        m.max_concurrent_requests.to_string(),
+        m.peak_concurrency.to_string(),
     )?;
     line(
         out,

@@ -18,6 +18,8 @@ use crate::workload::{self, RequestSettings, WorkloadSpec};
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub base_url: String,
+    /// Sent as `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
     /// Defaults to the server's first `/v1/models` entry.
     pub model: Option<String>,
     pub endpoint: EndpointKind,
@@ -49,7 +51,12 @@ fn workload_name(spec: &WorkloadSpec) -> &'static str {
 
 /// Resolves the model and tokenizer and builds the requests.
 pub async fn prepare(config: &ServeConfig) -> Result<Prepared> {
-    let target = Target::new(&config.base_url, config.endpoint, config.request_timeout)?;
+    let target = Target::with_api_key(
+        &config.base_url,
+        config.endpoint,
+        config.request_timeout,
+        config.api_key.as_deref(),
+    )?;
     let model = match &config.model {
         Some(m) => m.clone(),
         None => target.first_model().await?,

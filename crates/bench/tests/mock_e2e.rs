@@ -32,6 +32,7 @@ fn config(
 ) -> ServeConfig {
     ServeConfig {
         base_url: server.base_url(),
+        api_key: None,
         model: None,
         endpoint,
         tokenizer: None,
@@ -96,7 +97,7 @@ async fn scripted_delays_are_reported_within_five_percent() {
         assert_close("mean E2E", m.e2el.mean * 1e3, 380.0);
         assert!(result.run.outcomes.iter().all(|o| o.itl.len() == 9));
         assert_eq!(m.request_goodput, Some(m.request_throughput));
-        assert_eq!(m.max_concurrent_requests, 8);
+        assert_eq!(m.peak_concurrency, 8);
         let json = result.json();
         assert_eq!(json["completed"], 8);
         assert_eq!(json["backend"], endpoint.backend_name());

@@ -1,6 +1,9 @@
 //! The `pagoda` binary: one entry point with a subcommand per job.
 
 mod bench_latency;
+mod bench_mock_server;
+mod bench_serve;
+mod bench_sweep;
 mod bench_throughput;
 mod engine_args;
 mod generate_cmd;
@@ -40,6 +43,12 @@ enum BenchCommand {
     Latency(bench_latency::LatencyArgs),
     /// Offline throughput of the engine over many requests (continuous vs static batching).
     Throughput(bench_throughput::ThroughputArgs),
+    /// Load-test an OpenAI-compatible server over HTTP (like `vllm bench serve`).
+    Serve(bench_serve::ServeBenchArgs),
+    /// `bench serve` over several request rates or concurrencies: throughput vs latency.
+    Sweep(bench_sweep::SweepArgs),
+    /// A scripted OpenAI-compatible server (fixed TTFT / ITL / length) to test the benchmark.
+    MockServer(bench_mock_server::MockServerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +58,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(a) => a.model.threads,
         Command::Bench(BenchCommand::Latency(a)) => a.model.threads,
         Command::Bench(BenchCommand::Throughput(a)) => a.model.threads,
+        Command::Bench(
+            BenchCommand::Serve(_) | BenchCommand::Sweep(_) | BenchCommand::MockServer(_),
+        ) => None,
         Command::SynthModel(_) => None,
     };
     if let Some(n) = threads {
@@ -61,5 +73,8 @@ fn main() -> anyhow::Result<()> {
         Command::SynthModel(args) => synth_cmd::run(args),
         Command::Bench(BenchCommand::Latency(args)) => bench_latency::run(args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(args),
+        Command::Bench(BenchCommand::Serve(args)) => bench_serve::run(args),
+        Command::Bench(BenchCommand::Sweep(args)) => bench_sweep::run(args),
+        Command::Bench(BenchCommand::MockServer(args)) => bench_mock_server::run(args),
     }
 }
