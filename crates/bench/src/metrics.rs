@@ -372,7 +372,7 @@ mod tests {
     fn peak_concurrency_is_instantaneous() {
         // Three back-to-back requests in one second: active in the same second, never together.
         let seq: Vec<RequestOutcome> = (0..3)
-            .map(|i| outcome(i as f64 * 0.3, 0.1, vec![0.2], 2))
+            .map(|i| outcome(i as f64 * 0.3, 0.1, vec![0.15], 2))
             .collect();
         assert_eq!(peak_concurrency(&seq), 1);
         assert_eq!(
