@@ -121,12 +121,13 @@ struct Job {
     include_usage: bool,
 }
 
-fn parse_job(api: Api, config: &MockConfig, body: &[u8]) -> Result<Job, Response> {
+/// The job a request describes, or the status and message of why it is refused.
+fn parse_job(api: Api, config: &MockConfig, body: &[u8]) -> Result<Job, (StatusCode, String)> {
     let request: Value = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
     if let Some(model) = request.get("model").and_then(Value::as_str) {
         if model != config.model {
-            return Err(error(
+            return Err((
                 StatusCode::NOT_FOUND,
                 format!("The model `{model}` does not exist."),
             ));
@@ -141,7 +142,7 @@ fn parse_job(api: Api, config: &MockConfig, body: &[u8]) -> Result<Job, Response
                 .sum()
         }),
     }
-    .ok_or_else(|| error(StatusCode::BAD_REQUEST, "missing prompt or messages".into()))?;
+    .ok_or_else(|| (StatusCode::BAD_REQUEST, "missing prompt or messages".into()))?;
     let max_tokens = request
         .get("max_completion_tokens")
         .or_else(|| request.get("max_tokens"))
@@ -164,7 +165,7 @@ async fn generate(api: Api, script: Arc<Rendered>, body: Bytes) -> Response {
     let arrived = Instant::now();
     let job = match parse_job(api, &script.config, &body) {
         Ok(job) => job,
-        Err(response) => return response,
+        Err((status, message)) => return error(status, message),
     };
     let config = &script.config;
     if !job.stream {
