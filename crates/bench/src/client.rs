@@ -116,7 +116,7 @@ fn error_message(body: &str) -> String {
 
 impl Target {
     /// A client for `base_url` (`http://host:port`, optionally ending in `/v1`). Only that host
-    /// is contacted: proxies from the environment are ignored.
+    /// is contacted: proxies from the environment are ignored and redirects are not followed.
     pub fn new(base_url: &str, kind: EndpointKind, request_timeout: Duration) -> Result<Self> {
         Self::with_api_key(base_url, kind, request_timeout, None)
     }
@@ -149,7 +149,9 @@ impl Target {
         }
         let client = reqwest::Client::builder()
             .default_headers(headers)
+            // Only the given server is contacted: no proxies, no redirects elsewhere.
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .pool_max_idle_per_host(usize::MAX)
             .pool_idle_timeout(Duration::from_secs(90))

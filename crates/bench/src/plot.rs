@@ -76,7 +76,7 @@ fn cdf_panel(
     chart
         .configure_mesh()
         .x_desc("ms")
-        .y_desc("fraction of requests")
+        .y_desc("cumulative fraction")
         .draw()
         .map_err(|e| plot_error(path, e))?;
     chart
