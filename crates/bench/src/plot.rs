@@ -207,7 +207,8 @@ fn sweep_panel(
     pick: fn(&SweepPoint) -> (f64, f64),
 ) -> Result<()> {
     let x_max = axis_max(points.iter().map(|p| p.output_throughput));
-    let y_max = axis_max(points.iter().map(|p| pick(p).1.max(pick(p).0)));
+    // Headroom above the highest point keeps the legend (upper left) clear of the curves.
+    let y_max = axis_max(points.iter().map(|p| pick(p).1.max(pick(p).0))) * 1.3;
     let mut chart = ChartBuilder::on(area)
         .caption(format!("{metric} vs output throughput"), (FONT, 20))
         .margin(14)
