@@ -1,7 +1,10 @@
 //! The `pagoda` binary: one entry point with a subcommand per job.
 
 mod bench_latency;
+mod bench_mock_server;
 mod bench_prefix;
+mod bench_serve;
+mod bench_sweep;
 mod bench_throughput;
 mod engine_args;
 mod generate_cmd;
@@ -43,6 +46,12 @@ enum BenchCommand {
     Throughput(bench_throughput::ThroughputArgs),
     /// TTFT and hit rate of automatic prefix caching on a shared-prefix workload (on vs off).
     PrefixCache(bench_prefix::PrefixCacheArgs),
+    /// Load-test an OpenAI-compatible server over HTTP (like `vllm bench serve`).
+    Serve(bench_serve::ServeBenchArgs),
+    /// `bench serve` over several request rates or concurrencies: throughput vs latency.
+    Sweep(bench_sweep::SweepArgs),
+    /// A scripted OpenAI-compatible server (fixed TTFT / ITL / length) to test the benchmark.
+    MockServer(bench_mock_server::MockServerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +62,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Latency(a)) => a.model.threads,
         Command::Bench(BenchCommand::Throughput(a)) => a.model.threads,
         Command::Bench(BenchCommand::PrefixCache(a)) => a.model.threads,
+        Command::Bench(
+            BenchCommand::Serve(_) | BenchCommand::Sweep(_) | BenchCommand::MockServer(_),
+        ) => None,
         Command::SynthModel(_) => None,
     };
     if let Some(n) = threads {
@@ -66,5 +78,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Latency(args)) => bench_latency::run(args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(args),
         Command::Bench(BenchCommand::PrefixCache(args)) => bench_prefix::run(args),
+        Command::Bench(BenchCommand::Serve(args)) => bench_serve::run(args),
+        Command::Bench(BenchCommand::Sweep(args)) => bench_sweep::run(args),
+        Command::Bench(BenchCommand::MockServer(args)) => bench_mock_server::run(args),
     }
 }
