@@ -5,6 +5,7 @@
 //! accepting (so clients get an answer, not a refused connection); in-flight requests run to
 //! completion up to the drain timeout; then the server exits.
 
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,11 @@ pub async fn serve(
         }
         let _ = drained_tx.send(());
     };
+    // Tokens are small writes: without TCP_NODELAY, Nagle's algorithm can hold one back until
+    // the client's delayed ACK (tens of milliseconds of extra TTFT/ITL).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(drain);
     // Graceful shutdown also waits for idle keep-alive connections; once drained, give them a
     // moment and exit regardless.
