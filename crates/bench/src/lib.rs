@@ -11,6 +11,7 @@ pub mod arrivals;
 pub mod client;
 pub mod cpu;
 pub mod error;
+pub mod fd_limit;
 pub mod metrics;
 pub mod mock_server;
 pub mod plot;

@@ -17,6 +17,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use futures::stream;
 use serde_json::{json, Value};
@@ -352,6 +353,11 @@ impl MockServer {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
+                    // Without TCP_NODELAY a token written right after the headers waits for
+                    // the client's delayed ACK (up to 40 ms on Linux): TTFT would be wrong.
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     let _ = axum::serve(listener, router(config))
                         .with_graceful_shutdown(async {
                             let _ = stopped.await;

@@ -190,6 +190,7 @@ impl LoadArgs {
 /// The client runs on one thread: it needs well under a core, and a single thread keeps its
 /// own CPU use (reported) honest and away from the server's cores.
 pub fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    pagoda_bench::fd_limit::raise_open_file_limit(65_536);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
