@@ -3,45 +3,14 @@
 //! that requests are preempted and recomputed, give exactly the tokens each gives when run alone;
 //! the greedy ones also equal the transformers goldens.
 
+mod common;
+
 use std::collections::HashMap;
 
+use common::{engine_with_blocks, run_to_completion as run};
 use pagoda_core::{RequestId, SamplingParams};
-use pagoda_engine::engine::{EngineConfig, LlmEngine};
-use pagoda_model::kv_cache::KvCache;
+use pagoda_engine::engine::EngineConfig;
 use pagoda_model::test_support::{golden_json, shared_dir, token_ids as ids};
-use pagoda_model::{load_model_dir, RunnerOptions};
-
-fn engine(model: &std::path::Path, num_blocks: usize, config: &EngineConfig) -> LlmEngine {
-    let probe = load_model_dir(
-        model,
-        &RunnerOptions {
-            block_size: 4,
-            kv_cache_bytes: 1 << 20,
-            dtype: None,
-        },
-    )
-    .unwrap();
-    let block_bytes = KvCache::block_bytes(probe.runner.config(), 4);
-    let options = RunnerOptions {
-        block_size: 4,
-        kv_cache_bytes: num_blocks * block_bytes,
-        dtype: None,
-    };
-    let loaded = load_model_dir(model, &options).unwrap();
-    assert_eq!(loaded.runner.kv.geometry.num_blocks, num_blocks);
-    LlmEngine::new(loaded.runner, Some(loaded.tokenizer), config)
-}
-
-fn run(engine: &mut LlmEngine) -> HashMap<RequestId, Vec<u32>> {
-    let mut tokens: HashMap<RequestId, Vec<u32>> = HashMap::new();
-    while engine.has_unfinished() {
-        for out in engine.step() {
-            tokens.entry(out.id).or_default().push(out.token.token);
-        }
-        engine.scheduler().check_invariants().unwrap();
-    }
-    tokens
-}
 
 #[test]
 fn preempted_and_batched_requests_give_their_solo_tokens() {
@@ -74,7 +43,7 @@ fn preempted_and_batched_requests_give_their_solo_tokens() {
 
     // Alone: one request at a time in a roomy cache.
     let roomy = EngineConfig::default();
-    let mut solo_engine = engine(&model, 512, &roomy);
+    let mut solo_engine = engine_with_blocks(&model, 4, 512, &roomy);
     let mut solo = HashMap::new();
     for (id, prompt, params) in &requests {
         solo_engine
@@ -96,7 +65,7 @@ fn preempted_and_batched_requests_give_their_solo_tokens() {
         max_num_seqs: 16,
         ..EngineConfig::default()
     };
-    let mut pressed = engine(&model, 48, &tight);
+    let mut pressed = engine_with_blocks(&model, 4, 48, &tight);
     for (id, prompt, params) in &requests {
         pressed
             .add_request(*id, prompt.clone(), params.clone())

@@ -6,14 +6,15 @@
 //! submitted as parallel-sample groups (prompt computed once, blocks shared, the partial last
 //! block copied on write): both runs give the same tokens, and the greedy ones are the goldens.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
+use common::{engine_with_blocks, run_to_completion};
 use pagoda_core::{RequestId, SamplingParams};
 use pagoda_engine::engine::{EngineConfig, LlmEngine};
-use pagoda_model::kv_cache::KvCache;
 use pagoda_model::test_support::{golden_json, shared_dir, token_ids as ids};
-use pagoda_model::{load_model_dir, RunnerOptions};
 
 fn engine(
     model: &std::path::Path,
@@ -21,28 +22,12 @@ fn engine(
     num_blocks: usize,
     caching: bool,
 ) -> LlmEngine {
-    let probe = load_model_dir(
-        model,
-        &RunnerOptions {
-            block_size,
-            kv_cache_bytes: 1 << 20,
-            dtype: None,
-        },
-    )
-    .unwrap();
-    let block_bytes = KvCache::block_bytes(probe.runner.config(), block_size);
-    let options = RunnerOptions {
-        block_size,
-        kv_cache_bytes: num_blocks * block_bytes,
-        dtype: None,
-    };
-    let loaded = load_model_dir(model, &options).unwrap();
     let config = EngineConfig {
         max_num_batched_tokens: 64,
         max_num_seqs: 24,
         enable_prefix_caching: caching,
     };
-    LlmEngine::new(loaded.runner, Some(loaded.tokenizer), &config)
+    engine_with_blocks(model, block_size, num_blocks, &config)
 }
 
 /// One submission: a lone request, or n parallel samples of one prompt.
@@ -122,14 +107,7 @@ fn run(engine: &mut LlmEngine, subs: &[Submission], grouped: bool) -> HashMap<Re
             }
         }
     }
-    let mut tokens: HashMap<RequestId, Vec<u32>> = HashMap::new();
-    while engine.has_unfinished() {
-        for out in engine.step() {
-            tokens.entry(out.id).or_default().push(out.token.token);
-        }
-        engine.scheduler().check_invariants().unwrap();
-    }
-    tokens
+    run_to_completion(engine)
 }
 
 #[test]
