@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use pagoda_bench::metrics::Summary;
 use pagoda_core::{RequestId, SamplingParams, TokenId};
 use pagoda_engine::engine::LlmEngine;
 use pagoda_model::LoadedModel;
@@ -110,15 +111,6 @@ fn workload(args: &PrefixCacheArgs, vocab: usize) -> Workload {
     Workload { prompts, arrivals }
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
-}
-
 fn run_once(
     args: &PrefixCacheArgs,
     caching: bool,
@@ -179,16 +171,16 @@ fn run_once(
         ttfts.len(),
         workload.prompts.len()
     );
-    ttfts.sort_by(f64::total_cmp);
+    let ttft = Summary::of(&ttfts);
     let after = engine.snapshot();
     let queries = after.prefix_cache_queries - before.prefix_cache_queries;
     let hits = after.prefix_cache_hits - before.prefix_cache_hits;
     Ok(RunReport {
         prefix_caching: caching,
         elapsed_s,
-        mean_ttft_ms: ttfts.iter().sum::<f64>() / ttfts.len().max(1) as f64,
-        median_ttft_ms: percentile(&ttfts, 0.5),
-        p99_ttft_ms: percentile(&ttfts, 0.99),
+        mean_ttft_ms: ttft.mean,
+        median_ttft_ms: ttft.median,
+        p99_ttft_ms: ttft.p99,
         output_tok_s: output_tokens as f64 / elapsed_s,
         prefix_cache_queries: queries,
         prefix_cache_hits: hits,

@@ -109,34 +109,11 @@ impl LlmEngine {
         arrival: Instant,
         cache_salt: Option<Arc<str>>,
     ) -> Result<(), AdmissionError> {
-        let rng = RequestRng::new(params.seed);
-        if let Some(tok) = &self.tokenizer {
-            let decoder = IncrementalDecoder::new(tok, &prompt_ids, true);
-            self.detok.insert(
-                id,
-                Detok {
-                    decoder,
-                    pending: String::new(),
-                },
-            );
-        }
-        let mut request = Request::new(id, prompt_ids, params);
-        request.timings = RequestTimings::new(arrival);
-        request.cache_salt = cache_salt;
-        let result = self.scheduler.add_request(request);
-        match result {
-            Ok(()) => {
-                self.rngs.insert(id, rng);
-            }
-            Err(_) => {
-                self.detok.remove(&id);
-            }
-        }
-        result
+        self.add_request_group(&[id], prompt_ids, vec![params], arrival, cache_salt)
     }
 
-    /// Queues `params.len()` parallel samples of one prompt (ids `ids`, same length): the prompt
-    /// is computed once, each sample draws its first token from the same logits with its own
+    /// Queues `params.len()` parallel samples of one prompt (ids `ids`, same length; one is a
+    /// plain request): the prompt is computed once, each sample draws its first token from the same logits with its own
     /// parameters and seed, and the samples share the prompt's blocks (copied on write).
     pub fn add_request_group(
         &mut self,

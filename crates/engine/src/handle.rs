@@ -365,7 +365,7 @@ impl EngineLoop {
             Command::Add {
                 ids,
                 prompt_ids,
-                mut params,
+                params,
                 arrival,
                 cache_salt,
                 outputs,
@@ -373,14 +373,9 @@ impl EngineLoop {
                 let num_tokens = prompt_ids.len();
                 let num_requests = ids.len();
                 // Refusals were decided by the handle; one here just closes the streams.
-                let added = if ids.len() == 1 {
-                    let p = params.remove(0);
-                    self.engine
-                        .add_request_at(ids[0], prompt_ids, p, arrival, cache_salt)
-                } else {
-                    self.engine
-                        .add_request_group(&ids, prompt_ids, params, arrival, cache_salt)
-                };
+                let added = self
+                    .engine
+                    .add_request_group(&ids, prompt_ids, params, arrival, cache_salt);
                 if added.is_ok() {
                     self.streams.extend(ids.into_iter().zip(outputs));
                 }
