@@ -187,8 +187,9 @@ pub fn plot_run(dir: &Path, outcomes: &[RequestOutcome], duration: f64) -> Resul
     Ok(vec![cdf_path, tokens_path, concurrency_path])
 }
 
-/// One point of a sweep, for plotting.
-#[derive(Debug, Clone, PartialEq)]
+/// One point of a sweep, for plotting; the field names are those of the sweep JSON's points, so
+/// a saved sweep can be read back (`bench compare`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct SweepPoint {
     /// E.g. "rate 4" or "conc 16".
     pub label: String,
@@ -199,16 +200,24 @@ pub struct SweepPoint {
     pub p99_ttft_ms: f64,
 }
 
+/// One named curve of a sweep chart (the name is empty for a single sweep).
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSeries<'a> {
+    pub name: &'a str,
+    pub points: &'a [SweepPoint],
+}
+
 fn sweep_panel(
     area: &DrawingArea<SVGBackend, Shift>,
     path: &Path,
     metric: &str,
-    points: &[SweepPoint],
+    series: &[SweepSeries<'_>],
     pick: fn(&SweepPoint) -> (f64, f64),
 ) -> Result<()> {
-    let x_max = axis_max(points.iter().map(|p| p.output_throughput));
+    let all = || series.iter().flat_map(|s| s.points.iter());
+    let x_max = axis_max(all().map(|p| p.output_throughput));
     // Headroom above the highest point keeps the legend (upper left) clear of the curves.
-    let y_max = axis_max(points.iter().map(|p| pick(p).1.max(pick(p).0))) * 1.3;
+    let y_max = axis_max(all().map(|p| pick(p).1.max(pick(p).0))) * 1.3;
     let mut chart = ChartBuilder::on(area)
         .caption(format!("{metric} vs output throughput"), (FONT, 20))
         .margin(14)
@@ -222,29 +231,52 @@ fn sweep_panel(
         .y_desc(format!("{metric} (ms)"))
         .draw()
         .map_err(|e| plot_error(path, e))?;
-    for (i, name) in ["mean", "p99"].into_iter().enumerate() {
-        let color = COLORS[i];
-        let xy: Vec<(f64, f64)> = points
-            .iter()
-            .map(|p| {
-                let (mean, p99) = pick(p);
-                (p.output_throughput, if i == 0 { mean } else { p99 })
-            })
-            .collect();
-        chart
-            .draw_series(LineSeries::new(xy.clone(), color.stroke_width(2)))
-            .map_err(|e| plot_error(path, e))?
-            .label(format!("{name} {metric}"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(xy.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(|e| plot_error(path, e))?;
-        if i == 1 {
+    for (s, curve) in series.iter().enumerate() {
+        for (i, stat) in ["mean", "p99"].into_iter().enumerate() {
+            // One sweep: a colour per statistic; several: a colour per sweep, p99 drawn thinner.
+            let color = if series.len() == 1 {
+                COLORS[i]
+            } else {
+                COLORS[s % COLORS.len()]
+            };
+            let width = if series.len() == 1 || i == 0 { 2 } else { 1 };
+            let xy: Vec<(f64, f64)> = curve
+                .points
+                .iter()
+                .map(|p| {
+                    let (mean, p99) = pick(p);
+                    (p.output_throughput, if i == 0 { mean } else { p99 })
+                })
+                .collect();
+            let label = if curve.name.is_empty() {
+                format!("{stat} {metric}")
+            } else {
+                format!("{} {stat} {metric}", curve.name)
+            };
             chart
-                .draw_series(points.iter().zip(&xy).map(|(p, &xy)| {
-                    Text::new(p.label.clone(), xy, (FONT, 13).into_font().color(&BLACK))
-                }))
-                .map_err(|e| plot_error(path, e))?;
+                .draw_series(LineSeries::new(xy.clone(), color.stroke_width(width)))
+                .map_err(|e| plot_error(path, e))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
+                });
+            if i == 0 {
+                chart
+                    .draw_series(xy.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                    .map_err(|e| plot_error(path, e))?;
+            } else {
+                chart
+                    .draw_series(
+                        xy.iter()
+                            .map(|&p| TriangleMarker::new(p, 5, color.filled())),
+                    )
+                    .map_err(|e| plot_error(path, e))?;
+                chart
+                    .draw_series(curve.points.iter().zip(&xy).map(|(p, &xy)| {
+                        Text::new(p.label.clone(), xy, (FONT, 13).into_font().color(&BLACK))
+                    }))
+                    .map_err(|e| plot_error(path, e))?;
+            }
         }
     }
     chart
@@ -259,16 +291,21 @@ fn sweep_panel(
 
 /// Writes the sweep's throughput-vs-latency chart (TPOT and TTFT panels) to `path`.
 pub fn plot_sweep(path: &Path, points: &[SweepPoint]) -> Result<()> {
+    plot_sweeps(path, &[SweepSeries { name: "", points }])
+}
+
+/// Writes one throughput-vs-latency chart with a curve per sweep (engines compared).
+pub fn plot_sweeps(path: &Path, series: &[SweepSeries<'_>]) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| BenchError::io(parent, e))?;
     }
     let root = SVGBackend::new(path, (1300, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
     let panels = root.split_evenly((1, 2));
-    sweep_panel(&panels[0], path, "TPOT", points, |p| {
+    sweep_panel(&panels[0], path, "TPOT", series, |p| {
         (p.mean_tpot_ms, p.p99_tpot_ms)
     })?;
-    sweep_panel(&panels[1], path, "TTFT", points, |p| {
+    sweep_panel(&panels[1], path, "TTFT", series, |p| {
         (p.mean_ttft_ms, p.p99_ttft_ms)
     })?;
     root.present().map_err(|e| plot_error(path, e))?;

@@ -29,6 +29,8 @@ pub struct ServeConfig {
     pub num_prompts: usize,
     pub seed: u64,
     pub temperature: f64,
+    /// Keys merged into every request body (`--extra-body`).
+    pub extra_body: Map<String, Value>,
     pub request_timeout: Duration,
     pub slo: Slo,
 }
@@ -75,6 +77,7 @@ pub async fn prepare(config: &ServeConfig) -> Result<Prepared> {
         model: model.clone(),
         endpoint: config.endpoint,
         temperature: config.temperature,
+        extra_body: config.extra_body.clone(),
     };
     let requests = workload::prepare(&prompts, &settings)?;
     Ok(Prepared {

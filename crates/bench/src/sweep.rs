@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::arrivals::ArrivalProcess;
 use crate::error::{BenchError, Result};
-use crate::plot::{self, SweepPoint};
+use crate::plot::{self, SweepPoint, SweepSeries};
 use crate::report;
 use crate::run::RunOptions;
 use crate::serve::{self, Prepared, ServeConfig, ServeResult};
@@ -147,6 +148,35 @@ pub fn write_outputs(
     Ok(())
 }
 
+/// A sweep read back from its JSON.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SavedSweep {
+    /// "request_rate" or "max_concurrency".
+    pub sweep: String,
+    pub points: Vec<SweepPoint>,
+}
+
+/// Reads a sweep JSON written by `bench sweep`.
+pub fn read_sweep(path: &Path) -> Result<SavedSweep> {
+    let text = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| BenchError::Json {
+        what: format!("the sweep {}", path.display()),
+        source,
+    })
+}
+
+/// One chart comparing saved sweeps (one curve per name) — engines on the same workload.
+pub fn plot_comparison(path: &Path, sweeps: &[(String, SavedSweep)]) -> Result<()> {
+    let series: Vec<SweepSeries<'_>> = sweeps
+        .iter()
+        .map(|(name, s)| SweepSeries {
+            name,
+            points: &s.points,
+        })
+        .collect();
+    plot::plot_sweeps(path, &series)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +190,35 @@ mod tests {
         assert!(parse_rates("1,0").is_err());
         assert!(parse_rates("fast").is_err());
         assert!(parse_rates("").is_err());
+    }
+
+    #[test]
+    fn a_written_sweep_reads_back_and_plots_next_to_another() {
+        let dir = std::env::temp_dir().join(format!("pagoda-sweep-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = json!({"sweep": "request_rate", "points": [
+            {"label": "rate 1", "output_throughput": 10.0, "mean_tpot_ms": 20.0,
+             "p99_tpot_ms": 30.0, "mean_ttft_ms": 100.0, "p99_ttft_ms": 150.0, "completed": 4},
+            {"label": "rate inf", "output_throughput": 40.0, "mean_tpot_ms": 50.0,
+             "p99_tpot_ms": 60.0, "mean_ttft_ms": 900.0, "p99_ttft_ms": 1500.0, "completed": 4},
+        ]});
+        let path = dir.join("a.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let saved = read_sweep(&path).unwrap();
+        assert_eq!(saved.sweep, "request_rate");
+        assert_eq!(saved.points.len(), 2);
+        assert_eq!(saved.points[1].label, "rate inf");
+        assert_eq!(saved.points[1].p99_ttft_ms, 1500.0);
+        let svg = dir.join("compare.svg");
+        plot_comparison(
+            &svg,
+            &[("one".into(), saved.clone()), ("two".into(), saved)],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains("one mean TPOT") && text.contains("two p99 TTFT"));
+        std::fs::write(&path, "{\"points\": 3}").unwrap();
+        assert!(read_sweep(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

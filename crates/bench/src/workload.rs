@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::client::{EndpointKind, PreparedRequest};
 use crate::error::{BenchError, Result};
@@ -84,6 +84,9 @@ pub struct RequestSettings {
     pub model: String,
     pub endpoint: EndpointKind,
     pub temperature: f64,
+    /// Keys merged into every request body last (they override the generated ones), e.g.
+    /// `logit_bias` for a server without `ignore_eos`.
+    pub extra_body: Map<String, Value>,
 }
 
 fn uniform_len(rng: &mut ChaCha8Rng, mean: usize, ratio: f64) -> usize {
@@ -328,6 +331,9 @@ pub fn request_body(prompt: &Prompt, settings: &RequestSettings) -> Value {
     if prompt.ignore_eos {
         body["ignore_eos"] = json!(true);
     }
+    for (key, value) in &settings.extra_body {
+        body[key] = value.clone();
+    }
     body
 }
 
@@ -349,4 +355,50 @@ pub fn prepare(prompts: &[Prompt], settings: &RequestSettings) -> Result<Vec<Pre
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt() -> Prompt {
+        Prompt {
+            text: "hello there".into(),
+            prompt_len: 2,
+            output_len: 7,
+            ignore_eos: true,
+        }
+    }
+
+    fn settings(endpoint: EndpointKind, extra: Value) -> RequestSettings {
+        RequestSettings {
+            model: "m".into(),
+            endpoint,
+            temperature: 0.5,
+            extra_body: extra.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn bodies_ask_for_a_stream_with_usage_and_the_output_length() {
+        let body = request_body(&prompt(), &settings(EndpointKind::Completions, json!({})));
+        assert_eq!(body["prompt"], "hello there");
+        assert_eq!(body["max_tokens"], 7);
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["ignore_eos"], true);
+        let chat = request_body(&prompt(), &settings(EndpointKind::Chat, json!({})));
+        assert_eq!(chat["messages"][0]["content"], "hello there");
+        assert_eq!(chat["max_completion_tokens"], 7);
+        assert!(chat.get("max_tokens").is_none());
+    }
+
+    #[test]
+    fn extra_body_keys_are_added_and_override_generated_ones() {
+        let extra = json!({"logit_bias": {"2": -100}, "temperature": 1.0});
+        let body = request_body(&prompt(), &settings(EndpointKind::Completions, extra));
+        assert_eq!(body["logit_bias"]["2"], -100);
+        assert_eq!(body["temperature"], 1.0);
+        assert_eq!(body["max_tokens"], 7);
+    }
 }

@@ -40,6 +40,7 @@ fn config(
         num_prompts: n,
         seed: 0,
         temperature: 0.0,
+        extra_body: Default::default(),
         request_timeout: Duration::from_secs(30),
         slo: Slo::default(),
     }

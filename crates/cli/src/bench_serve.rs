@@ -98,6 +98,10 @@ pub struct LoadArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
+    /// A JSON object merged into every request body, e.g. `'{"logit_bias": {"2": -100}}'` for a
+    /// server that ignores `ignore_eos`.
+    #[arg(long, value_name = "JSON")]
+    pub extra_body: Option<String>,
     /// Seconds one request may take before it counts as failed.
     #[arg(long, default_value_t = 600.0)]
     pub request_timeout: f64,
@@ -162,6 +166,15 @@ impl LoadArgs {
             num_prompts: self.num_prompts,
             seed: self.seed,
             temperature: self.temperature,
+            extra_body: match &self.extra_body {
+                None => Default::default(),
+                Some(text) => match serde_json::from_str(text)
+                    .context("--extra-body must be a JSON object")?
+                {
+                    serde_json::Value::Object(map) => map,
+                    other => anyhow::bail!("--extra-body must be a JSON object, got {other}"),
+                },
+            },
             request_timeout: seconds("--request-timeout", self.request_timeout)?,
             slo: Slo::parse(&self.goodput)?,
         })

@@ -1,5 +1,6 @@
 //! The `pagoda` binary: one entry point with a subcommand per job.
 
+mod bench_compare;
 mod bench_latency;
 mod bench_mock_server;
 mod bench_prefix;
@@ -50,6 +51,8 @@ enum BenchCommand {
     Serve(bench_serve::ServeBenchArgs),
     /// `bench serve` over several request rates or concurrencies: throughput vs latency.
     Sweep(bench_sweep::SweepArgs),
+    /// One throughput-vs-latency chart of several saved sweeps (engines compared).
+    Compare(bench_compare::CompareArgs),
     /// A scripted OpenAI-compatible server (fixed TTFT / ITL / length) to test the benchmark.
     MockServer(bench_mock_server::MockServerArgs),
 }
@@ -63,7 +66,10 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Throughput(a)) => a.model.threads,
         Command::Bench(BenchCommand::PrefixCache(a)) => a.model.threads,
         Command::Bench(
-            BenchCommand::Serve(_) | BenchCommand::Sweep(_) | BenchCommand::MockServer(_),
+            BenchCommand::Serve(_)
+            | BenchCommand::Sweep(_)
+            | BenchCommand::Compare(_)
+            | BenchCommand::MockServer(_),
         ) => None,
         Command::SynthModel(_) => None,
     };
@@ -80,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::PrefixCache(args)) => bench_prefix::run(args),
         Command::Bench(BenchCommand::Serve(args)) => bench_serve::run(args),
         Command::Bench(BenchCommand::Sweep(args)) => bench_sweep::run(args),
+        Command::Bench(BenchCommand::Compare(args)) => bench_compare::run(args),
         Command::Bench(BenchCommand::MockServer(args)) => bench_mock_server::run(args),
     }
 }
