@@ -99,6 +99,16 @@ fn describe(error: &reqwest::Error) -> String {
     text
 }
 
+/// Whether a request failed because the server had closed its (reused) connection before any
+/// response: not a refused connection, not a timeout, and the cause says the connection closed.
+fn is_stale_connection(error: &reqwest::Error) -> bool {
+    if error.is_connect() || error.is_timeout() || error.status().is_some() {
+        return false;
+    }
+    let text = describe(error);
+    text.contains("connection closed before message completed") || text.contains("reset by peer")
+}
+
 /// The `error.message` of an OpenAI-style error body, else the body itself (shortened).
 fn error_message(body: &str) -> String {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
@@ -259,19 +269,30 @@ impl Target {
         }
     }
 
-    async fn exchange(
-        &self,
-        request: &PreparedRequest,
-        timing: &mut StreamTiming,
-    ) -> Result<(), String> {
-        let mut response = self
-            .client
+    async fn start(&self, request: &PreparedRequest) -> reqwest::Result<reqwest::Response> {
+        self.client
             .post(self.endpoint.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(request.body.clone())
             .send()
             .await
-            .map_err(|e| describe(&e))?;
+    }
+
+    async fn exchange(
+        &self,
+        request: &PreparedRequest,
+        timing: &mut StreamTiming,
+    ) -> Result<(), String> {
+        let mut response = match self.start(request).await {
+            Ok(response) => response,
+            // The pooled keep-alive connection was closed by the server before it answered
+            // (llama-server does this): re-send once on a fresh connection, still timed from
+            // the first send.
+            Err(e) if is_stale_connection(&e) => {
+                self.start(request).await.map_err(|e| describe(&e))?
+            }
+            Err(e) => return Err(describe(&e)),
+        };
         let status = response.status();
         let is_json = response
             .headers()

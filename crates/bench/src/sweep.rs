@@ -76,22 +76,39 @@ pub fn parse_rates(text: &str) -> Result<Vec<f64>> {
         .collect()
 }
 
+/// The points a sweep ran, and the error that stopped it early, if one did.
+pub struct SweepRun {
+    pub results: Vec<(String, ServeResult)>,
+    /// A later point that could not run (its label and why); the earlier points are kept.
+    pub stopped_by: Option<(String, BenchError)>,
+}
+
 /// Runs every point; stops early when one is interrupted by Ctrl-C (its partial result is
-/// kept). `on_point` sees each result as it finishes (for printing).
+/// kept) or cannot run (the points before it are kept). `on_point` sees each result as it
+/// finishes (for printing).
 pub async fn sweep(
     prepared: &Prepared,
     config: &ServeConfig,
     base: &RunOptions,
     axis: &SweepAxis,
     mut on_point: impl FnMut(&str, &ServeResult),
-) -> Result<Vec<(String, ServeResult)>> {
+) -> Result<SweepRun> {
     if axis.len() == 0 {
         return Err(BenchError::invalid("a sweep needs at least one point"));
     }
     let mut results = Vec::with_capacity(axis.len());
     for i in 0..axis.len() {
         let (options, label) = axis.point(i, base)?;
-        let result = serve::execute(prepared, config, &options).await?;
+        let result = match serve::execute(prepared, config, &options).await {
+            Ok(result) => result,
+            Err(e) if !results.is_empty() => {
+                return Ok(SweepRun {
+                    results,
+                    stopped_by: Some((label, e)),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         on_point(&label, &result);
         let interrupted = result.run.interrupted;
         results.push((label, result));
@@ -99,7 +116,10 @@ pub async fn sweep(
             break;
         }
     }
-    Ok(results)
+    Ok(SweepRun {
+        results,
+        stopped_by: None,
+    })
 }
 
 pub fn sweep_point(label: &str, result: &ServeResult) -> SweepPoint {

@@ -38,7 +38,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let config = args.load.serve_config()?;
     let base = args.load.run_options()?;
     let runtime = client_runtime()?;
-    let results = runtime.block_on(async {
+    let run = runtime.block_on(async {
         eprintln!("preparing {} prompts against {}", config.num_prompts, config.base_url);
         let prepared = serve::prepare(&config).await?;
         eprintln!("model {}, tokens from {}", prepared.model, prepared.tokenizer_id);
@@ -62,12 +62,18 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         })
         .await
     })?;
-    sweep::write_outputs(&args.result_file, Some(&args.plot), &axis, &results)
+    sweep::write_outputs(&args.result_file, Some(&args.plot), &axis, &run.results)
         .context("cannot write the sweep's outputs")?;
     eprintln!(
         "sweep written to {} and {}",
         args.result_file.display(),
         args.plot.display()
     );
-    Ok(())
+    match run.stopped_by {
+        Some((label, e)) => Err(anyhow::Error::new(e).context(format!(
+            "the sweep stopped at {label}; the {} points before it are in the outputs",
+            run.results.len()
+        ))),
+        None => Ok(()),
+    }
 }
