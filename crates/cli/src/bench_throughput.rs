@@ -68,6 +68,11 @@ struct RunReport {
     num_steps: u64,
     mean_tokens_per_step: f64,
     num_preemptions: usize,
+    /// Shares of the engine's step time: the forward pass (kernels), the sampler, and the rest
+    /// (scheduling, batch metadata, detokenization): the per-step overhead.
+    forward_time_fraction: f64,
+    sample_time_fraction: f64,
+    step_overhead_fraction: f64,
 }
 
 #[derive(Serialize)]
@@ -136,6 +141,11 @@ fn run_engine(
     let steps_before = engine.stats.num_steps;
     let tokens_before = engine.stats.num_scheduled_tokens;
     let preemptions_before = engine.stats.num_preemptions;
+    let (step_before, forward_before, sample_before) = (
+        engine.stats.step_time_total,
+        engine.stats.forward_time_total,
+        engine.stats.sample_time_total,
+    );
     let start = Instant::now();
     let mut output_tokens = 0usize;
     let mut next_id = 0u64;
@@ -160,6 +170,11 @@ fn run_engine(
         "generated {output_tokens} tokens, expected {expected}"
     );
     let num_steps = engine.stats.num_steps - steps_before;
+    let step_s = (engine.stats.step_time_total - step_before)
+        .as_secs_f64()
+        .max(f64::MIN_POSITIVE);
+    let forward_s = (engine.stats.forward_time_total - forward_before).as_secs_f64();
+    let sample_s = (engine.stats.sample_time_total - sample_before).as_secs_f64();
     Ok(RunReport {
         elapsed_s,
         requests_per_s: requests.len() as f64 / elapsed_s,
@@ -169,6 +184,9 @@ fn run_engine(
         mean_tokens_per_step: (engine.stats.num_scheduled_tokens - tokens_before) as f64
             / num_steps.max(1) as f64,
         num_preemptions: engine.stats.num_preemptions - preemptions_before,
+        forward_time_fraction: forward_s / step_s,
+        sample_time_fraction: sample_s / step_s,
+        step_overhead_fraction: ((step_s - forward_s - sample_s) / step_s).max(0.0),
     })
 }
 
@@ -276,7 +294,14 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
             r.num_steps,
             r.mean_tokens_per_step,
             r.num_preemptions
-        )
+        );
+        println!(
+            "{:<16} step time: {:.1}% forward (kernels), {:.1}% sampling, {:.2}% overhead",
+            "",
+            100.0 * r.forward_time_fraction,
+            100.0 * r.sample_time_fraction,
+            100.0 * r.step_overhead_fraction
+        );
     };
     line("continuous", &report.continuous);
     if let (Some(s), Some(ratio)) = (&report.static_batching, report.continuous_over_static) {

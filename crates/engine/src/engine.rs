@@ -241,12 +241,15 @@ impl LlmEngine {
         for &(src, dst) in &out.copies {
             self.runner.kv.copy_block(src.0 as usize, dst.0 as usize);
         }
+        let forward_started = Instant::now();
         let logits = self.runner.execute(&batch);
+        self.stats.forward_time_total += forward_started.elapsed();
 
         let to_sample = self.scheduler.on_step_done(&out);
         debug_assert_eq!(to_sample.len(), logits_rows.len());
         // Sample every request (and the samples forking from it, from the same row) while the
         // logits borrow the runner; then fork and apply the tokens.
+        let sample_started = Instant::now();
         let mut sampled = Vec::with_capacity(to_sample.len());
         let mut forked = Vec::new();
         for (row, id) in to_sample.into_iter().enumerate() {
@@ -268,6 +271,7 @@ impl LlmEngine {
             }
             forked.extend(children.into_iter().map(|child| (id, child)));
         }
+        self.stats.sample_time_total += sample_started.elapsed();
         for (leader, child) in forked {
             self.scheduler.fork(leader, child, now);
         }

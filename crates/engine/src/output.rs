@@ -104,6 +104,10 @@ pub struct EngineStats {
     pub num_cow_copies: u64,
     /// Wall time spent in steps.
     pub step_time_total: Duration,
+    /// Of that, time in the model's forward pass (the kernels: projections, attention, norms).
+    pub forward_time_total: Duration,
+    /// Of that, time in the sampler (penalties, softmax, top-k/p, logprobs).
+    pub sample_time_total: Duration,
     pub last_step: Option<StepRecord>,
 }
 
@@ -115,6 +119,17 @@ impl EngineStats {
         } else {
             self.kv_blocks_used as f64 / self.kv_blocks_total as f64
         }
+    }
+
+    /// Fraction of step time spent outside the forward pass and the sampler: scheduling, block
+    /// allocation, batch metadata, detokenization and stop checks (0 before the first step).
+    pub fn step_overhead_fraction(&self) -> f64 {
+        let step = self.step_time_total.as_secs_f64();
+        if step == 0.0 {
+            return 0.0;
+        }
+        let inside = (self.forward_time_total + self.sample_time_total).as_secs_f64();
+        ((step - inside) / step).max(0.0)
     }
 
     /// Mean tokens computed per step.

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use pagoda_model::bandwidth::measure_read_bandwidth;
-use pagoda_model::ops::matmul::matmul;
+use pagoda_model::ops::gemm::{matmul, PackedLinear};
 use pagoda_model::weights::{Linear, WeightData};
 
 fn main() {
@@ -20,7 +20,7 @@ fn main() {
         shapes.extend([(960, 576), (576, 576), (3072, 576), (576, 1536)]);
     }
     shapes.push((49152, 576));
-    let mats: Vec<Linear> = shapes
+    let mats: Vec<PackedLinear> = shapes
         .iter()
         .map(|&(rows, cols)| {
             let data = if bf16 {
@@ -32,14 +32,15 @@ fn main() {
             } else {
                 WeightData::F32((0..rows * cols).map(|i| (i % 97) as f32 * 1e-3).collect())
             };
-            Linear { rows, cols, data }
+            PackedLinear::pack(&Linear { rows, cols, data })
         })
         .collect();
     let bytes: usize = mats.iter().map(|w| w.size_bytes()).sum();
+    let flops: usize = mats.iter().map(|w| 2 * m * w.rows * w.cols).sum();
     let x = vec![0.5f32; m * 1536];
     let mut out = vec![0f32; m * 49152];
     let mut best = f64::INFINITY;
-    for _ in 0..20 {
+    for _ in 0..if m > 64 { 3 } else { 20 } {
         let start = Instant::now();
         for w in &mats {
             matmul(&x[..m * w.cols], m, w, &mut out[..m * w.rows]);
@@ -48,11 +49,12 @@ fn main() {
     }
     let probe = measure_read_bandwidth(1 << 30, 5);
     println!(
-        "{} M={m}: {:.1} MB per pass, best {:.2} ms = {:.1} GB/s; probe {:.1} GB/s; ratio {:.2}",
+        "{} M={m}: {:.1} MB per pass, best {:.2} ms = {:.1} GB/s ({:.1} GFLOP/s); probe {:.1} GB/s; ratio {:.2}",
         if bf16 { "bf16" } else { "f32" },
         bytes as f64 / 1e6,
         best * 1e3,
         bytes as f64 / best / 1e9,
+        flops as f64 / best / 1e9,
         probe.best_gb_s,
         bytes as f64 / best / 1e9 / probe.best_gb_s
     );

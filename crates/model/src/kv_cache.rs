@@ -1,7 +1,10 @@
 //! Paged KV cache storage: per layer, a pool of fixed-size blocks for K and for V.
 //!
-//! Layout of each layer's pool: `[num_blocks, num_kv_heads, block_size, head_dim]`, so the keys of
-//! one KV head inside one block are contiguous (the attention kernel streams them). A token lives at
+//! Layout of each layer's pool: one tile of `block_size × head_dim` values per (block, KV head),
+//! tiles ordered `[num_blocks, num_kv_heads]`. V tiles are slot-major (`[block_size][head_dim]`:
+//! one token's values contiguous, for the `p · V` accumulation); K tiles are dimension-major
+//! (`[head_dim][block_size]`: one dimension of 16 consecutive keys in one vector, so `q · Kᵀ`
+//! needs no horizontal sums). A token lives at
 //! a *slot* `block_id * block_size + offset`; the forward writes new K/V at the slots of a slot
 //! mapping and attention reads through block tables. Which blocks a sequence owns is the block
 //! manager's business (engine crate); this module only stores values.
@@ -26,10 +29,22 @@ pub struct KvGeometry {
 }
 
 impl KvGeometry {
-    /// Offset of (block, kv head, slot-in-block) in a layer pool.
+    /// Offset of the (block, kv head) tile in a layer pool.
     #[inline]
-    pub fn offset(&self, block: usize, head: usize, in_block: usize) -> usize {
-        ((block * self.num_kv_heads + head) * self.block_size + in_block) * self.head_dim
+    pub fn tile(&self, block: usize, head: usize) -> usize {
+        (block * self.num_kv_heads + head) * self.block_size * self.head_dim
+    }
+
+    /// Offset of one token's V row (`head_dim` contiguous values).
+    #[inline]
+    pub fn v_offset(&self, block: usize, head: usize, in_block: usize) -> usize {
+        self.tile(block, head) + in_block * self.head_dim
+    }
+
+    /// Offset of dimension `d` of one token's key (keys of a tile are `block_size` apart per `d`).
+    #[inline]
+    pub fn k_offset(&self, block: usize, head: usize, in_block: usize, d: usize) -> usize {
+        self.tile(block, head) + d * self.block_size + in_block
     }
 
     fn layer_len(&self) -> usize {
@@ -98,7 +113,7 @@ impl KvCache {
     pub fn copy_block(&mut self, src: usize, dst: usize) {
         let g = self.geometry;
         let len = g.num_kv_heads * g.block_size * g.head_dim;
-        let (from, to) = (g.offset(src, 0, 0), g.offset(dst, 0, 0));
+        let (from, to) = (g.tile(src, 0), g.tile(dst, 0));
         for layer in &mut self.layers {
             layer.k.copy_within(from..from + len, to);
             layer.v.copy_within(from..from + len, to);
@@ -122,11 +137,14 @@ impl KvCache {
             let src_k = &kv_rows.0[t * row_stride..t * row_stride + width];
             let src_v = &kv_rows.1[t * row_stride..t * row_stride + width];
             for h in 0..g.num_kv_heads {
-                let dst = g.offset(block, h, in_block);
-                k[dst..dst + g.head_dim]
-                    .copy_from_slice(&src_k[h * g.head_dim..(h + 1) * g.head_dim]);
+                let dst = g.v_offset(block, h, in_block);
                 v[dst..dst + g.head_dim]
                     .copy_from_slice(&src_v[h * g.head_dim..(h + 1) * g.head_dim]);
+                let key = &src_k[h * g.head_dim..(h + 1) * g.head_dim];
+                let k0 = g.k_offset(block, h, in_block, 0);
+                for (d, &x) in key.iter().enumerate() {
+                    k[k0 + d * g.block_size] = x;
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::ops::activation::silu_mul;
 use crate::ops::attention::{paged_attention, AttentionShape, SeqAttention};
-use crate::ops::matmul::matmul;
+use crate::ops::gemm::{matmul, PackedLinear};
 use crate::ops::norm::rms_norm;
 use crate::ops::rope::Rope;
 use crate::weights::{Linear, TensorSource, WeightDtype};
@@ -18,24 +18,24 @@ use crate::weights::{Linear, TensorSource, WeightDtype};
 struct Layer {
     input_norm: Vec<f32>,
     /// `[q; k; v]` stacked: `qkv_dim × hidden`.
-    qkv: Linear,
+    qkv: PackedLinear,
     qkv_bias: Option<Vec<f32>>,
-    o_proj: Linear,
+    o_proj: PackedLinear,
     post_norm: Vec<f32>,
     /// `[gate; up]` stacked: `2·intermediate × hidden`.
-    gate_up: Linear,
-    down: Linear,
+    gate_up: PackedLinear,
+    down: PackedLinear,
 }
 
 /// A loaded model: weights plus the rotary tables.
 pub struct Model {
     pub config: ModelConfig,
     pub dtype: WeightDtype,
-    embed: Linear,
+    embed: PackedLinear,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     /// `None` when the embedding matrix doubles as the output head.
-    lm_head: Option<Linear>,
+    lm_head: Option<PackedLinear>,
     rope: Rope,
 }
 
@@ -85,18 +85,19 @@ impl Model {
         };
         let d = c.hidden_size;
         let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let embed = source.linear("model.embed_tokens.weight", c.vocab_size, d, dtype)?;
+        let packed = |w: Linear| PackedLinear::pack(&w);
+        let embed = packed(source.linear("model.embed_tokens.weight", c.vocab_size, d, dtype)?);
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
             let attn = |name: &str, rows: usize| {
                 source.linear(&format!("{p}.self_attn.{name}.weight"), rows, d, dtype)
             };
-            let qkv = Linear::concat_rows(vec![
+            let qkv = packed(Linear::concat_rows(vec![
                 attn("q_proj", q_dim)?,
                 attn("k_proj", kv_dim)?,
                 attn("v_proj", kv_dim)?,
-            ]);
+            ]));
             let qkv_bias = if c.qkv_bias {
                 let bias = |name: &str, n: usize| {
                     source.vector_f32(&format!("{p}.self_attn.{name}.bias"), &[n])
@@ -120,20 +121,30 @@ impl Model {
                 input_norm: source.vector_f32(&format!("{p}.input_layernorm.weight"), &[d])?,
                 qkv,
                 qkv_bias,
-                o_proj: source.linear(&format!("{p}.self_attn.o_proj.weight"), d, q_dim, dtype)?,
+                o_proj: packed(source.linear(
+                    &format!("{p}.self_attn.o_proj.weight"),
+                    d,
+                    q_dim,
+                    dtype,
+                )?),
                 post_norm: source
                     .vector_f32(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                gate_up: Linear::concat_rows(vec![
+                gate_up: packed(Linear::concat_rows(vec![
                     mlp("gate_proj", inter, d)?,
                     mlp("up_proj", inter, d)?,
-                ]),
-                down: mlp("down_proj", d, inter)?,
+                ])),
+                down: packed(mlp("down_proj", d, inter)?),
             });
         }
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(source.linear("lm_head.weight", c.vocab_size, d, dtype)?)
+            Some(packed(source.linear(
+                "lm_head.weight",
+                c.vocab_size,
+                d,
+                dtype,
+            )?))
         };
         Ok(Self {
             norm: source.vector_f32("model.norm.weight", &[d])?,

@@ -4,17 +4,26 @@
 //! K/V are cached) and single-token decodes. Every sequence's K/V — including the tokens of this
 //! step, already written at their slots — is read through its block table.
 //!
-//! Work is split into items of (sequence, KV head, tile of ≤ 16 queries) run on the kernel pool. An
-//! item processes all query heads that share the KV head together, so each K/V block is loaded once
-//! per group, and keeps an online softmax (running max, running sum, rescaled accumulator) updated
-//! block by block. Inner loops are plain slices over `head_dim`, compiled once per CPU feature
-//! level so they vectorize.
+//! Work is split into items of (sequence, KV head, tile of ≤ 16 queries, key range) run on the
+//! kernel pool. An item treats the query heads sharing its KV head × its queries as one set of
+//! rows, so every K/V block is loaded once per item, and works through its keys a chunk at a time:
+//! scores for the chunk (`q · Kᵀ`, dimension-major K tiles, no horizontal sums), causal mask and
+//! online softmax per row (running max, running sum, rescaled accumulator), then `p · V`. When a
+//! call has too few items for the threads (one or two decoding sequences), long key ranges are
+//! split across items and the partial softmax states merged afterwards (flash-decoding).
+//!
+//! The inner tiles are AVX-512 register tiles where the CPU has it and `head_dim` is a multiple of
+//! 16, and portable loops otherwise.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
 
 use std::cell::RefCell;
 
-use super::matmul::SyncPtr;
 use super::pool;
-use super::simd::{dot, reduce16};
+use super::pool::SyncPtr;
+use super::simd::reduce16;
 use crate::kv_cache::KvGeometry;
 
 /// Queries of one sequence in this step.
@@ -40,10 +49,61 @@ pub struct AttentionShape {
     pub scale: f32,
 }
 
+/// Queries per work item.
 const QUERY_TILE: usize = 16;
+/// Keys scored per online-softmax update.
+const KEY_CHUNK: usize = 256;
+/// A call with fewer items than this many per thread splits long key ranges across items.
+const ITEMS_PER_THREAD: usize = 4;
+/// Smallest key range of a split part.
+const MIN_SPLIT_KEYS: usize = 128;
+
+/// One unit of work. `split` is `Some(slot)` when the item covers part of its queries' keys and
+/// leaves its partial softmax state in `slot` of the partials buffer.
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    seq: usize,
+    kv_head: usize,
+    queries: (usize, usize),
+    keys: (usize, usize),
+    split: Option<usize>,
+}
+
+/// A split item's partial state: rows × head_dim unnormalized outputs, then the rows' maxima,
+/// then their sums.
+fn partial_len(rows: usize, head_dim: usize) -> usize {
+    rows * (head_dim + 2)
+}
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's items, split groups and partials, reused from call to call.
+    static PLAN: RefCell<Plan> = RefCell::new(Plan::default());
+}
+
+#[derive(Default)]
+struct Plan {
+    items: Vec<Item>,
+    /// (the unsplit item, range of its parts in `items`).
+    splits: Vec<(Item, std::ops::Range<usize>)>,
+    partials: Vec<f32>,
+}
+
+/// Which inner tiles run (tests force each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn best_kernels(head_dim: usize) -> Kernels {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::supports(head_dim) {
+        return Kernels::Avx512;
+    }
+    let _ = head_dim;
+    Kernels::Portable
 }
 
 /// `out[t, h*head_dim..]` = softmax(q·Kᵀ·scale, causal) · V for every query row of every sequence.
@@ -57,8 +117,91 @@ pub fn paged_attention(
     shape: &AttentionShape,
     out: &mut [f32],
 ) {
+    let kernels = best_kernels(shape.geometry.head_dim);
+    let threads = pool::global().threads();
+    paged_attention_with(kernels, threads, q, seqs, k_pool, v_pool, shape, out)
+}
+
+/// [`paged_attention`] with chosen tiles, planning key splits for `threads` threads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn paged_attention_with(
+    kernels: Kernels,
+    threads: usize,
+    q: &[f32],
+    seqs: &[SeqAttention<'_>],
+    k_pool: &[f32],
+    v_pool: &[f32],
+    shape: &AttentionShape,
+    out: &mut [f32],
+) {
     let g = shape.geometry;
-    let mut items = Vec::new();
+    let group = shape.num_heads / g.num_kv_heads;
+    let out_stride = shape.num_heads * g.head_dim;
+    PLAN.with(|plan| {
+        let plan = &mut *plan.borrow_mut();
+        plan_items(plan, seqs, g, threads);
+        let width = partial_len(QUERY_TILE * group, g.head_dim);
+        let num_parts = plan.items.iter().filter(|it| it.split.is_some()).count();
+        plan.partials.resize(num_parts * width, 0.0);
+
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let partials = SyncPtr(plan.partials.as_mut_ptr());
+        let items = &plan.items;
+        let run = |i: usize| {
+            let item = items[i];
+            let sink = match item.split {
+                None => Sink::Output(out_ptr, out_stride),
+                Some(slot) => Sink::Partial(SyncPtr(partials.get().wrapping_add(slot * width))),
+            };
+            SCRATCH.with(|scratch| {
+                // SAFETY: an item alone writes its queries' rows at its KV head's columns, or its
+                // own slot of the partials buffer.
+                unsafe {
+                    attend_with(
+                        kernels,
+                        q,
+                        &seqs[item.seq],
+                        &item,
+                        k_pool,
+                        v_pool,
+                        shape,
+                        &mut scratch.borrow_mut(),
+                        sink,
+                    )
+                }
+            });
+        };
+        let work: usize = seqs
+            .iter()
+            .map(|s| s.num_queries * s.context_len)
+            .sum::<usize>()
+            * out_stride;
+        // Small batches (tiny models, short decodes) are cheaper without a fork.
+        if work < 200_000 || items.len() == 1 || pool::global().threads() == 1 {
+            (0..items.len()).for_each(run);
+        } else {
+            pool::global().parallel_for(items.len(), &run);
+        }
+        for (item, parts) in &plan.splits {
+            let seq = &seqs[item.seq];
+            combine(
+                item,
+                seq,
+                &items[parts.clone()],
+                &plan.partials,
+                width,
+                shape,
+                out,
+            );
+        }
+    });
+}
+
+/// Fills `plan` with one item per (sequence, KV head, query tile), splitting key ranges when there
+/// are too few items for the threads.
+fn plan_items(plan: &mut Plan, seqs: &[SeqAttention<'_>], g: KvGeometry, threads: usize) {
+    plan.items.clear();
+    plan.splits.clear();
     for (s, seq) in seqs.iter().enumerate() {
         assert!(
             seq.num_queries <= seq.context_len,
@@ -68,323 +211,355 @@ pub fn paged_attention(
             seq.block_table.len() * g.block_size >= seq.context_len,
             "invariant: block table covers the context"
         );
+        let first_pos = seq.context_len - seq.num_queries;
         for kv_head in 0..g.num_kv_heads {
-            for tile in (0..seq.num_queries).step_by(QUERY_TILE) {
-                items.push((s, kv_head, tile));
+            for t0 in (0..seq.num_queries).step_by(QUERY_TILE) {
+                let t1 = (t0 + QUERY_TILE).min(seq.num_queries);
+                plan.items.push(Item {
+                    seq: s,
+                    kv_head,
+                    queries: (t0, t1),
+                    keys: (0, first_pos + t1),
+                    split: None,
+                });
             }
         }
     }
-    let out_ptr = SyncPtr(out.as_mut_ptr());
-    let out_stride = shape.num_heads * g.head_dim;
-    let run = |&(s, kv_head, tile): &(usize, usize, usize)| {
-        let seq = &seqs[s];
-        let end = (tile + QUERY_TILE).min(seq.num_queries);
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            // SAFETY: item (s, kv_head, tile) alone writes the rows of its queries at the columns
-            // of the heads in kv_head's group.
-            unsafe {
-                dispatch(
-                    q,
-                    seq,
-                    kv_head,
-                    tile..end,
-                    k_pool,
-                    v_pool,
-                    shape,
-                    &mut scratch,
-                    out_ptr,
-                    out_stride,
-                )
-            }
-        });
-    };
-    // Small batches (tiny models, single decodes) are cheaper without a fork.
-    let work: usize = seqs
-        .iter()
-        .map(|s| s.num_queries * s.context_len)
-        .sum::<usize>()
-        * out_stride;
-    if work < 200_000 || items.len() == 1 {
-        items.iter().for_each(run);
-    } else {
-        pool::global().parallel_for(items.len(), &|i| run(&items[i]));
+    if threads <= 1 || plan.items.len() >= threads * ITEMS_PER_THREAD {
+        return;
+    }
+    let unit = MIN_SPLIT_KEYS.div_ceil(g.block_size) * g.block_size;
+    let want = (threads * ITEMS_PER_THREAD).div_ceil(plan.items.len());
+    let whole = std::mem::take(&mut plan.items);
+    let mut slot = 0;
+    for item in whole {
+        let parts = want.min(item.keys.1.div_ceil(unit));
+        if parts <= 1 {
+            plan.items.push(item);
+            continue;
+        }
+        // Part boundaries on block multiples, so a part's chunks start at block starts.
+        let per = item.keys.1.div_ceil(parts).div_ceil(unit) * unit;
+        let first = plan.items.len();
+        for lo in (0..item.keys.1).step_by(per) {
+            plan.items.push(Item {
+                keys: (lo, (lo + per).min(item.keys.1)),
+                split: Some(slot),
+                ..item
+            });
+            slot += 1;
+        }
+        plan.splits.push((item, first..plan.items.len()));
     }
 }
 
+/// Where an item's results go.
+#[derive(Clone, Copy)]
+enum Sink {
+    /// Final, normalized rows of the step's output (row stride in floats).
+    Output(SyncPtr<f32>, usize),
+    /// A partial state, see [`partial_len`].
+    Partial(SyncPtr<f32>),
+}
+
+/// Merges the partial softmax states of one split item into its output rows.
+fn combine(
+    item: &Item,
+    seq: &SeqAttention<'_>,
+    parts: &[Item],
+    partials: &[f32],
+    width: usize,
+    shape: &AttentionShape,
+    out: &mut [f32],
+) {
+    let hd = shape.geometry.head_dim;
+    let group = shape.num_heads / shape.geometry.num_kv_heads;
+    let rows = (item.queries.1 - item.queries.0) * group;
+    let out_stride = shape.num_heads * hd;
+    let state = |p: &Item| {
+        let slot = p.split.expect("invariant: split parts have slots");
+        &partials[slot * width..slot * width + partial_len(rows, hd)]
+    };
+    for r in 0..rows {
+        let max = parts
+            .iter()
+            .map(|p| state(p)[rows * hd + r])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let (t, gi) = (r / group, r % group);
+        let row = seq.query_start + item.queries.0 + t;
+        let h = item.kv_head * group + gi;
+        let dst = &mut out[row * out_stride + h * hd..][..hd];
+        dst.fill(0.0);
+        let mut sum = 0f32;
+        for p in parts {
+            let buf = state(p);
+            let (m, s) = (buf[rows * hd + r], buf[rows * hd + rows + r]);
+            if s == 0.0 {
+                continue;
+            }
+            let w = exp_nonpositive(m - max);
+            sum += s * w;
+            for (d, x) in dst.iter_mut().zip(&buf[r * hd..(r + 1) * hd]) {
+                *d += x * w;
+            }
+        }
+        let inv = 1.0 / sum;
+        dst.iter_mut().for_each(|d| *d *= inv);
+    }
+}
+
+/// The two tile operations of an item; see `portable` for their contracts.
+trait Tiles {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scores(
+        qs: &[f32],
+        rows: usize,
+        hd: usize,
+        k_tile: &[f32],
+        block_size: usize,
+        slots: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    );
+    unsafe fn accumulate(
+        p: *const f32,
+        p_stride: usize,
+        rows: usize,
+        v_tile: &[f32],
+        slots: usize,
+        hd: usize,
+        acc: &mut [f32],
+    );
+}
+
+struct PortableTiles;
+
+impl Tiles for PortableTiles {
+    #[inline(always)]
+    unsafe fn scores(
+        qs: &[f32],
+        rows: usize,
+        hd: usize,
+        k_tile: &[f32],
+        block_size: usize,
+        slots: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        portable::scores(qs, rows, hd, k_tile, block_size, slots, dst, dst_stride)
+    }
+    #[inline(always)]
+    unsafe fn accumulate(
+        p: *const f32,
+        p_stride: usize,
+        rows: usize,
+        v_tile: &[f32],
+        slots: usize,
+        hd: usize,
+        acc: &mut [f32],
+    ) {
+        portable::accumulate(p, p_stride, rows, v_tile, slots, hd, acc)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx512Tiles;
+
+#[cfg(target_arch = "x86_64")]
+impl Tiles for Avx512Tiles {
+    #[inline(always)]
+    unsafe fn scores(
+        qs: &[f32],
+        rows: usize,
+        hd: usize,
+        k_tile: &[f32],
+        block_size: usize,
+        slots: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        avx512::scores(qs, rows, hd, k_tile, block_size, slots, dst, dst_stride)
+    }
+    #[inline(always)]
+    unsafe fn accumulate(
+        p: *const f32,
+        p_stride: usize,
+        rows: usize,
+        v_tile: &[f32],
+        slots: usize,
+        hd: usize,
+        acc: &mut [f32],
+    ) {
+        avx512::accumulate(p, p_stride, rows, v_tile, slots, hd, acc)
+    }
+}
+
+/// Runs one item with the chosen tiles. The item's own loops (softmax, masking, rescaling) are
+/// compiled for the same feature level as the tiles, so they vectorize too.
+///
+/// # Safety
+/// As [`attend`]; the CPU supports `kernels`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn dispatch(
+unsafe fn attend_with(
+    kernels: Kernels,
     q: &[f32],
     seq: &SeqAttention<'_>,
-    kv_head: usize,
-    queries: std::ops::Range<usize>,
+    item: &Item,
     k_pool: &[f32],
     v_pool: &[f32],
     shape: &AttentionShape,
     scratch: &mut Vec<f32>,
-    out: SyncPtr<f32>,
-    out_stride: usize,
+    sink: Sink,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return attend_avx512(
-                q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
-            );
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx512_item(
+            q: &[f32],
+            seq: &SeqAttention<'_>,
+            item: &Item,
+            k_pool: &[f32],
+            v_pool: &[f32],
+            shape: &AttentionShape,
+            scratch: &mut Vec<f32>,
+            sink: Sink,
+        ) {
+            attend::<Avx512Tiles>(q, seq, item, k_pool, v_pool, shape, scratch, sink)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2_item(
+            q: &[f32],
+            seq: &SeqAttention<'_>,
+            item: &Item,
+            k_pool: &[f32],
+            v_pool: &[f32],
+            shape: &AttentionShape,
+            scratch: &mut Vec<f32>,
+            sink: Sink,
+        ) {
+            attend::<PortableTiles>(q, seq, item, k_pool, v_pool, shape, scratch, sink)
+        }
+        if kernels == Kernels::Avx512 {
+            return avx512_item(q, seq, item, k_pool, v_pool, shape, scratch, sink);
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return attend_avx2(
-                q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
-            );
+            return avx2_item(q, seq, item, k_pool, v_pool, shape, scratch, sink);
         }
     }
-    attend::<PortableDot>(
-        q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
-    )
+    let _ = kernels;
+    attend::<PortableTiles>(q, seq, item, k_pool, v_pool, shape, scratch, sink)
 }
 
-/// The two inner loops of a kernel instantiation, over `head_dim`.
-trait Dot {
-    /// `a · b`.
-    ///
-    /// # Safety
-    /// The CPU supports the implementation's target features.
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
-
-    /// `acc += Σ_j p[j] · rows[j]` for `p.len()` consecutive rows of `acc.len()` values.
-    ///
-    /// # Safety
-    /// As [`Dot::dot`].
-    unsafe fn axpy_rows(p: &[f32], rows: &[f32], acc: &mut [f32]) {
-        for (&w, row) in p.iter().zip(rows.chunks_exact(acc.len())) {
-            for (x, v) in acc.iter_mut().zip(row) {
-                *x += w * v;
-            }
-        }
-    }
-}
-
-struct PortableDot;
-
-impl Dot for PortableDot {
-    #[inline(always)]
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        dot(a, b)
-    }
-}
-
-/// Explicit AVX-512: the compiler splits the portable 16-lane version into 2-lane pieces here.
-#[cfg(target_arch = "x86_64")]
-struct Avx512Dot;
-
-#[cfg(target_arch = "x86_64")]
-impl Dot for Avx512Dot {
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        use std::arch::x86_64::*;
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc);
-            i += 16;
-        }
-        if i < n {
-            let mask: u16 = (1u16 << (n - i)) - 1;
-            let x = _mm512_maskz_loadu_ps(mask, pa.add(i));
-            let y = _mm512_maskz_loadu_ps(mask, pb.add(i));
-            acc = _mm512_fmadd_ps(x, y, acc);
-        }
-        _mm512_reduce_add_ps(acc)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn axpy_rows(p: &[f32], rows: &[f32], acc: &mut [f32]) {
-        match acc.len() {
-            16 => axpy_rows_avx512::<1>(p, rows, acc),
-            32 => axpy_rows_avx512::<2>(p, rows, acc),
-            64 => axpy_rows_avx512::<4>(p, rows, acc),
-            80 => axpy_rows_avx512::<5>(p, rows, acc),
-            96 => axpy_rows_avx512::<6>(p, rows, acc),
-            128 => axpy_rows_avx512::<8>(p, rows, acc),
-            _ => {
-                for (&w, row) in p.iter().zip(rows.chunks_exact(acc.len())) {
-                    for (x, v) in acc.iter_mut().zip(row) {
-                        *x += w * v;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// [`Dot::axpy_rows`] for rows of `16 * N` values, the accumulator held in `N` registers while
-/// the rows stream by in memory order.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn axpy_rows_avx512<const N: usize>(p: &[f32], rows: &[f32], acc: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let width = 16 * N;
-    assert!(acc.len() == width && rows.len() >= p.len() * width);
-    let mut a: [__m512; N] = std::array::from_fn(|i| _mm512_loadu_ps(acc.as_ptr().add(16 * i)));
-    for (j, &w) in p.iter().enumerate() {
-        let b = _mm512_set1_ps(w);
-        let row = rows.as_ptr().add(j * width);
-        for (i, ai) in a.iter_mut().enumerate() {
-            *ai = _mm512_fmadd_ps(b, _mm512_loadu_ps(row.add(16 * i)), *ai);
-        }
-    }
-    for (i, ai) in a.iter().enumerate() {
-        _mm512_storeu_ps(acc.as_mut_ptr().add(16 * i), *ai);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx512(
-    q: &[f32],
-    seq: &SeqAttention<'_>,
-    kv_head: usize,
-    queries: std::ops::Range<usize>,
-    k_pool: &[f32],
-    v_pool: &[f32],
-    shape: &AttentionShape,
-    scratch: &mut Vec<f32>,
-    out: SyncPtr<f32>,
-    out_stride: usize,
-) {
-    attend::<Avx512Dot>(
-        q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(
-    q: &[f32],
-    seq: &SeqAttention<'_>,
-    kv_head: usize,
-    queries: std::ops::Range<usize>,
-    k_pool: &[f32],
-    v_pool: &[f32],
-    shape: &AttentionShape,
-    scratch: &mut Vec<f32>,
-    out: SyncPtr<f32>,
-    out_stride: usize,
-) {
-    attend::<PortableDot>(
-        q, seq, kv_head, queries, k_pool, v_pool, shape, scratch, out, out_stride,
-    )
-}
-
-/// The kernel body, inlined into each feature-specific wrapper.
+/// Runs one item: scores, causal mask and online softmax, `p · V`, written to its sink.
 ///
 /// # Safety
-/// `out` points to the step's output rows and this call owns the rows/columns it writes.
+/// The sink's memory is valid and written by this item alone.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend<D: Dot>(
+unsafe fn attend<T: Tiles>(
     q: &[f32],
     seq: &SeqAttention<'_>,
-    kv_head: usize,
-    queries: std::ops::Range<usize>,
+    item: &Item,
     k_pool: &[f32],
     v_pool: &[f32],
     shape: &AttentionShape,
     scratch: &mut Vec<f32>,
-    out: SyncPtr<f32>,
-    out_stride: usize,
+    sink: Sink,
 ) {
     let g = shape.geometry;
-    let hd = g.head_dim;
+    let (hd, bs) = (g.head_dim, g.block_size);
     let group = shape.num_heads / g.num_kv_heads;
-    let bs = g.block_size;
-    // Keys are scored a chunk of whole blocks at a time; the online-softmax rescale then happens
-    // once per chunk instead of once per block, and exp runs vectorized over the chunk.
-    let chunk_blocks = (KEY_CHUNK / bs).max(1);
-    let chunk_keys = chunk_blocks * bs;
-    // Scratch: scaled queries [group, hd], accumulators [group, hd], scores [group, chunk_keys],
-    // running max [group], running sum [group].
-    let need = 2 * group * hd + group * chunk_keys + 2 * group;
+    let (t0, t1) = item.queries;
+    let rows = (t1 - t0) * group;
+    let chunk_keys = (KEY_CHUNK / bs).max(1) * bs;
+    // Scratch: scaled queries [rows, hd], accumulators [rows, hd], scores [rows, chunk_keys],
+    // running max [rows], running sum [rows].
+    let need = 2 * rows * hd + rows * chunk_keys + 2 * rows;
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
-    let (qs, rest) = scratch.split_at_mut(group * hd);
-    let (acc, rest) = rest.split_at_mut(group * hd);
-    let (scores, rest) = rest.split_at_mut(group * chunk_keys);
-    let (maxes, sums) = rest.split_at_mut(group);
+    let (qs, rest) = scratch.split_at_mut(rows * hd);
+    let (acc, rest) = rest.split_at_mut(rows * hd);
+    let (scores, rest) = rest.split_at_mut(rows * chunk_keys);
+    let (maxes, rest) = rest.split_at_mut(rows);
+    let sums = &mut rest[..rows];
     let first_pos = seq.context_len - seq.num_queries;
+    // Row r is query t0 + r / group of head kv_head * group + r % group.
+    let keys_of_row = |r: usize| first_pos + t0 + r / group + 1;
+    for r in 0..rows {
+        let h = item.kv_head * group + r % group;
+        let src = &q[(seq.query_start + t0 + r / group) * shape.q_row_stride + h * hd..][..hd];
+        for (d, s) in qs[r * hd..(r + 1) * hd].iter_mut().zip(src) {
+            *d = s * shape.scale;
+        }
+    }
+    acc.fill(0.0);
+    maxes.fill(f32::NEG_INFINITY);
+    sums.fill(0.0);
 
-    for qi in queries {
-        let row = seq.query_start + qi;
-        let n_keys = first_pos + qi + 1;
-        for gi in 0..group {
-            let h = kv_head * group + gi;
-            let src = &q[row * shape.q_row_stride + h * hd..][..hd];
-            for (d, s) in qs[gi * hd..(gi + 1) * hd].iter_mut().zip(src) {
-                *d = s * shape.scale;
+    let (k_lo, k_hi) = item.keys;
+    let mut c0 = k_lo;
+    while c0 < k_hi {
+        let keys_here = chunk_keys.min(k_hi - c0);
+        let blocks = &seq.block_table[c0 / bs..(c0 + keys_here).div_ceil(bs)];
+        for (b, &block) in blocks.iter().enumerate() {
+            let slots = bs.min(keys_here - b * bs);
+            let tile = g.tile(block as usize, item.kv_head);
+            let dst = scores.as_mut_ptr().add(b * bs);
+            T::scores(qs, rows, hd, &k_pool[tile..], bs, slots, dst, chunk_keys);
+        }
+        for r in 0..rows {
+            let row = &mut scores[r * chunk_keys..r * chunk_keys + keys_here];
+            let valid = keys_of_row(r).saturating_sub(c0).min(keys_here);
+            let (live, masked) = row.split_at_mut(valid);
+            masked.fill(0.0);
+            if valid == 0 {
+                continue;
+            }
+            let new_max = maxes[r].max(max(live));
+            if maxes[r] != new_max && sums[r] != 0.0 {
+                let correction = exp_nonpositive(maxes[r] - new_max);
+                sums[r] *= correction;
+                acc[r * hd..(r + 1) * hd]
+                    .iter_mut()
+                    .for_each(|x| *x *= correction);
+            }
+            maxes[r] = new_max;
+            sums[r] += exp_shifted_sum(live, new_max);
+        }
+        for (b, &block) in blocks.iter().enumerate() {
+            let slots = bs.min(keys_here - b * bs);
+            let tile = g.tile(block as usize, item.kv_head);
+            let p = scores.as_ptr().add(b * bs);
+            T::accumulate(p, chunk_keys, rows, &v_pool[tile..], slots, hd, acc);
+        }
+        c0 += keys_here;
+    }
+
+    match sink {
+        Sink::Output(out, out_stride) => {
+            for r in 0..rows {
+                let h = item.kv_head * group + r % group;
+                let inv = 1.0 / sums[r];
+                let dst = out
+                    .get()
+                    .add((seq.query_start + t0 + r / group) * out_stride + h * hd);
+                for (d, x) in acc[r * hd..(r + 1) * hd].iter().enumerate() {
+                    *dst.add(d) = x * inv;
+                }
             }
         }
-        acc.fill(0.0);
-        maxes.fill(f32::NEG_INFINITY);
-        sums.fill(0.0);
-        let table = &seq.block_table[..n_keys.div_ceil(bs)];
-        for (c, blocks) in table.chunks(chunk_blocks).enumerate() {
-            let chunk_start = c * chunk_keys;
-            let keys_here = chunk_keys.min(n_keys - chunk_start);
-            // (block id, slots used) for each block of the chunk.
-            let slots_of = |b: usize| bs.min(keys_here - b * bs);
-            for gi in 0..group {
-                let qv = &qs[gi * hd..(gi + 1) * hd];
-                let sc = &mut scores[gi * chunk_keys..gi * chunk_keys + keys_here];
-                for (b, &block) in blocks.iter().enumerate() {
-                    let base = g.offset(block as usize, kv_head, 0);
-                    let keys = &k_pool[base..base + slots_of(b) * hd];
-                    for (s, key) in sc[b * bs..].iter_mut().zip(keys.chunks_exact(hd)) {
-                        *s = D::dot(qv, key);
-                    }
-                }
-                let chunk_max = max(sc);
-                let new_max = maxes[gi].max(chunk_max);
-                let a = &mut acc[gi * hd..(gi + 1) * hd];
-                if maxes[gi] != new_max && sums[gi] != 0.0 {
-                    let correction = (maxes[gi] - new_max).exp();
-                    sums[gi] *= correction;
-                    a.iter_mut().for_each(|x| *x *= correction);
-                }
-                maxes[gi] = new_max;
-                sums[gi] += exp_shifted_sum(sc, new_max);
-                for (b, &block) in blocks.iter().enumerate() {
-                    let base = g.offset(block as usize, kv_head, 0);
-                    let slots = slots_of(b);
-                    D::axpy_rows(
-                        &sc[b * bs..b * bs + slots],
-                        &v_pool[base..base + slots * hd],
-                        a,
-                    );
-                }
-            }
-        }
-        for gi in 0..group {
-            let h = kv_head * group + gi;
-            let inv = 1.0 / sums[gi];
-            let dst = out.get().add(row * out_stride + h * hd);
-            for (d, x) in acc[gi * hd..(gi + 1) * hd].iter().enumerate() {
-                *dst.add(d) = x * inv;
-            }
+        Sink::Partial(buf) => {
+            let buf = std::slice::from_raw_parts_mut(buf.get(), partial_len(rows, hd));
+            buf[..rows * hd].copy_from_slice(acc);
+            buf[rows * hd..rows * hd + rows].copy_from_slice(maxes);
+            buf[rows * hd + rows..].copy_from_slice(sums);
         }
     }
 }
-
-/// Keys scored per online-softmax update.
-const KEY_CHUNK: usize = 256;
 
 #[inline(always)]
 fn max(values: &[f32]) -> f32 {

@@ -2,7 +2,7 @@
 
 pub mod activation;
 pub mod attention;
-pub mod matmul;
+pub mod gemm;
 pub mod norm;
 pub mod pool;
 pub mod rope;

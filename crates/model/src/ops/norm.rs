@@ -22,7 +22,7 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     };
     let rows = x.len() / d;
     if x.len() >= 64 * 1024 {
-        let out_ptr = super::matmul::SyncPtr(out.as_mut_ptr());
+        let out_ptr = super::pool::SyncPtr(out.as_mut_ptr());
         let per_task = rows.div_ceil(pool::global().threads() * 2);
         pool::global().parallel_for(rows.div_ceil(per_task), &|t| {
             let range = t * per_task..((t + 1) * per_task).min(rows);

@@ -154,6 +154,21 @@ impl Drop for KernelPool {
     }
 }
 
+/// A raw pointer that may cross threads; every user writes a disjoint region.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr<T>(pub *mut T);
+// SAFETY: users guarantee disjoint writes (each task owns distinct output columns/rows).
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// The pointer; a method so closures capture the whole (Sync) wrapper, not the raw field.
+    #[inline(always)]
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 static GLOBAL: OnceLock<KernelPool> = OnceLock::new();
 
 /// Sets the number of kernel threads; only effective before the first kernel runs.

@@ -14,24 +14,3 @@ pub(crate) fn reduce16(acc: [f32; 16]) -> f32 {
     }
     (a4[0] + a4[2]) + (a4[1] + a4[3])
 }
-
-/// Dot product with 16 partial sums.
-#[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        // Fixed-size views: no bounds checks, so the body is one vector multiply-add.
-        let x: &[f32; 16] = x.try_into().expect("chunk of 16");
-        let y: &[f32; 16] = y.try_into().expect("chunk of 16");
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = reduce16(acc);
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
-    }
-    s
-}

@@ -1,0 +1,164 @@
+//! AVX-512 register tiles of paged attention: `q · Kᵀ` for up to 8 rows × 16 keys per pass (one
+//! K vector per dimension, queries broadcast), and `p · V` for up to 4 rows × `head_dim` outputs
+//! held in registers while the tile's V rows stream by.
+
+use std::arch::x86_64::*;
+
+/// Whether these tiles serve `head_dim` on this CPU.
+pub(super) fn supports(head_dim: usize) -> bool {
+    head_dim.is_multiple_of(16) && head_dim <= 128 && std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_tile<const RT: usize>(
+    qs: *const f32,
+    hd: usize,
+    k: *const f32,
+    block_size: usize,
+    mask: u16,
+    dst: *mut f32,
+    dst_stride: usize,
+) {
+    let mut acc = [_mm512_setzero_ps(); RT];
+    for d in 0..hd {
+        let keys = _mm512_maskz_loadu_ps(mask, k.add(d * block_size));
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(*qs.add(r * hd + d)), keys, *a);
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(dst.add(r * dst_stride), mask, *a);
+    }
+}
+
+/// As `portable::scores`.
+///
+/// # Safety
+/// As `portable::scores`; the CPU has AVX-512F.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn scores(
+    qs: &[f32],
+    rows: usize,
+    hd: usize,
+    k_tile: &[f32],
+    block_size: usize,
+    slots: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+) {
+    debug_assert!(qs.len() >= rows * hd && k_tile.len() >= hd * block_size);
+    for j0 in (0..slots).step_by(16) {
+        let mask = (((1u32 << 16.min(slots - j0)) - 1) & 0xffff) as u16;
+        let k = k_tile.as_ptr().add(j0);
+        let mut r = 0;
+        while r < rows {
+            let rt = 8.min(rows - r);
+            let (q, out) = (qs.as_ptr().add(r * hd), dst.add(r * dst_stride + j0));
+            match rt {
+                1 => scores_tile::<1>(q, hd, k, block_size, mask, out, dst_stride),
+                2 => scores_tile::<2>(q, hd, k, block_size, mask, out, dst_stride),
+                3 => scores_tile::<3>(q, hd, k, block_size, mask, out, dst_stride),
+                4 => scores_tile::<4>(q, hd, k, block_size, mask, out, dst_stride),
+                5 => scores_tile::<5>(q, hd, k, block_size, mask, out, dst_stride),
+                6 => scores_tile::<6>(q, hd, k, block_size, mask, out, dst_stride),
+                7 => scores_tile::<7>(q, hd, k, block_size, mask, out, dst_stride),
+                _ => scores_tile::<8>(q, hd, k, block_size, mask, out, dst_stride),
+            }
+            r += rt;
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn accumulate_tile<const NW: usize, const RT: usize>(
+    p: *const f32,
+    p_stride: usize,
+    v: *const f32,
+    slots: usize,
+    acc: *mut f32,
+) {
+    let hd = NW * 16;
+    let mut a = [[_mm512_setzero_ps(); NW]; RT];
+    for (r, row) in a.iter_mut().enumerate() {
+        for (w, x) in row.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(acc.add(r * hd + w * 16));
+        }
+    }
+    for j in 0..slots {
+        let vr: [__m512; NW] = std::array::from_fn(|w| _mm512_loadu_ps(v.add(j * hd + w * 16)));
+        for (r, row) in a.iter_mut().enumerate() {
+            let pb = _mm512_set1_ps(*p.add(r * p_stride + j));
+            for (x, &vw) in row.iter_mut().zip(&vr) {
+                *x = _mm512_fmadd_ps(pb, vw, *x);
+            }
+        }
+    }
+    for (r, row) in a.iter().enumerate() {
+        for (w, x) in row.iter().enumerate() {
+            _mm512_storeu_ps(acc.add(r * hd + w * 16), *x);
+        }
+    }
+}
+
+/// As `portable::accumulate`.
+///
+/// # Safety
+/// As `portable::accumulate`; the CPU has AVX-512F and `supports(hd)`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn accumulate(
+    p: *const f32,
+    p_stride: usize,
+    rows: usize,
+    v_tile: &[f32],
+    slots: usize,
+    hd: usize,
+    acc: &mut [f32],
+) {
+    debug_assert!(acc.len() >= rows * hd && v_tile.len() >= slots * hd);
+    let nw = hd / 16;
+    let max_rt = if nw <= 4 { 4 } else { 2 };
+    let v = v_tile.as_ptr();
+    let mut r = 0;
+    while r < rows {
+        let rt = max_rt.min(rows - r);
+        let (pr, ar) = (p.add(r * p_stride), acc.as_mut_ptr().add(r * hd));
+        macro_rules! tile {
+            ($nw:literal, $rt:literal) => {
+                accumulate_tile::<$nw, $rt>(pr, p_stride, v, slots, ar)
+            };
+        }
+        match (nw, rt) {
+            (1, 1) => tile!(1, 1),
+            (1, 2) => tile!(1, 2),
+            (1, 3) => tile!(1, 3),
+            (1, _) => tile!(1, 4),
+            (2, 1) => tile!(2, 1),
+            (2, 2) => tile!(2, 2),
+            (2, 3) => tile!(2, 3),
+            (2, _) => tile!(2, 4),
+            (3, 1) => tile!(3, 1),
+            (3, 2) => tile!(3, 2),
+            (3, 3) => tile!(3, 3),
+            (3, _) => tile!(3, 4),
+            (4, 1) => tile!(4, 1),
+            (4, 2) => tile!(4, 2),
+            (4, 3) => tile!(4, 3),
+            (4, _) => tile!(4, 4),
+            (5, 1) => tile!(5, 1),
+            (5, _) => tile!(5, 2),
+            (6, 1) => tile!(6, 1),
+            (6, _) => tile!(6, 2),
+            (7, 1) => tile!(7, 1),
+            (7, _) => tile!(7, 2),
+            (8, 1) => tile!(8, 1),
+            (8, _) => tile!(8, 2),
+            _ => unreachable!("head_dim {hd} is not served by these tiles"),
+        }
+        r += rt;
+    }
+}

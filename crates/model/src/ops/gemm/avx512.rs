@@ -1,0 +1,116 @@
+//! AVX-512 micro-kernels over the packed layout: an `MR × (16·NV)` tile of outputs held in
+//! `MR·NV` registers for the whole reduction. Each step loads one cache line per block (16 rows ×
+//! one step) and broadcasts one 4-byte activation step per row: an f32 value, or a bf16 pair.
+//!
+//! Three inner operations share the loop:
+//! - f32 weights: `vfmadd` with the broadcast activation;
+//! - bf16 weights on CPUs with AVX512_BF16: one `vdpbf16ps` per line (two multiply-adds per lane);
+//! - bf16 weights without it: both halves of the pair widened with a shift / mask, then two `vfmadd`.
+
+use std::arch::x86_64::*;
+
+use super::TileArgs;
+
+/// How far ahead of the current step each block stream is prefetched, in steps (cache lines).
+const PREFETCH_STEPS: usize = 8;
+
+#[inline(always)]
+unsafe fn store_tile<const MR: usize, const NV: usize>(acc: &[[__m512; NV]; MR], t: &TileArgs) {
+    for (i, row) in acc.iter().enumerate() {
+        let dst = t.out.add(i * t.out_stride);
+        for (v, value) in row.iter().enumerate() {
+            let cols = t.cols.saturating_sub(v * 16).min(16);
+            if cols == 16 {
+                _mm512_storeu_ps(dst.add(v * 16), *value);
+            } else if cols > 0 {
+                _mm512_mask_storeu_ps(dst.add(v * 16), ((1u32 << cols) - 1) as u16, *value);
+            }
+        }
+    }
+}
+
+macro_rules! tile_kernel {
+    ($(#[$doc:meta])* $name:ident, $features:literal, |$acc:ident, $w:ident, $x:ident| $op:expr) => {
+        $(#[$doc])*
+        /// # Safety
+        /// The CPU has the enabled features; `t` describes valid memory (see [`TileArgs`]).
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name<const MR: usize, const NV: usize>(t: &TileArgs) {
+            let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+            for s in 0..t.steps {
+                let mut w = [_mm512_setzero_si512(); NV];
+                for (v, wv) in w.iter_mut().enumerate() {
+                    let line = t.w.add(v * t.block_stride + s * 64);
+                    if t.prefetch {
+                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(PREFETCH_STEPS * 64) as *const i8);
+                    }
+                    *wv = _mm512_load_si512(line as *const __m512i);
+                }
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let $x = _mm512_set1_epi32((t.x.add(i * t.x_stride + s * 4) as *const i32).read_unaligned());
+                    for (a, &$w) in row.iter_mut().zip(w.iter()) {
+                        let $acc = *a;
+                        *a = $op;
+                    }
+                }
+            }
+            store_tile(&acc, t);
+        }
+    };
+}
+
+tile_kernel!(
+    /// f32 weights, f32 activations.
+    tile_f32,
+    "avx512f",
+    |acc, w, x| _mm512_fmadd_ps(_mm512_castsi512_ps(w), _mm512_castsi512_ps(x), acc)
+);
+
+tile_kernel!(
+    /// bf16 weights, bf16 activation pairs, `vdpbf16ps`.
+    tile_bf16_dot,
+    "avx512f,avx512bf16,avx512bw,avx512vl",
+    |acc, w, x| _mm512_dpbf16_ps(
+        acc,
+        std::mem::transmute::<__m512i, __m512bh>(w),
+        std::mem::transmute::<__m512i, __m512bh>(x)
+    )
+);
+
+tile_kernel!(
+    /// bf16 weights and activation pairs widened to f32 (no AVX512_BF16).
+    tile_bf16_widen,
+    "avx512f",
+    |acc, w, x| {
+        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let even = |v| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+        let odd = |v| _mm512_castsi512_ps(_mm512_and_si512(v, high));
+        _mm512_fmadd_ps(odd(w), odd(x), _mm512_fmadd_ps(even(w), even(x), acc))
+    }
+);
+
+/// Rounds f32 values to bf16 (nearest even), 16 at a time.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BW; `src` and `dst` have the same length.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    let n16 = src.len() / 16 * 16;
+    let one = _mm512_set1_epi32(1);
+    let bias = _mm512_set1_epi32(0x7fff);
+    let quiet = _mm512_set1_epi32(0x0040_0000);
+    for i in (0..n16).step_by(16) {
+        let v = _mm512_loadu_ps(src.as_ptr().add(i));
+        let bits = _mm512_castps_si512(v);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), one);
+        let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(bias, lsb));
+        // NaN stays NaN (quieted) instead of rounding into infinity.
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        let r = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(bits, quiet));
+        _mm256_storeu_si256(
+            dst.as_mut_ptr().add(i) as *mut __m256i,
+            _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(r)),
+        );
+    }
+    super::portable::round_to_bf16(&src[n16..], &mut dst[n16..]);
+}

@@ -1,0 +1,294 @@
+//! `out = x · Wᵀ` for row-major f32 activations `x [m, k]` and a packed weight matrix `W [n, k]`
+//! (f32 or bf16, see [`packed`]): every projection of the forward pass.
+//!
+//! One micro-kernel design serves decode (m = 1…16) and prefill (m in the thousands): a tile of
+//! `MR` activation rows × `NV` blocks of 16 weight rows accumulates in registers over the whole
+//! reduction, one weight cache line and one broadcast activation per step and row. The tile shape
+//! follows `m`: for m ≤ 4, four blocks at a time (decode reads each weight once, with four
+//! independent streams per thread); otherwise up to 12 rows × 2 blocks (24 accumulators, the
+//! weight lines reused from L1 across the rows). Work is split over (row block, weight panel
+//! chunk) tasks on the kernel pool; every task writes its own output columns of its own rows.
+//!
+//! bf16 weights are multiplied with activations rounded to bf16 (as PyTorch's bf16 matmul and
+//! llama.cpp do), with f32 accumulation, whatever the batch size: a request's numbers do not depend
+//! on which kernel its step happened to use beyond summation order.
+//!
+//! Kernels are chosen at run time: AVX-512 (with AVX512_BF16's `vdpbf16ps` when present) or the
+//! portable kernel, which the compiler vectorizes for the baseline target.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+pub mod packed;
+mod portable;
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+pub use packed::PackedLinear;
+
+use super::pool::{self, SyncPtr};
+use crate::weights::WeightDtype;
+
+/// One micro-kernel call: an `MR × 16·NV` output tile over the whole reduction.
+///
+/// `w` points at the first of `NV` packed blocks, `block_stride` bytes apart; each holds `steps`
+/// 64-byte lines. `x` points at the tile's first activation row, rows `x_stride` bytes apart, with
+/// 4 bytes per step (an f32, or a bf16 pair). Results go to `out` (row-major, `out_stride` floats
+/// between rows); only the first `cols` of the `16·NV` columns are written.
+#[derive(Clone, Copy)]
+pub(crate) struct TileArgs {
+    pub w: *const u8,
+    pub block_stride: usize,
+    pub x: *const u8,
+    pub x_stride: usize,
+    pub steps: usize,
+    pub out: *mut f32,
+    pub out_stride: usize,
+    pub cols: usize,
+    pub prefetch: bool,
+}
+
+/// Storage type of the packed weights, as the portable kernel sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WeightKind {
+    F32,
+    Bf16,
+}
+
+/// Kernel families, in increasing order of what they need from the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Portable,
+    /// AVX-512 F/BW/VL: f32 FMA, bf16 widened to f32.
+    Avx512,
+    /// AVX-512 with AVX512_BF16: bf16 pairs through `vdpbf16ps`.
+    Avx512Bf16,
+}
+
+/// The best kernel family this CPU runs.
+pub fn best_isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl");
+            if avx512 && std::arch::is_x86_feature_detected!("avx512bf16") {
+                return Isa::Avx512Bf16;
+            }
+            if avx512 {
+                return Isa::Avx512;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+/// Rows of a tile for large `m`, and blocks per tile for each regime.
+const MR_MAX: usize = 12;
+const NV_SMALL_M: usize = 4;
+const NV_LARGE_M: usize = 2;
+/// `m` up to this uses [`NV_SMALL_M`] blocks per tile.
+const SMALL_M_MAX: usize = 4;
+/// Activation rows per task when `m` is large (a tile multiple whose bf16 rows stay in L2).
+const ROW_BLOCK: usize = 8 * MR_MAX;
+
+thread_local! {
+    /// The calling thread's bf16 copy of the activations.
+    static BF16_ACTIVATIONS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[i*n + j] = Σ_k x[i*k + k'] · W[j, k']` with `n = w.rows`, `k = w.cols`.
+pub fn matmul(x: &[f32], m: usize, w: &PackedLinear, out: &mut [f32]) {
+    matmul_with(best_isa(), x, m, w, out)
+}
+
+/// [`matmul`] with a chosen kernel family (tests compare them); `isa` must be supported.
+pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(
+        x.len(),
+        m * k,
+        "matmul: x has {} values, expected {m}×{k}",
+        x.len()
+    );
+    assert_eq!(
+        out.len(),
+        m * n,
+        "matmul: out has {} values, expected {m}×{n}",
+        out.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    match w.dtype() {
+        WeightDtype::F32 => run(isa, x.as_ptr() as *const u8, k * 4, m, w, out),
+        WeightDtype::Bf16 => BF16_ACTIVATIONS.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let kp = 2 * w.steps();
+            buf.resize(m * kp, 0);
+            for (src, dst) in x.chunks_exact(k).zip(buf.chunks_exact_mut(kp)) {
+                round_to_bf16(isa, src, &mut dst[..k]);
+                dst[k..].fill(0);
+            }
+            run(isa, buf.as_ptr() as *const u8, kp * 2, m, w, out)
+        }),
+    }
+}
+
+fn round_to_bf16(isa: Isa, src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: both AVX-512 families include F and BW.
+        return unsafe { avx512::round_to_bf16(src, dst) };
+    }
+    let _ = isa;
+    portable::round_to_bf16(src, dst)
+}
+
+/// Splits the product into tasks and runs the tiles.
+fn run(isa: Isa, x: *const u8, x_stride: usize, m: usize, w: &PackedLinear, out: &mut [f32]) {
+    let n = w.rows;
+    let blocks = w.blocks();
+    let nv = if m <= SMALL_M_MAX {
+        NV_SMALL_M
+    } else {
+        NV_LARGE_M
+    };
+    let panels = blocks.div_ceil(nv);
+    let row_block = if m > 2 * ROW_BLOCK { ROW_BLOCK } else { m };
+    let row_blocks = m.div_ceil(row_block);
+    let threads = pool::global().threads();
+    // Below ~64k multiply-adds a task costs more than it saves.
+    let chunks_wanted = if threads == 1 || m * n * w.cols < 65_536 {
+        1
+    } else {
+        (threads * 4).div_ceil(row_blocks)
+    };
+    let chunk = panels.div_ceil(chunks_wanted);
+    let chunks = panels.div_ceil(chunk);
+    let x = SyncPtr(x as *mut u8);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let base = SyncPtr(w.base() as *mut u8);
+    let (steps, block_stride) = (w.steps(), w.block_stride_bytes());
+    let kind = match w.dtype() {
+        WeightDtype::F32 => WeightKind::F32,
+        WeightDtype::Bf16 => WeightKind::Bf16,
+    };
+    let task = |t: usize| {
+        let (rb, c) = (t / chunks, t % chunks);
+        let rows = rb * row_block..((rb + 1) * row_block).min(m);
+        // Near-equal tiles of at most MR_MAX rows.
+        let tiles = rows.len().div_ceil(MR_MAX);
+        for p in c * chunk..((c + 1) * chunk).min(panels) {
+            let block0 = p * nv;
+            let nvp = nv.min(blocks - block0);
+            let col0 = block0 * packed::BLOCK_ROWS;
+            let mut row = rows.start;
+            for tile in 0..tiles {
+                let mr = (rows.end - row).div_ceil(tiles - tile);
+                let args = TileArgs {
+                    w: base.get().wrapping_add(block0 * block_stride),
+                    block_stride,
+                    x: x.get().wrapping_add(row * x_stride),
+                    x_stride,
+                    steps,
+                    out: out_ptr.get().wrapping_add(row * n + col0),
+                    out_stride: n,
+                    cols: (n - col0).min(nvp * packed::BLOCK_ROWS),
+                    prefetch: m <= SMALL_M_MAX,
+                };
+                // SAFETY: the arguments describe this task's own rows and columns inside `x`,
+                // the packed weights and `out`; `isa` is supported by the caller's contract.
+                unsafe { run_tile(isa, kind, mr, nvp, &args) };
+                row += mr;
+            }
+        }
+    };
+    let tasks = row_blocks * chunks;
+    if tasks == 1 {
+        task(0);
+    } else {
+        pool::global().parallel_for(tasks, &task);
+    }
+}
+
+/// Calls the `mr × nv` instantiation of the chosen kernel.
+macro_rules! shapes {
+    ($call:ident, $mr:expr, $nv:expr) => {
+        match ($nv, $mr) {
+            (1, 1) => $call!(1, 1),
+            (1, 2) => $call!(2, 1),
+            (1, 3) => $call!(3, 1),
+            (1, 4) => $call!(4, 1),
+            (1, 5) => $call!(5, 1),
+            (1, 6) => $call!(6, 1),
+            (1, 7) => $call!(7, 1),
+            (1, 8) => $call!(8, 1),
+            (1, 9) => $call!(9, 1),
+            (1, 10) => $call!(10, 1),
+            (1, 11) => $call!(11, 1),
+            (1, 12) => $call!(12, 1),
+            (2, 1) => $call!(1, 2),
+            (2, 2) => $call!(2, 2),
+            (2, 3) => $call!(3, 2),
+            (2, 4) => $call!(4, 2),
+            (2, 5) => $call!(5, 2),
+            (2, 6) => $call!(6, 2),
+            (2, 7) => $call!(7, 2),
+            (2, 8) => $call!(8, 2),
+            (2, 9) => $call!(9, 2),
+            (2, 10) => $call!(10, 2),
+            (2, 11) => $call!(11, 2),
+            (2, 12) => $call!(12, 2),
+            (3, 1) => $call!(1, 3),
+            (3, 2) => $call!(2, 3),
+            (3, 3) => $call!(3, 3),
+            (3, 4) => $call!(4, 3),
+            (4, 1) => $call!(1, 4),
+            (4, 2) => $call!(2, 4),
+            (4, 3) => $call!(3, 4),
+            (4, 4) => $call!(4, 4),
+            (nv, mr) => unreachable!("no {mr}×{nv} tile"),
+        }
+    };
+}
+
+/// # Safety
+/// As the kernels: `isa` is supported and `t` describes valid memory.
+unsafe fn run_tile(isa: Isa, kind: WeightKind, mr: usize, nv: usize, t: &TileArgs) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! f32_fma {
+            ($mr:literal, $nv:literal) => {
+                avx512::tile_f32::<$mr, $nv>(t)
+            };
+        }
+        macro_rules! bf16_dot {
+            ($mr:literal, $nv:literal) => {
+                avx512::tile_bf16_dot::<$mr, $nv>(t)
+            };
+        }
+        macro_rules! bf16_widen {
+            ($mr:literal, $nv:literal) => {
+                avx512::tile_bf16_widen::<$mr, $nv>(t)
+            };
+        }
+        match (isa, kind) {
+            (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::F32) => return shapes!(f32_fma, mr, nv),
+            (Isa::Avx512Bf16, WeightKind::Bf16) => return shapes!(bf16_dot, mr, nv),
+            (Isa::Avx512, WeightKind::Bf16) => return shapes!(bf16_widen, mr, nv),
+            (Isa::Portable, _) => {}
+        }
+    }
+    let _ = isa;
+    macro_rules! portable {
+        ($mr:literal, $nv:literal) => {
+            portable::tile::<$mr, $nv>(kind, t)
+        };
+    }
+    shapes!(portable, mr, nv)
+}

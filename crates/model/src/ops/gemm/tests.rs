@@ -1,0 +1,123 @@
+use half::bf16;
+
+use super::*;
+use crate::weights::{Linear, WeightData};
+
+fn naive(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k)
+                .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+fn pseudo(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], k: usize, what: &str) {
+    for (i, (x, y)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-5 * (k as f32).sqrt() * (1.0 + y.abs());
+        assert!((x - y).abs() <= tol, "{what}: index {i}: {x} vs {y}");
+    }
+}
+
+fn supported_isas() -> Vec<Isa> {
+    let best = best_isa();
+    [Isa::Portable, Isa::Avx512, Isa::Avx512Bf16]
+        .into_iter()
+        .filter(|&i| match i {
+            Isa::Portable => true,
+            Isa::Avx512 => best != Isa::Portable,
+            Isa::Avx512Bf16 => best == Isa::Avx512Bf16,
+        })
+        .collect()
+}
+
+/// Every regime (1–4 rows, 5–12, tiles split over row blocks), every tile tail (n not a multiple
+/// of 16 or of a panel, odd k) and both storage types, on every kernel family this CPU has.
+#[test]
+fn every_kernel_matches_naive() {
+    let shapes = [
+        (1, 7, 5),
+        (1, 64, 576),
+        (2, 33, 33),
+        (3, 9, 16),
+        (4, 100, 172),
+        (5, 33, 33),
+        (12, 48, 64),
+        (13, 70, 65),
+        (16, 130, 100),
+        (40, 300, 200),
+        (250, 40, 24),
+    ];
+    for isa in supported_isas() {
+        for &(m, n, k) in &shapes {
+            let x = pseudo(m * k, 1);
+            let w32 = pseudo(n * k, 2);
+            let what = format!("{isa:?} f32 m={m} n={n} k={k}");
+            let packed = PackedLinear::pack(&Linear {
+                rows: n,
+                cols: k,
+                data: WeightData::F32(w32.clone()),
+            });
+            let mut out = vec![f32::NAN; m * n];
+            matmul_with(isa, &x, m, &packed, &mut out);
+            assert_close(&out, &naive(&x, m, &w32, n, k), k, &what);
+
+            let bits: Vec<u16> = w32.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+            let packed = PackedLinear::pack(&Linear {
+                rows: n,
+                cols: k,
+                data: WeightData::Bf16(bits),
+            });
+            let mut out = vec![f32::NAN; m * n];
+            matmul_with(isa, &x, m, &packed, &mut out);
+            let what = format!("{isa:?} bf16 m={m} n={n} k={k}");
+            // bf16 weights meet activations rounded to bf16, products summed in f32.
+            let want = naive(&round_bf16(&x), m, &round_bf16(&w32), n, k);
+            assert_close(&out, &want, k, &what);
+        }
+    }
+}
+
+#[test]
+fn bf16_rounding_matches_half_including_ties_and_nan() {
+    let mut src = pseudo(100, 7);
+    src.extend([
+        f32::NAN,
+        f32::INFINITY,
+        -0.0,
+        f32::from_bits(0x3f80_8000), // a tie: rounds to even
+        f32::from_bits(0x3f81_8000),
+        f32::MAX,
+    ]);
+    for isa in supported_isas() {
+        let mut dst = vec![0u16; src.len()];
+        round_to_bf16(isa, &src, &mut dst);
+        for (s, d) in src.iter().zip(&dst) {
+            let want = bf16::from_f32(*s);
+            if s.is_nan() {
+                assert!(bf16::from_bits(*d).is_nan(), "{isa:?}");
+            } else {
+                assert_eq!(*d, want.to_bits(), "{isa:?}: {s}");
+            }
+        }
+    }
+}
