@@ -3,6 +3,7 @@
 //! bytes read per second, next to the bandwidth probe run in the same process.
 //!
 //! `cargo run --release -p pagoda-model --example gemv_bandwidth -- [bf16|f32] [rows]`
+//! (`SPLIT=N` in the environment: one large matrix cut into N instead of the model's shapes)
 
 use std::time::Instant;
 
@@ -20,6 +21,13 @@ fn main() {
         shapes.extend([(960, 576), (576, 576), (3072, 576), (576, 1536)]);
     }
     shapes.push((49152, 576));
+    // SPLIT=N: the same bytes as N equal matrices instead (per-matrix overhead).
+    if let Some(parts) = std::env::var("SPLIT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        shapes = vec![(49152 * 4 / parts.max(1), 576); parts.max(1)];
+    }
     let mats: Vec<PackedLinear> = shapes
         .iter()
         .map(|&(rows, cols)| {
@@ -38,9 +46,9 @@ fn main() {
     let bytes: usize = mats.iter().map(|w| w.size_bytes()).sum();
     let flops: usize = mats.iter().map(|w| 2 * m * w.rows * w.cols).sum();
     let x = vec![0.5f32; m * 1536];
-    let mut out = vec![0f32; m * 49152];
+    let mut out = vec![0f32; m * 49152 * 4];
     let mut best = f64::INFINITY;
-    for _ in 0..if m > 64 { 3 } else { 20 } {
+    for _ in 0..if m > 64 { 3 } else { 50 } {
         let start = Instant::now();
         for w in &mats {
             matmul(&x[..m * w.cols], m, w, &mut out[..m * w.rows]);

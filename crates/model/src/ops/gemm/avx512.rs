@@ -2,7 +2,12 @@
 //! `MR·NV` registers for the whole reduction. Each step loads one cache line per block (16 rows ×
 //! one step) and broadcasts one 4-byte activation step per row: an f32 value, or a bf16 pair.
 //!
-//! Three inner operations share the loop:
+//! For a few activation rows (decode) the `stream_*` kernels instead walk a task's consecutive
+//! blocks as one sequential stream, one block at a time with four accumulators per row (so the
+//! hardware sees one stream per thread, prefetched 1 KiB ahead): this reads weights faster than
+//! several interleaved block streams.
+//!
+//! Three inner operations share the loops:
 //! - f32 weights: `vfmadd` with the broadcast activation;
 //! - bf16 weights on CPUs with AVX512_BF16: one `vdpbf16ps` per line (two multiply-adds per lane);
 //! - bf16 weights without it: both halves of the pair widened with a shift / mask, then two `vfmadd`.
@@ -10,9 +15,6 @@
 use std::arch::x86_64::*;
 
 use super::TileArgs;
-
-/// How far ahead of the current step each block stream is prefetched, in steps (cache lines).
-const PREFETCH_STEPS: usize = 8;
 
 #[inline(always)]
 unsafe fn store_tile<const MR: usize, const NV: usize>(acc: &[[__m512; NV]; MR], t: &TileArgs) {
@@ -41,9 +43,6 @@ macro_rules! tile_kernel {
                 let mut w = [_mm512_setzero_si512(); NV];
                 for (v, wv) in w.iter_mut().enumerate() {
                     let line = t.w.add(v * t.block_stride + s * 64);
-                    if t.prefetch {
-                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(PREFETCH_STEPS * 64) as *const i8);
-                    }
                     *wv = _mm512_load_si512(line as *const __m512i);
                 }
                 for (i, row) in acc.iter_mut().enumerate() {
@@ -80,6 +79,89 @@ tile_kernel!(
 tile_kernel!(
     /// bf16 weights and activation pairs widened to f32 (no AVX512_BF16).
     tile_bf16_widen,
+    "avx512f",
+    |acc, w, x| {
+        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let even = |v| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+        let odd = |v| _mm512_castsi512_ps(_mm512_and_si512(v, high));
+        _mm512_fmadd_ps(odd(w), odd(x), _mm512_fmadd_ps(even(w), even(x), acc))
+    }
+);
+
+macro_rules! stream_kernel {
+    ($(#[$doc:meta])* $name:ident, $features:literal, |$acc:ident, $w:ident, $x:ident| $op:expr) => {
+        $(#[$doc])*
+        /// # Safety
+        /// The CPU has the enabled features; `t.w` starts `blocks` consecutive packed blocks,
+        /// `t.cols` counts the valid columns from the first, `t.x` holds `MR` rows.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name<const MR: usize>(t: &TileArgs, blocks: usize) {
+            for b in 0..blocks {
+                let w = t.w.add(b * t.block_stride);
+                let mut acc = [[_mm512_setzero_ps(); STREAM_UNROLL]; MR];
+                let step = |acc: &mut [[__m512; STREAM_UNROLL]; MR], s: usize, u: usize| {
+                    let line = w.add(s * 64);
+                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(STREAM_PREFETCH_BYTES) as *const i8);
+                    let $w = _mm512_load_si512(line as *const __m512i);
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let $x = _mm512_set1_epi32(
+                            (t.x.add(i * t.x_stride + s * 4) as *const i32).read_unaligned(),
+                        );
+                        let $acc = a[u];
+                        a[u] = $op;
+                    }
+                };
+                let mut s = 0;
+                while s + STREAM_UNROLL <= t.steps {
+                    for u in 0..STREAM_UNROLL {
+                        step(&mut acc, s + u, u);
+                    }
+                    s += STREAM_UNROLL;
+                }
+                for (u, s) in (s..t.steps).enumerate() {
+                    step(&mut acc, s, u);
+                }
+                let sums: [[__m512; 1]; MR] = std::array::from_fn(|i| {
+                    let a = &acc[i];
+                    [_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]))]
+                });
+                let block = TileArgs {
+                    out: t.out.add(b * 16),
+                    cols: t.cols.saturating_sub(b * 16),
+                    ..*t
+                };
+                store_tile(&sums, &block);
+            }
+        }
+    };
+}
+
+/// Steps in flight per row in the stream kernels (independent accumulators).
+const STREAM_UNROLL: usize = 4;
+/// How far ahead the stream kernels prefetch, in bytes.
+const STREAM_PREFETCH_BYTES: usize = 1024;
+
+stream_kernel!(
+    /// f32 weights, a few activation rows, one sequential stream.
+    stream_f32,
+    "avx512f",
+    |acc, w, x| _mm512_fmadd_ps(_mm512_castsi512_ps(w), _mm512_castsi512_ps(x), acc)
+);
+
+stream_kernel!(
+    /// bf16 weights with `vdpbf16ps`, a few activation rows, one sequential stream.
+    stream_bf16_dot,
+    "avx512f,avx512bf16,avx512bw,avx512vl",
+    |acc, w, x| _mm512_dpbf16_ps(
+        acc,
+        std::mem::transmute::<__m512i, __m512bh>(w),
+        std::mem::transmute::<__m512i, __m512bh>(x)
+    )
+);
+
+stream_kernel!(
+    /// bf16 weights widened to f32, a few activation rows, one sequential stream.
+    stream_bf16_widen,
     "avx512f",
     |acc, w, x| {
         let high = _mm512_set1_epi32(0xffff_0000u32 as i32);

@@ -3,11 +3,12 @@
 //!
 //! One micro-kernel design serves decode (m = 1…16) and prefill (m in the thousands): a tile of
 //! `MR` activation rows × `NV` blocks of 16 weight rows accumulates in registers over the whole
-//! reduction, one weight cache line and one broadcast activation per step and row. The tile shape
-//! follows `m`: for m ≤ 4, four blocks at a time (decode reads each weight once, with four
-//! independent streams per thread); otherwise up to 12 rows × 2 blocks (24 accumulators, the
-//! weight lines reused from L1 across the rows). Work is split over (row block, weight panel
-//! chunk) tasks on the kernel pool; every task writes its own output columns of its own rows.
+//! reduction, one weight cache line and one broadcast activation per step and row. For m ≤ 4
+//! (decode) each task instead streams a contiguous range of blocks once for all rows (one
+//! sequential stream per thread, which the memory system serves fastest); for larger m, tiles of
+//! up to 12 rows × 2 blocks (24 accumulators, the weight lines reused from L1 across the rows)
+//! over (row block, weight panel chunk) tasks. Every task writes its own output columns of its own
+//! rows.
 //!
 //! bf16 weights are multiplied with activations rounded to bf16 (as PyTorch's bf16 matmul and
 //! llama.cpp do), with f32 accumulation, whatever the batch size: a request's numbers do not depend
@@ -47,7 +48,6 @@ pub(crate) struct TileArgs {
     pub out: *mut f32,
     pub out_stride: usize,
     pub cols: usize,
-    pub prefetch: bool,
 }
 
 /// Storage type of the packed weights, as the portable kernel sees it.
@@ -87,12 +87,14 @@ pub fn best_isa() -> Isa {
     })
 }
 
-/// Rows of a tile for large `m`, and blocks per tile for each regime.
+/// Rows and blocks of a tile for larger `m`.
 const MR_MAX: usize = 12;
-const NV_SMALL_M: usize = 4;
 const NV_LARGE_M: usize = 2;
-/// `m` up to this uses [`NV_SMALL_M`] blocks per tile.
-const SMALL_M_MAX: usize = 4;
+/// `m` up to this uses the stream kernels.
+const STREAM_M_MAX: usize = 4;
+/// Stream tasks per thread: few, so each thread reads long sequential ranges, but more than one
+/// so a thread slowed by the machine does not hold the others back.
+const STREAM_TASKS_PER_THREAD: usize = 2;
 /// Activation rows per task when `m` is large (a tile multiple whose bf16 rows stay in L2).
 const ROW_BLOCK: usize = 8 * MR_MAX;
 
@@ -149,27 +151,13 @@ fn round_to_bf16(isa: Isa, src: &[f32], dst: &mut [u16]) {
     portable::round_to_bf16(src, dst)
 }
 
-/// Splits the product into tasks and runs the tiles.
+/// Splits the product into tasks and runs the kernels.
 fn run(isa: Isa, x: *const u8, x_stride: usize, m: usize, w: &PackedLinear, out: &mut [f32]) {
     let n = w.rows;
     let blocks = w.blocks();
-    let nv = if m <= SMALL_M_MAX {
-        NV_SMALL_M
-    } else {
-        NV_LARGE_M
-    };
-    let panels = blocks.div_ceil(nv);
-    let row_block = if m > 2 * ROW_BLOCK { ROW_BLOCK } else { m };
-    let row_blocks = m.div_ceil(row_block);
     let threads = pool::global().threads();
     // Below ~64k multiply-adds a task costs more than it saves.
-    let chunks_wanted = if threads == 1 || m * n * w.cols < 65_536 {
-        1
-    } else {
-        (threads * 4).div_ceil(row_blocks)
-    };
-    let chunk = panels.div_ceil(chunks_wanted);
-    let chunks = panels.div_ceil(chunk);
+    let parallel = threads > 1 && m * n * w.cols >= 65_536;
     let x = SyncPtr(x as *mut u8);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let base = SyncPtr(w.base() as *mut u8);
@@ -178,41 +166,108 @@ fn run(isa: Isa, x: *const u8, x_stride: usize, m: usize, w: &PackedLinear, out:
         WeightDtype::F32 => WeightKind::F32,
         WeightDtype::Bf16 => WeightKind::Bf16,
     };
-    let task = |t: usize| {
+    let args = |block0: usize, row: usize, cols: usize| TileArgs {
+        w: base.get().wrapping_add(block0 * block_stride),
+        block_stride,
+        x: x.get().wrapping_add(row * x_stride),
+        x_stride,
+        steps,
+        out: out_ptr
+            .get()
+            .wrapping_add(row * n + block0 * packed::BLOCK_ROWS),
+        out_stride: n,
+        cols: (n - block0 * packed::BLOCK_ROWS).min(cols),
+    };
+    let for_tasks = |tasks: usize, task: &(dyn Fn(usize) + Sync)| {
+        if tasks == 1 {
+            task(0);
+        } else {
+            pool::global().parallel_for(tasks, task);
+        }
+    };
+
+    if m <= STREAM_M_MAX {
+        // Decode: each task streams a contiguous range of blocks once for all rows.
+        let wanted = if parallel {
+            threads * STREAM_TASKS_PER_THREAD
+        } else {
+            1
+        };
+        let per = blocks.div_ceil(wanted);
+        return for_tasks(blocks.div_ceil(per), &|t| {
+            let block0 = t * per;
+            let count = per.min(blocks - block0);
+            let a = args(block0, 0, count * packed::BLOCK_ROWS);
+            // SAFETY: the task owns output columns of blocks block0..block0+count of every row;
+            // `isa` is supported by the caller's contract.
+            unsafe { run_stream(isa, kind, m, count, &a) }
+        });
+    }
+
+    // Larger m: tasks of (row block, chunk of panels), tiles of ≤ MR_MAX rows × NV_LARGE_M blocks.
+    let panels = blocks.div_ceil(NV_LARGE_M);
+    let row_block = if m > 2 * ROW_BLOCK { ROW_BLOCK } else { m };
+    let row_blocks = m.div_ceil(row_block);
+    let chunks_wanted = if parallel {
+        (threads * 4).div_ceil(row_blocks)
+    } else {
+        1
+    };
+    let chunk = panels.div_ceil(chunks_wanted);
+    let chunks = panels.div_ceil(chunk);
+    for_tasks(row_blocks * chunks, &|t| {
         let (rb, c) = (t / chunks, t % chunks);
         let rows = rb * row_block..((rb + 1) * row_block).min(m);
         // Near-equal tiles of at most MR_MAX rows.
         let tiles = rows.len().div_ceil(MR_MAX);
         for p in c * chunk..((c + 1) * chunk).min(panels) {
-            let block0 = p * nv;
-            let nvp = nv.min(blocks - block0);
-            let col0 = block0 * packed::BLOCK_ROWS;
+            let block0 = p * NV_LARGE_M;
+            let nv = NV_LARGE_M.min(blocks - block0);
             let mut row = rows.start;
             for tile in 0..tiles {
                 let mr = (rows.end - row).div_ceil(tiles - tile);
-                let args = TileArgs {
-                    w: base.get().wrapping_add(block0 * block_stride),
-                    block_stride,
-                    x: x.get().wrapping_add(row * x_stride),
-                    x_stride,
-                    steps,
-                    out: out_ptr.get().wrapping_add(row * n + col0),
-                    out_stride: n,
-                    cols: (n - col0).min(nvp * packed::BLOCK_ROWS),
-                    prefetch: m <= SMALL_M_MAX,
-                };
+                let a = args(block0, row, nv * packed::BLOCK_ROWS);
                 // SAFETY: the arguments describe this task's own rows and columns inside `x`,
                 // the packed weights and `out`; `isa` is supported by the caller's contract.
-                unsafe { run_tile(isa, kind, mr, nvp, &args) };
+                unsafe { run_tile(isa, kind, mr, nv, &a) };
                 row += mr;
             }
         }
-    };
-    let tasks = row_blocks * chunks;
-    if tasks == 1 {
-        task(0);
-    } else {
-        pool::global().parallel_for(tasks, &task);
+    })
+}
+
+/// Streams `blocks` consecutive blocks for `m ≤ STREAM_M_MAX` rows.
+///
+/// # Safety
+/// As the kernels: `isa` is supported and `t` describes valid memory.
+unsafe fn run_stream(isa: Isa, kind: WeightKind, m: usize, blocks: usize, t: &TileArgs) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! by_rows {
+            ($kernel:ident) => {
+                match m {
+                    1 => avx512::$kernel::<1>(t, blocks),
+                    2 => avx512::$kernel::<2>(t, blocks),
+                    3 => avx512::$kernel::<3>(t, blocks),
+                    _ => avx512::$kernel::<4>(t, blocks),
+                }
+            };
+        }
+        match (isa, kind) {
+            (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::F32) => return by_rows!(stream_f32),
+            (Isa::Avx512Bf16, WeightKind::Bf16) => return by_rows!(stream_bf16_dot),
+            (Isa::Avx512, WeightKind::Bf16) => return by_rows!(stream_bf16_widen),
+            (Isa::Portable, _) => {}
+        }
+    }
+    for b in 0..blocks {
+        let block = TileArgs {
+            w: t.w.add(b * t.block_stride),
+            out: t.out.add(b * packed::BLOCK_ROWS),
+            cols: t.cols.saturating_sub(b * packed::BLOCK_ROWS),
+            ..*t
+        };
+        run_tile(isa, kind, m, 1, &block);
     }
 }
 
@@ -244,14 +299,6 @@ macro_rules! shapes {
             (2, 10) => $call!(10, 2),
             (2, 11) => $call!(11, 2),
             (2, 12) => $call!(12, 2),
-            (3, 1) => $call!(1, 3),
-            (3, 2) => $call!(2, 3),
-            (3, 3) => $call!(3, 3),
-            (3, 4) => $call!(4, 3),
-            (4, 1) => $call!(1, 4),
-            (4, 2) => $call!(2, 4),
-            (4, 3) => $call!(3, 4),
-            (4, 4) => $call!(4, 4),
             (nv, mr) => unreachable!("no {mr}×{nv} tile"),
         }
     };
