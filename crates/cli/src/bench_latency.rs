@@ -130,7 +130,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     let mut decode_runs = Vec::new();
     let weight_bytes = runner.model.weight_bytes_per_step();
     // The average decode step attends over the prompt plus half the output.
-    let kv_bytes = config.kv_bytes_per_token(4) * (args.input_len + args.output_len / 2);
+    let kv_bytes = runner.kv.bytes_per_token(&config) * (args.input_len + args.output_len / 2);
     // This machine's bandwidth drifts by 2× within a minute, so each run is paired with a probe
     // taken right after it and the fraction is computed per run.
     let mut bandwidth_runs = Vec::new();

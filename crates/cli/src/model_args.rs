@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use pagoda_model::builtin::{load_builtin, load_synthesized, BUILTIN_MODEL_NAME};
+use pagoda_model::kv_cache::KvCacheDtype;
 use pagoda_model::synth;
 use pagoda_model::weights::WeightDtype;
 use pagoda_model::{load_model_dir, LoadedModel, RunnerOptions};
@@ -28,6 +29,10 @@ pub struct ModelArgs {
     /// Memory for the KV cache, e.g. 2GiB, 512MiB.
     #[arg(long, default_value = "2GiB")]
     pub kv_cache_memory: String,
+    /// KV cache storage: auto (bf16 for bf16 weights, f32 for f32), f32, bf16, f16 or int8
+    /// (one scale per token and KV head).
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: String,
     /// Worker threads for the kernels (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -64,10 +69,16 @@ impl ModelArgs {
             "auto" => None,
             other => Some(other.parse::<WeightDtype>()?),
         };
+        let kv_cache_dtype = match self.kv_cache_dtype.as_str() {
+            "auto" => None,
+            // The weights' dtype only matters for auto.
+            other => Some(KvCacheDtype::parse(other, WeightDtype::F32)?),
+        };
         Ok(RunnerOptions {
             block_size: self.block_size,
             kv_cache_bytes: parse_bytes(&self.kv_cache_memory)?,
             dtype,
+            kv_cache_dtype,
         })
     }
 
@@ -95,7 +106,7 @@ impl ModelArgs {
         };
         let c = loaded.runner.config();
         eprintln!(
-            "pagoda: loaded {} ({:?}, {} layers, hidden {}, {:.1} M parameters, {}) in {:.2} s; KV cache {} blocks × {} tokens; {} threads",
+            "pagoda: loaded {} ({:?}, {} layers, hidden {}, {:.1} M parameters, {}) in {:.2} s; KV cache {} blocks × {} tokens ({}); {} threads",
             loaded.name,
             c.architecture,
             c.num_layers,
@@ -105,6 +116,7 @@ impl ModelArgs {
             start.elapsed().as_secs_f64(),
             loaded.runner.kv.geometry.num_blocks,
             loaded.runner.kv.geometry.block_size,
+            loaded.runner.kv.dtype.name(),
             pagoda_model::ops::pool::global().threads(),
         );
         Ok(loaded)

@@ -15,7 +15,7 @@ fn engine(kv_cache_bytes: usize) -> LlmEngine {
     let loaded = load_builtin(&RunnerOptions {
         block_size: 4,
         kv_cache_bytes,
-        dtype: None,
+        ..RunnerOptions::default()
     })
     .unwrap();
     LlmEngine::new(

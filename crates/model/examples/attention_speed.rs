@@ -2,15 +2,21 @@
 //! head_dim 64, blocks of 16): a 512-token prefill of one sequence, and one decode step of 64
 //! sequences at 340 tokens of context. Reports GFLOP/s (QKᵀ and PV multiply-adds ×2).
 //!
-//! `cargo run --release -p pagoda-model --example attention_speed`
+//! `cargo run --release -p pagoda-model --example attention_speed -- [f32|bf16|f16|int8]`
 
 use std::time::Instant;
 
-use pagoda_model::kv_cache::KvGeometry;
+use pagoda_model::kv_cache::{KvCache, KvCacheDtype, KvGeometry};
 use pagoda_model::ops::attention::{paged_attention, AttentionShape, SeqAttention};
 
 fn main() {
     let (heads, kv_heads, hd, bs) = (9, 3, 64, 16);
+    let dtype = KvCacheDtype::parse(
+        &std::env::args().nth(1).unwrap_or_else(|| "f32".into()),
+        pagoda_model::weights::WeightDtype::F32,
+    )
+    .expect("KV dtype: f32, bf16, f16 or int8");
+    println!("KV cache {}", dtype.name());
     let run = |name: &str, seqs_spec: &[(usize, usize)]| {
         let blocks: usize = seqs_spec.iter().map(|s| s.0.div_ceil(bs)).sum();
         let g = KvGeometry {
@@ -19,9 +25,17 @@ fn main() {
             num_kv_heads: kv_heads,
             head_dim: hd,
         };
-        let len = blocks * kv_heads * bs * hd;
-        let k: Vec<f32> = (0..len).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
-        let v: Vec<f32> = (0..len).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+        let mut cache = KvCache::with_geometry(g, 1, dtype);
+        let width = kv_heads * hd;
+        let tokens = blocks * bs;
+        let k: Vec<f32> = (0..tokens * width)
+            .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
+            .collect();
+        let v: Vec<f32> = (0..tokens * width)
+            .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
+            .collect();
+        let slots: Vec<usize> = (0..tokens).collect();
+        cache.write(0, &slots, (&k, &v), width);
         let mut tables = Vec::new();
         let mut next = 0u32;
         for &(ctx, _) in seqs_spec {
@@ -66,7 +80,7 @@ fn main() {
         let mut best = f64::INFINITY;
         for _ in 0..20 {
             let t = Instant::now();
-            paged_attention(&q, &seqs, &k, &v, &shape, &mut out);
+            paged_attention(&q, &seqs, &cache.layers[0], &shape, &mut out);
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!(

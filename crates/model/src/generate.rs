@@ -113,7 +113,7 @@ pub fn generate(
     if total_blocks > runner.kv.geometry.num_blocks {
         return Err(ModelError::KvCacheTooSmall {
             budget_bytes: runner.kv.geometry.num_blocks
-                * crate::kv_cache::KvCache::block_bytes(runner.config(), bs),
+                * crate::kv_cache::KvCache::block_bytes(runner.config(), bs, runner.kv.dtype),
             num_blocks: runner.kv.geometry.num_blocks,
             needed: total_blocks,
         });

@@ -11,11 +11,31 @@ pub fn huge_vec<T>(len: usize) -> Vec<T> {
     v
 }
 
+/// Types whose all-zero bit pattern is the value zero.
+pub trait Zeroable: Copy {}
+impl Zeroable for f32 {}
+impl Zeroable for i8 {}
+impl Zeroable for u16 {}
+impl Zeroable for half::bf16 {}
+impl Zeroable for half::f16 {}
+
 /// A zero-filled vector advised for huge pages. Large zeroed allocations come straight from the
 /// OS untouched, so pages (and their memory) appear only when first written.
-pub fn huge_zeroed_f32(len: usize) -> Vec<f32> {
-    let v = vec![0f32; len];
-    advise(v.as_ptr() as *const u8, len * std::mem::size_of::<f32>());
+pub fn huge_zeroed<T: Zeroable>(len: usize) -> Vec<T> {
+    if len == 0 {
+        return Vec::new();
+    }
+    let layout = std::alloc::Layout::array::<T>(len).expect("invariant: buffer size fits memory");
+    // SAFETY: the layout is non-zero-sized; all-zero bits are a valid T (`Zeroable`); the vector
+    // takes ownership of an allocation made with T's layout for exactly `len` values.
+    let v = unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut T;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(ptr, len, len)
+    };
+    advise(v.as_ptr() as *const u8, len * std::mem::size_of::<T>());
     v
 }
 
@@ -45,7 +65,7 @@ mod tests {
 
     #[test]
     fn vectors_have_the_requested_size_and_contents() {
-        let v = huge_zeroed_f32(3 << 20);
+        let v: Vec<f32> = huge_zeroed(3 << 20);
         assert_eq!(v.len(), 3 << 20);
         assert!(v.iter().all(|&x| x == 0.0));
         let w: Vec<u16> = huge_vec(10);

@@ -238,8 +238,7 @@ impl Model {
                 (&qkv[heads * hd..], &qkv[(heads + kv_heads) * hd..]),
                 qkv_dim,
             );
-            let pools = &kv.layers[li];
-            paged_attention(qkv, batch.seqs, &pools.k, &pools.v, &shape, attn);
+            paged_attention(qkv, batch.seqs, &kv.layers[li], &shape, attn);
             matmul(attn, t, &layer.o_proj, h);
             x.iter_mut().zip(h.iter()).for_each(|(a, b)| *a += b);
 

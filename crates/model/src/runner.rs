@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvCacheDtype};
 use crate::model::{Model, StepBatch, Workspace};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{TensorSource, WeightDtype};
@@ -20,6 +20,8 @@ pub struct RunnerOptions {
     pub kv_cache_bytes: usize,
     /// Weight storage; `None` keeps the stored precision (f16 becomes f32).
     pub dtype: Option<WeightDtype>,
+    /// KV cache storage; `None` (auto) follows the weights: bf16 for bf16, f32 for f32.
+    pub kv_cache_dtype: Option<KvCacheDtype>,
 }
 
 impl Default for RunnerOptions {
@@ -28,6 +30,7 @@ impl Default for RunnerOptions {
             block_size: 16,
             kv_cache_bytes: 2 << 30,
             dtype: None,
+            kv_cache_dtype: None,
         }
     }
 }
@@ -41,7 +44,16 @@ pub struct ModelRunner {
 
 impl ModelRunner {
     pub fn new(model: Model, options: &RunnerOptions) -> Result<Self> {
-        let kv = KvCache::with_budget(&model.config, options.block_size, options.kv_cache_bytes)?;
+        let dtype = options.kv_cache_dtype.unwrap_or(match model.dtype {
+            WeightDtype::F32 => KvCacheDtype::F32,
+            WeightDtype::Bf16 => KvCacheDtype::Bf16,
+        });
+        let kv = KvCache::with_budget(
+            &model.config,
+            options.block_size,
+            options.kv_cache_bytes,
+            dtype,
+        )?;
         Ok(Self {
             model,
             kv,

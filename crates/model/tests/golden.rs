@@ -8,6 +8,7 @@ use std::path::Path;
 
 use pagoda_core::SamplingParams;
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
+use pagoda_model::kv_cache::KvCacheDtype;
 use pagoda_model::test_support::{golden_json, token_ids as ids};
 use pagoda_model::{load_model_dir, RunnerOptions, Tokenizer};
 use serde_json::Value;
@@ -30,10 +31,22 @@ fn run_greedy(
     block_size: usize,
     chunk: usize,
 ) -> Run {
+    run_greedy_with(model_dir, prompts, max_tokens, block_size, chunk, None)
+}
+
+fn run_greedy_with(
+    model_dir: &Path,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    block_size: usize,
+    chunk: usize,
+    kv_cache_dtype: Option<KvCacheDtype>,
+) -> Run {
     let options = RunnerOptions {
         block_size,
         kv_cache_bytes: 64 << 20,
-        dtype: None,
+        kv_cache_dtype,
+        ..RunnerOptions::default()
     };
     let mut loaded = load_model_dir(model_dir, &options).expect("model loads");
     let requests: Vec<GenerationRequest> = prompts
@@ -222,6 +235,48 @@ fn synthetic_llama_rope_scaled() {
 #[test]
 fn synthetic_qwen2_bias() {
     check_synthetic("qwen2-bias");
+}
+
+/// Reduced-precision KV caches against the f32 goldens: at each of the 32 greedy steps of every
+/// synthetic case, the model is fed the golden prefix (teacher forcing) and its top-1 token is
+/// compared with the golden one. Issue 8 asks for ≥ 99% agreement with int8; the agreement of
+/// each dtype is printed (run with `--nocapture`).
+#[test]
+fn reduced_precision_kv_caches_keep_top1_agreement() {
+    let Some(shared) = common::shared_dir("reduced_precision_kv_caches") else {
+        return;
+    };
+    for dtype in [KvCacheDtype::Bf16, KvCacheDtype::F16, KvCacheDtype::Int8] {
+        let (mut agree, mut total) = (0usize, 0usize);
+        for name in ["llama-gqa", "llama-rope-scaled", "qwen2-bias"] {
+            let golden = golden_json(&shared, &format!("synthetic_{name}.json"));
+            let model = shared.join(format!("models/synthetic/{name}"));
+            let mut prompts = Vec::new();
+            let mut wanted = Vec::new();
+            for case in golden["cases"].as_array().expect("cases") {
+                let (input, greedy) = (ids(&case["input_ids"]), ids(&case["greedy_token_ids"]));
+                for step in 0..greedy.len() {
+                    prompts.push([&input[..], &greedy[..step]].concat());
+                    wanted.push(greedy[step]);
+                }
+            }
+            let run = run_greedy_with(&model, &prompts, 1, 16, 512, Some(dtype));
+            for ((out, _), want) in run.iter().zip(&wanted) {
+                agree += usize::from(out[0] == *want);
+                total += 1;
+            }
+        }
+        let rate = agree as f64 / total as f64;
+        println!(
+            "KV cache {}: top-1 agreement {agree}/{total} = {rate:.4}",
+            dtype.name()
+        );
+        assert!(
+            rate >= 0.99,
+            "KV cache {}: top-1 agreement {agree}/{total} = {rate:.4} < 0.99",
+            dtype.name()
+        );
+    }
 }
 
 #[test]

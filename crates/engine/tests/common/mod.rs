@@ -22,15 +22,16 @@ pub fn engine_with_blocks(
         &RunnerOptions {
             block_size,
             kv_cache_bytes: 1 << 20,
-            dtype: None,
+            ..RunnerOptions::default()
         },
     )
     .unwrap();
-    let block_bytes = KvCache::block_bytes(probe.runner.config(), block_size);
+    let block_bytes =
+        KvCache::block_bytes(probe.runner.config(), block_size, probe.runner.kv.dtype);
     let options = RunnerOptions {
         block_size,
         kv_cache_bytes: num_blocks * block_bytes,
-        dtype: None,
+        ..RunnerOptions::default()
     };
     let loaded = load_model_dir(model, &options).unwrap();
     assert_eq!(loaded.runner.kv.geometry.num_blocks, num_blocks);

@@ -13,18 +13,22 @@
 //! split across items and the partial softmax states merged afterwards (flash-decoding).
 //!
 //! The inner tiles are AVX-512 register tiles where the CPU has it and `head_dim` is a multiple of
-//! 16, and portable loops otherwise.
+//! 16, and portable loops otherwise; both read K/V as stored (f32, bf16, f16, int8) and widen in
+//! registers. int8 keys' scales multiply the scores; values' scales fold into the probabilities.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod element;
 mod portable;
 
 use std::cell::RefCell;
 
+use element::KvElement;
+
 use super::pool;
 use super::pool::SyncPtr;
 use super::simd::reduce16;
-use crate::kv_cache::KvGeometry;
+use crate::kv_cache::{KvGeometry, KvValues, LayerKv};
 
 /// Queries of one sequence in this step.
 #[derive(Debug, Clone, Copy)]
@@ -108,29 +112,72 @@ fn best_kernels(head_dim: usize) -> Kernels {
 
 /// `out[t, h*head_dim..]` = softmax(q·Kᵀ·scale, causal) · V for every query row of every sequence.
 ///
-/// `k_pool`/`v_pool` are one layer's pools; `out` has `num_heads * head_dim` values per query row.
+/// `layer` holds one layer's K/V pools; `out` has `num_heads * head_dim` values per query row.
 pub fn paged_attention(
     q: &[f32],
     seqs: &[SeqAttention<'_>],
-    k_pool: &[f32],
-    v_pool: &[f32],
+    layer: &LayerKv,
     shape: &AttentionShape,
     out: &mut [f32],
 ) {
     let kernels = best_kernels(shape.geometry.head_dim);
     let threads = pool::global().threads();
-    paged_attention_with(kernels, threads, q, seqs, k_pool, v_pool, shape, out)
+    paged_attention_with(kernels, threads, q, seqs, layer, shape, out)
+}
+
+/// One layer's pools in their storage type, with the int8 scales (empty otherwise).
+#[derive(Clone, Copy)]
+struct Pools<'a, E> {
+    k: &'a [E],
+    v: &'a [E],
+    k_scales: &'a [f32],
+    v_scales: &'a [f32],
 }
 
 /// [`paged_attention`] with chosen tiles, planning key splits for `threads` threads.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn paged_attention_with(
     kernels: Kernels,
     threads: usize,
     q: &[f32],
     seqs: &[SeqAttention<'_>],
-    k_pool: &[f32],
-    v_pool: &[f32],
+    layer: &LayerKv,
+    shape: &AttentionShape,
+    out: &mut [f32],
+) {
+    let (k_scales, v_scales) = (&layer.k_scales[..], &layer.v_scales[..]);
+    macro_rules! typed {
+        ($k:expr, $v:expr) => {
+            run(
+                kernels,
+                threads,
+                q,
+                seqs,
+                Pools {
+                    k: $k,
+                    v: $v,
+                    k_scales,
+                    v_scales,
+                },
+                shape,
+                out,
+            )
+        };
+    }
+    match (&layer.k, &layer.v) {
+        (KvValues::F32(k), KvValues::F32(v)) => typed!(k, v),
+        (KvValues::Bf16(k), KvValues::Bf16(v)) => typed!(k, v),
+        (KvValues::F16(k), KvValues::F16(v)) => typed!(k, v),
+        (KvValues::Int8(k), KvValues::Int8(v)) => typed!(k, v),
+        _ => unreachable!("invariant: K and V pools share one dtype"),
+    }
+}
+
+fn run<E: KvElement>(
+    kernels: Kernels,
+    threads: usize,
+    q: &[f32],
+    seqs: &[SeqAttention<'_>],
+    pools: Pools<'_, E>,
     shape: &AttentionShape,
     out: &mut [f32],
 ) {
@@ -162,8 +209,7 @@ pub(crate) fn paged_attention_with(
                         q,
                         &seqs[item.seq],
                         &item,
-                        k_pool,
-                        v_pool,
+                        pools,
                         shape,
                         &mut scratch.borrow_mut(),
                         sink,
@@ -311,21 +357,21 @@ fn combine(
 /// The two tile operations of an item; see `portable` for their contracts.
 trait Tiles {
     #[allow(clippy::too_many_arguments)]
-    unsafe fn scores(
+    unsafe fn scores<E: KvElement>(
         qs: &[f32],
         rows: usize,
         hd: usize,
-        k_tile: &[f32],
+        k_tile: &[E],
         block_size: usize,
         slots: usize,
         dst: *mut f32,
         dst_stride: usize,
     );
-    unsafe fn accumulate(
+    unsafe fn accumulate<E: KvElement>(
         p: *const f32,
         p_stride: usize,
         rows: usize,
-        v_tile: &[f32],
+        v_tile: &[E],
         slots: usize,
         hd: usize,
         acc: &mut [f32],
@@ -336,11 +382,11 @@ struct PortableTiles;
 
 impl Tiles for PortableTiles {
     #[inline(always)]
-    unsafe fn scores(
+    unsafe fn scores<E: KvElement>(
         qs: &[f32],
         rows: usize,
         hd: usize,
-        k_tile: &[f32],
+        k_tile: &[E],
         block_size: usize,
         slots: usize,
         dst: *mut f32,
@@ -349,11 +395,11 @@ impl Tiles for PortableTiles {
         portable::scores(qs, rows, hd, k_tile, block_size, slots, dst, dst_stride)
     }
     #[inline(always)]
-    unsafe fn accumulate(
+    unsafe fn accumulate<E: KvElement>(
         p: *const f32,
         p_stride: usize,
         rows: usize,
-        v_tile: &[f32],
+        v_tile: &[E],
         slots: usize,
         hd: usize,
         acc: &mut [f32],
@@ -368,11 +414,11 @@ struct Avx512Tiles;
 #[cfg(target_arch = "x86_64")]
 impl Tiles for Avx512Tiles {
     #[inline(always)]
-    unsafe fn scores(
+    unsafe fn scores<E: KvElement>(
         qs: &[f32],
         rows: usize,
         hd: usize,
-        k_tile: &[f32],
+        k_tile: &[E],
         block_size: usize,
         slots: usize,
         dst: *mut f32,
@@ -381,11 +427,11 @@ impl Tiles for Avx512Tiles {
         avx512::scores(qs, rows, hd, k_tile, block_size, slots, dst, dst_stride)
     }
     #[inline(always)]
-    unsafe fn accumulate(
+    unsafe fn accumulate<E: KvElement>(
         p: *const f32,
         p_stride: usize,
         rows: usize,
-        v_tile: &[f32],
+        v_tile: &[E],
         slots: usize,
         hd: usize,
         acc: &mut [f32],
@@ -400,13 +446,12 @@ impl Tiles for Avx512Tiles {
 /// # Safety
 /// As [`attend`]; the CPU supports `kernels`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_with(
+unsafe fn attend_with<E: KvElement>(
     kernels: Kernels,
     q: &[f32],
     seq: &SeqAttention<'_>,
     item: &Item,
-    k_pool: &[f32],
-    v_pool: &[f32],
+    pools: Pools<'_, E>,
     shape: &AttentionShape,
     scratch: &mut Vec<f32>,
     sink: Sink,
@@ -415,42 +460,40 @@ unsafe fn attend_with(
     {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn avx512_item(
+        unsafe fn avx512_item<E: KvElement>(
             q: &[f32],
             seq: &SeqAttention<'_>,
             item: &Item,
-            k_pool: &[f32],
-            v_pool: &[f32],
+            pools: Pools<'_, E>,
             shape: &AttentionShape,
             scratch: &mut Vec<f32>,
             sink: Sink,
         ) {
-            attend::<Avx512Tiles>(q, seq, item, k_pool, v_pool, shape, scratch, sink)
+            attend::<Avx512Tiles, E>(q, seq, item, pools, shape, scratch, sink)
         }
         #[target_feature(enable = "avx2,fma")]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn avx2_item(
+        unsafe fn avx2_item<E: KvElement>(
             q: &[f32],
             seq: &SeqAttention<'_>,
             item: &Item,
-            k_pool: &[f32],
-            v_pool: &[f32],
+            pools: Pools<'_, E>,
             shape: &AttentionShape,
             scratch: &mut Vec<f32>,
             sink: Sink,
         ) {
-            attend::<PortableTiles>(q, seq, item, k_pool, v_pool, shape, scratch, sink)
+            attend::<PortableTiles, E>(q, seq, item, pools, shape, scratch, sink)
         }
         if kernels == Kernels::Avx512 {
-            return avx512_item(q, seq, item, k_pool, v_pool, shape, scratch, sink);
+            return avx512_item(q, seq, item, pools, shape, scratch, sink);
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return avx2_item(q, seq, item, k_pool, v_pool, shape, scratch, sink);
+            return avx2_item(q, seq, item, pools, shape, scratch, sink);
         }
     }
     let _ = kernels;
-    attend::<PortableTiles>(q, seq, item, k_pool, v_pool, shape, scratch, sink)
+    attend::<PortableTiles, E>(q, seq, item, pools, shape, scratch, sink)
 }
 
 /// Runs one item: scores, causal mask and online softmax, `p · V`, written to its sink.
@@ -459,12 +502,11 @@ unsafe fn attend_with(
 /// The sink's memory is valid and written by this item alone.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend<T: Tiles>(
+unsafe fn attend<T: Tiles, E: KvElement>(
     q: &[f32],
     seq: &SeqAttention<'_>,
     item: &Item,
-    k_pool: &[f32],
-    v_pool: &[f32],
+    pools: Pools<'_, E>,
     shape: &AttentionShape,
     scratch: &mut Vec<f32>,
     sink: Sink,
@@ -509,7 +551,14 @@ unsafe fn attend<T: Tiles>(
             let slots = bs.min(keys_here - b * bs);
             let tile = g.tile(block as usize, item.kv_head);
             let dst = scores.as_mut_ptr().add(b * bs);
-            T::scores(qs, rows, hd, &k_pool[tile..], bs, slots, dst, chunk_keys);
+            T::scores(qs, rows, hd, &pools.k[tile..], bs, slots, dst, chunk_keys);
+            if E::SCALED {
+                let key_scales = &pools.k_scales[g.scale_tile(block as usize, item.kv_head)..];
+                for r in 0..rows {
+                    let row = &mut scores[r * chunk_keys + b * bs..][..slots];
+                    row.iter_mut().zip(key_scales).for_each(|(s, k)| *s *= k);
+                }
+            }
         }
         for r in 0..rows {
             let row = &mut scores[r * chunk_keys..r * chunk_keys + keys_here];
@@ -533,8 +582,16 @@ unsafe fn attend<T: Tiles>(
         for (b, &block) in blocks.iter().enumerate() {
             let slots = bs.min(keys_here - b * bs);
             let tile = g.tile(block as usize, item.kv_head);
+            if E::SCALED {
+                // The sums are taken: fold each value row's scale into its probability.
+                let value_scales = &pools.v_scales[g.scale_tile(block as usize, item.kv_head)..];
+                for r in 0..rows {
+                    let row = &mut scores[r * chunk_keys + b * bs..][..slots];
+                    row.iter_mut().zip(value_scales).for_each(|(p, v)| *p *= v);
+                }
+            }
             let p = scores.as_ptr().add(b * bs);
-            T::accumulate(p, chunk_keys, rows, &v_pool[tile..], slots, hd, acc);
+            T::accumulate(p, chunk_keys, rows, &pools.v[tile..], slots, hd, acc);
         }
         c0 += keys_here;
     }

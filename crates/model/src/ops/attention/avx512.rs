@@ -4,17 +4,23 @@
 
 use std::arch::x86_64::*;
 
+use super::element::KvElement;
+
 /// Whether these tiles serve `head_dim` on this CPU.
 pub(super) fn supports(head_dim: usize) -> bool {
-    head_dim.is_multiple_of(16) && head_dim <= 128 && std::arch::is_x86_feature_detected!("avx512f")
+    head_dim.is_multiple_of(16)
+        && head_dim <= 128
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
 #[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn scores_tile<const RT: usize>(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn scores_tile<E: KvElement, const RT: usize>(
     qs: *const f32,
     hd: usize,
-    k: *const f32,
+    k: *const E,
     block_size: usize,
     mask: u16,
     dst: *mut f32,
@@ -22,7 +28,7 @@ unsafe fn scores_tile<const RT: usize>(
 ) {
     let mut acc = [_mm512_setzero_ps(); RT];
     for d in 0..hd {
-        let keys = _mm512_maskz_loadu_ps(mask, k.add(d * block_size));
+        let keys = E::load16(k.add(d * block_size), mask);
         for (r, a) in acc.iter_mut().enumerate() {
             *a = _mm512_fmadd_ps(_mm512_set1_ps(*qs.add(r * hd + d)), keys, *a);
         }
@@ -38,12 +44,12 @@ unsafe fn scores_tile<const RT: usize>(
 /// As `portable::scores`; the CPU has AVX-512F.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn scores(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn scores<E: KvElement>(
     qs: &[f32],
     rows: usize,
     hd: usize,
-    k_tile: &[f32],
+    k_tile: &[E],
     block_size: usize,
     slots: usize,
     dst: *mut f32,
@@ -58,14 +64,14 @@ pub(super) unsafe fn scores(
             let rt = 8.min(rows - r);
             let (q, out) = (qs.as_ptr().add(r * hd), dst.add(r * dst_stride + j0));
             match rt {
-                1 => scores_tile::<1>(q, hd, k, block_size, mask, out, dst_stride),
-                2 => scores_tile::<2>(q, hd, k, block_size, mask, out, dst_stride),
-                3 => scores_tile::<3>(q, hd, k, block_size, mask, out, dst_stride),
-                4 => scores_tile::<4>(q, hd, k, block_size, mask, out, dst_stride),
-                5 => scores_tile::<5>(q, hd, k, block_size, mask, out, dst_stride),
-                6 => scores_tile::<6>(q, hd, k, block_size, mask, out, dst_stride),
-                7 => scores_tile::<7>(q, hd, k, block_size, mask, out, dst_stride),
-                _ => scores_tile::<8>(q, hd, k, block_size, mask, out, dst_stride),
+                1 => scores_tile::<E, 1>(q, hd, k, block_size, mask, out, dst_stride),
+                2 => scores_tile::<E, 2>(q, hd, k, block_size, mask, out, dst_stride),
+                3 => scores_tile::<E, 3>(q, hd, k, block_size, mask, out, dst_stride),
+                4 => scores_tile::<E, 4>(q, hd, k, block_size, mask, out, dst_stride),
+                5 => scores_tile::<E, 5>(q, hd, k, block_size, mask, out, dst_stride),
+                6 => scores_tile::<E, 6>(q, hd, k, block_size, mask, out, dst_stride),
+                7 => scores_tile::<E, 7>(q, hd, k, block_size, mask, out, dst_stride),
+                _ => scores_tile::<E, 8>(q, hd, k, block_size, mask, out, dst_stride),
             }
             r += rt;
         }
@@ -73,11 +79,11 @@ pub(super) unsafe fn scores(
 }
 
 #[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn accumulate_tile<const NW: usize, const RT: usize>(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn accumulate_tile<E: KvElement, const NW: usize, const RT: usize>(
     p: *const f32,
     p_stride: usize,
-    v: *const f32,
+    v: *const E,
     slots: usize,
     acc: *mut f32,
 ) {
@@ -89,7 +95,7 @@ unsafe fn accumulate_tile<const NW: usize, const RT: usize>(
         }
     }
     for j in 0..slots {
-        let vr: [__m512; NW] = std::array::from_fn(|w| _mm512_loadu_ps(v.add(j * hd + w * 16)));
+        let vr: [__m512; NW] = std::array::from_fn(|w| E::load16(v.add(j * hd + w * 16), 0xffff));
         for (r, row) in a.iter_mut().enumerate() {
             let pb = _mm512_set1_ps(*p.add(r * p_stride + j));
             for (x, &vw) in row.iter_mut().zip(&vr) {
@@ -109,12 +115,12 @@ unsafe fn accumulate_tile<const NW: usize, const RT: usize>(
 /// # Safety
 /// As `portable::accumulate`; the CPU has AVX-512F and `supports(hd)`.
 #[inline]
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn accumulate(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn accumulate<E: KvElement>(
     p: *const f32,
     p_stride: usize,
     rows: usize,
-    v_tile: &[f32],
+    v_tile: &[E],
     slots: usize,
     hd: usize,
     acc: &mut [f32],
@@ -129,7 +135,7 @@ pub(super) unsafe fn accumulate(
         let (pr, ar) = (p.add(r * p_stride), acc.as_mut_ptr().add(r * hd));
         macro_rules! tile {
             ($nw:literal, $rt:literal) => {
-                accumulate_tile::<$nw, $rt>(pr, p_stride, v, slots, ar)
+                accumulate_tile::<E, $nw, $rt>(pr, p_stride, v, slots, ar)
             };
         }
         match (nw, rt) {

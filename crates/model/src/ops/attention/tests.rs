@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::kv_cache::{KvCache, KvCacheDtype};
 
 #[derive(Debug)]
 struct Case {
@@ -12,6 +13,7 @@ struct Case {
     block_size: usize,
     /// (context_len, num_queries) per sequence.
     seqs: Vec<(usize, usize)>,
+    dtype: KvCacheDtype,
     seed: u64,
 }
 
@@ -81,8 +83,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         num_kv_heads: kvh,
         head_dim: hd,
     };
-    let mut k_pool = values(num_blocks * kvh * bs * hd, &mut state);
-    let mut v_pool = values(num_blocks * kvh * bs * hd, &mut state);
+    let mut cache = KvCache::with_geometry(geometry, 1, c.dtype);
     let mut tables = Vec::new();
     let mut dense = Vec::new();
     let mut next = 0;
@@ -91,18 +92,30 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         next += blocks_per_seq[s];
         let k = values(ctx * kvh * hd, &mut state);
         let v = values(ctx * kvh * hd, &mut state);
-        for pos in 0..ctx {
-            for h in 0..kvh {
-                let (block, in_block) = (table[pos / bs] as usize, pos % bs);
-                let dst = geometry.v_offset(block, h, in_block);
-                v_pool[dst..dst + hd].copy_from_slice(&v[(pos * kvh + h) * hd..][..hd]);
-                for d in 0..hd {
-                    k_pool[geometry.k_offset(block, h, in_block, d)] = k[(pos * kvh + h) * hd + d];
-                }
+        let slots: Vec<usize> = (0..ctx)
+            .map(|pos| table[pos / bs] as usize * bs + pos % bs)
+            .collect();
+        cache.write(0, &slots, (&k, &v), kvh * hd);
+        // The reference sees what the cache holds (rounded or quantized), read back.
+        let layer = &cache.layers[0];
+        let read = |pos: usize, h: usize, d: usize, key: bool| {
+            let (block, in_block) = (table[pos / bs] as usize, pos % bs);
+            let scale_at = geometry.scale_tile(block, h) + in_block;
+            if key {
+                let scale = layer.k_scales.get(scale_at).copied().unwrap_or(1.0);
+                layer.k.get(geometry.k_offset(block, h, in_block, d)) * scale
+            } else {
+                let scale = layer.v_scales.get(scale_at).copied().unwrap_or(1.0);
+                layer.v.get(geometry.v_offset(block, h, in_block) + d) * scale
             }
-        }
+        };
+        let stored = |key: bool| -> Vec<f32> {
+            (0..ctx * kvh * hd)
+                .map(|i| read(i / (kvh * hd), (i / hd) % kvh, i % hd, key))
+                .collect()
+        };
+        dense.push((stored(true), stored(false)));
         tables.push(table);
-        dense.push((k, v));
     }
     let total_q: usize = c.seqs.iter().map(|s| s.1).sum();
     // q sits in a wider row, as it does inside the fused qkv buffer.
@@ -134,9 +147,8 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     // Unsplit, and split as for 2 and 8 threads (fewer items than threads × 4 split long keys).
     for (kernel, threads) in kernels.into_iter().flat_map(|k| [(k, 1), (k, 2), (k, 8)]) {
         let mut out = vec![f32::NAN; total_q * heads * hd];
-        paged_attention_with(
-            kernel, threads, &q, &metas, &k_pool, &v_pool, &shape, &mut out,
-        );
+        let layer = &cache.layers[0];
+        paged_attention_with(kernel, threads, &q, &metas, layer, &shape, &mut out);
         compare(c, &q, q_row_stride, &metas, &dense, scale, &out)
             .map_err(|e| TestCaseError::fail(format!("{kernel:?}, {threads} threads: {e}")))?;
     }
@@ -187,10 +199,16 @@ fn case() -> impl Strategy<Value = Case> {
             (prop_oneof![3 => 1usize..90, 1 => 90usize..700], 0.0f64..1.0),
             1..5,
         ),
+        prop::sample::select(vec![
+            KvCacheDtype::F32,
+            KvCacheDtype::Bf16,
+            KvCacheDtype::F16,
+            KvCacheDtype::Int8,
+        ]),
         any::<u64>(),
     )
         .prop_map(
-            |(num_kv_heads, group, head_dim, block_size, lens, seed)| Case {
+            |(num_kv_heads, group, head_dim, block_size, lens, dtype, seed)| Case {
                 num_kv_heads,
                 group,
                 head_dim,
@@ -200,6 +218,7 @@ fn case() -> impl Strategy<Value = Case> {
                     .into_iter()
                     .map(|(ctx, f)| (ctx, ((ctx as f64 * f) as usize).max(1)))
                     .collect(),
+                dtype,
                 seed,
             },
         )
@@ -221,6 +240,7 @@ fn long_prefill_runs_in_parallel_and_matches() {
         head_dim: 64,
         block_size: 16,
         seqs: vec![(300, 300), (200, 1), (150, 40)],
+        dtype: KvCacheDtype::F32,
         seed: 7,
     };
     check(&c).unwrap();
