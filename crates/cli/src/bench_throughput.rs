@@ -219,7 +219,10 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         tokenizer,
         name,
     } = args.model.load()?;
-    let config: EngineConfig = args.engine.config()?;
+    let mut config: EngineConfig = args.engine.config()?;
+    // The runs replay the same prompts on one engine: with prefix caching a later run would reuse
+    // the blocks an earlier one computed and measure that cache, not the scheduler.
+    config.enable_prefix_caching = false;
     let vocab = runner.config().vocab_size;
     let dtype = runner.model.dtype.name();
     let requests = make_requests(&args, vocab);

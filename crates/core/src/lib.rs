@@ -199,7 +199,8 @@ impl FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampledToken {
     pub token: TokenId,
-    /// Log-probability of `token` under the model's raw distribution (before temperature/truncation).
+    /// Log-probability of `token` under the model's raw distribution (before temperature/truncation);
+    /// NaN when the request did not ask for logprobs (computing it costs a pass over the vocabulary).
     pub logprob: f32,
     /// The `logprobs` most likely tokens with their log-probabilities, most likely first.
     pub top_logprobs: Vec<(TokenId, f32)>,

@@ -36,11 +36,20 @@ fn main() {
             .collect();
         let slots: Vec<usize> = (0..tokens).collect();
         cache.write(0, &slots, (&k, &v), width);
+        // Blocks handed out in a scrambled order, as a pool shared by many sequences does.
+        let mut order: Vec<u32> = (0..blocks as u32).collect();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for i in (1..order.len()).rev() {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            order.swap(i, (state >> 33) as usize % (i + 1));
+        }
         let mut tables = Vec::new();
-        let mut next = 0u32;
+        let mut next = 0usize;
         for &(ctx, _) in seqs_spec {
-            let n = ctx.div_ceil(bs) as u32;
-            tables.push((next..next + n).collect::<Vec<u32>>());
+            let n = ctx.div_ceil(bs);
+            tables.push(order[next..next + n].to_vec());
             next += n;
         }
         let mut start = 0;

@@ -74,8 +74,12 @@ impl Sampler {
         assert!(!logits.is_empty(), "sampling needs at least one logit");
         self.logits.clear();
         self.logits.extend(logits.iter().map(|&x| sanitize(x)));
-        let norm = LogNorm::new(&self.logits);
-        let top_logprobs = self.top_logprobs(params.logprobs.unwrap_or(0), &norm);
+        // The normalizer costs an exp per vocabulary entry: only for requests that want logprobs.
+        let norm = params.logprobs.map(|_| LogNorm::new(&self.logits));
+        let top_logprobs = match &norm {
+            Some(norm) => self.top_logprobs(params.logprobs.unwrap_or(0), norm),
+            None => Vec::new(),
+        };
         self.apply_penalties(params, prompt_ids, output_ids);
         let token = if params.is_greedy() {
             argmax(&self.logits)
@@ -86,7 +90,7 @@ impl Sampler {
         };
         SampledToken {
             token: token as TokenId,
-            logprob: norm.logprob(sanitize(logits[token])),
+            logprob: norm.map_or(f32::NAN, |n| n.logprob(sanitize(logits[token]))),
             top_logprobs,
         }
     }
@@ -539,12 +543,19 @@ mod tests {
             top_p: 0.9,
             ..params(1.0)
         };
+        let greedy_with_logprobs = SamplingParams {
+            logprobs: Some(0),
+            ..SamplingParams::greedy(1)
+        };
         for logits in [vec![f32::NAN; 4], vec![f32::NEG_INFINITY; 4]] {
-            for q in [&p, &SamplingParams::greedy(1)] {
+            for q in [&p, &greedy_with_logprobs] {
                 let s = sampler.sample(&logits, q, &[0], &[1], &mut rng);
                 assert_eq!(s.token, 0);
                 assert_eq!(s.logprob, -(4f32.ln()));
             }
+            let s = sampler.sample(&logits, &SamplingParams::greedy(1), &[0], &[1], &mut rng);
+            assert_eq!(s.token, 0);
+            assert!(s.logprob.is_nan(), "no logprob unless asked for");
         }
         let logits = [1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 5.0];
         for _ in 0..20 {
@@ -593,7 +604,11 @@ mod tests {
             let mut rng = RequestRng::new(p.seed);
             let s = Sampler::new().sample(&logits, &p, &prompt, &output, &mut rng);
             prop_assert!(s.token < n);
-            prop_assert!(s.logprob.is_finite() && s.logprob <= 0.0);
+            if p.logprobs.is_some() {
+                prop_assert!(s.logprob.is_finite() && s.logprob <= 0.0);
+            } else {
+                prop_assert!(s.logprob.is_nan());
+            }
             prop_assert_eq!(s.top_logprobs.len(), p.logprobs.unwrap_or(0).min(logits.len()));
             prop_assert!(s.top_logprobs.windows(2).all(|w| w[0].1 >= w[1].1));
             if let Some(k) = p.top_k {

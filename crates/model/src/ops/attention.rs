@@ -547,7 +547,16 @@ unsafe fn attend<T: Tiles, E: KvElement>(
     while c0 < k_hi {
         let keys_here = chunk_keys.min(k_hi - c0);
         let blocks = &seq.block_table[c0 / bs..(c0 + keys_here).div_ceil(bs)];
+        // Blocks sit anywhere in the pool, so the hardware cannot guess the next tile: each
+        // block's loop prefetches the tile the next one reads.
+        let tile_of = |block: u32| g.tile(block as usize, item.kv_head);
+        let tile_len = bs * hd;
+        prefetch(&pools.k[tile_of(blocks[0])..][..tile_len]);
         for (b, &block) in blocks.iter().enumerate() {
+            match blocks.get(b + 1) {
+                Some(&next) => prefetch(&pools.k[tile_of(next)..][..tile_len]),
+                None => prefetch(&pools.v[tile_of(blocks[0])..][..tile_len]),
+            }
             let slots = bs.min(keys_here - b * bs);
             let tile = g.tile(block as usize, item.kv_head);
             let dst = scores.as_mut_ptr().add(b * bs);
@@ -580,6 +589,9 @@ unsafe fn attend<T: Tiles, E: KvElement>(
             sums[r] += exp_shifted_sum(live, new_max);
         }
         for (b, &block) in blocks.iter().enumerate() {
+            if let Some(&next) = blocks.get(b + 1) {
+                prefetch(&pools.v[tile_of(next)..][..tile_len]);
+            }
             let slots = bs.min(keys_here - b * bs);
             let tile = g.tile(block as usize, item.kv_head);
             if E::SCALED {
@@ -616,6 +628,26 @@ unsafe fn attend<T: Tiles, E: KvElement>(
             buf[rows * hd + rows..].copy_from_slice(sums);
         }
     }
+}
+
+/// Asks for every cache line of `values` to be loaded (a hint; no effect on results).
+#[inline(always)]
+fn prefetch<E>(values: &[E]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = values.as_ptr() as *const i8;
+        let bytes = std::mem::size_of_val(values);
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: prefetching is a hint and never faults; the addresses lie inside `values`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    start.add(offset),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
 }
 
 #[inline(always)]
