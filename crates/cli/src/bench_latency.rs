@@ -150,7 +150,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     let decode = median(&decode_runs);
     let report = Report {
         model: loaded.name.clone(),
-        dtype: runner.model.dtype.name(),
+        dtype: runner.model.weight_kind().name(),
         threads: pagoda_model::ops::pool::global().threads(),
         input_len: args.input_len,
         output_len: args.output_len,

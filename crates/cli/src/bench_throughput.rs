@@ -224,7 +224,7 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
     // the blocks an earlier one computed and measure that cache, not the scheduler.
     config.enable_prefix_caching = false;
     let vocab = runner.config().vocab_size;
-    let dtype = runner.model.dtype.name();
+    let dtype = runner.model.weight_kind().name();
     let requests = make_requests(&args, vocab);
     let mut engine = LlmEngine::new(runner, Some(tokenizer), &config);
     for r in &requests {

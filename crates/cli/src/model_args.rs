@@ -29,6 +29,9 @@ pub struct ModelArgs {
     /// Memory for the KV cache, e.g. 2GiB, 512MiB.
     #[arg(long, default_value = "2GiB")]
     pub kv_cache_memory: String,
+    /// Quantize the weights at load: q8_0 (int8 with a scale per 32 weights, as llama.cpp's Q8_0).
+    #[arg(long)]
+    pub quantization: Option<String>,
     /// KV cache storage: auto (bf16 for bf16 weights, f32 for f32), f32, bf16, f16 or int8
     /// (one scale per token and KV head).
     #[arg(long, default_value = "auto")]
@@ -79,6 +82,7 @@ impl ModelArgs {
             kv_cache_bytes: parse_bytes(&self.kv_cache_memory)?,
             dtype,
             kv_cache_dtype,
+            quantization: self.quantization.as_deref().map(str::parse).transpose()?,
         })
     }
 
@@ -112,7 +116,7 @@ impl ModelArgs {
             c.num_layers,
             c.hidden_size,
             c.num_parameters() as f64 / 1e6,
-            loaded.runner.model.dtype.name(),
+            loaded.runner.model.weight_kind().name(),
             start.elapsed().as_secs_f64(),
             loaded.runner.kv.geometry.num_blocks,
             loaded.runner.kv.geometry.block_size,

@@ -23,5 +23,5 @@ pub mod weights;
 
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
-pub use runner::{load_model_dir, LoadedModel, ModelRunner, RunnerOptions};
+pub use runner::{load_model_dir, LoadedModel, ModelRunner, Quantization, RunnerOptions};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

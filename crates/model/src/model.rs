@@ -157,6 +157,32 @@ impl Model {
         })
     }
 
+    /// Quantizes every projection, the output head and (when tied to it) the embedding to Q8_0
+    /// (`--quantization q8_0`); norms stay f32.
+    pub fn quantize_q8_0(&mut self) {
+        for layer in &mut self.layers {
+            for w in [
+                &mut layer.qkv,
+                &mut layer.o_proj,
+                &mut layer.gate_up,
+                &mut layer.down,
+            ] {
+                *w = w.to_q8_0();
+            }
+        }
+        match &mut self.lm_head {
+            Some(head) => *head = head.to_q8_0(),
+            None => self.embed = self.embed.to_q8_0(),
+        }
+    }
+
+    /// How the projections are stored (f32, bf16 or q8_0).
+    pub fn weight_kind(&self) -> crate::ops::gemm::WeightKind {
+        self.layers
+            .first()
+            .map_or(self.embed.kind(), |l| l.qkv.kind())
+    }
+
     /// Bytes of weights one decode step reads (every matrix once; the embedding only for lookups).
     pub fn weight_bytes_per_step(&self) -> usize {
         let layers: usize = self

@@ -22,6 +22,27 @@ pub struct RunnerOptions {
     pub dtype: Option<WeightDtype>,
     /// KV cache storage; `None` (auto) follows the weights: bf16 for bf16, f32 for f32.
     pub kv_cache_dtype: Option<KvCacheDtype>,
+    /// Quantize the weights at load (`Some(Quantization::Q8_0)`), or keep them as loaded.
+    pub quantization: Option<Quantization>,
+}
+
+/// Weight quantization applied at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// ggml's Q8_0: int8 with an f16 scale per 32 weights of a row.
+    Q8_0,
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = crate::error::ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "q8_0" | "q8" => Ok(Quantization::Q8_0),
+            other => Err(crate::error::ModelError::InvalidOption(format!(
+                "quantization {other:?} is not supported (use q8_0, or leave it out)"
+            ))),
+        }
+    }
 }
 
 impl Default for RunnerOptions {
@@ -31,6 +52,7 @@ impl Default for RunnerOptions {
             kv_cache_bytes: 2 << 30,
             dtype: None,
             kv_cache_dtype: None,
+            quantization: None,
         }
     }
 }
@@ -43,7 +65,10 @@ pub struct ModelRunner {
 }
 
 impl ModelRunner {
-    pub fn new(model: Model, options: &RunnerOptions) -> Result<Self> {
+    pub fn new(mut model: Model, options: &RunnerOptions) -> Result<Self> {
+        if options.quantization == Some(Quantization::Q8_0) {
+            model.quantize_q8_0();
+        }
         let dtype = options.kv_cache_dtype.unwrap_or(match model.dtype {
             WeightDtype::F32 => KvCacheDtype::F32,
             WeightDtype::Bf16 => KvCacheDtype::Bf16,

@@ -43,10 +43,24 @@ fn run_greedy_with(
     kv_cache_dtype: Option<KvCacheDtype>,
 ) -> Run {
     let options = RunnerOptions {
-        block_size,
-        kv_cache_bytes: 64 << 20,
         kv_cache_dtype,
         ..RunnerOptions::default()
+    };
+    run_greedy_options(model_dir, prompts, max_tokens, block_size, chunk, options)
+}
+
+fn run_greedy_options(
+    model_dir: &Path,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    block_size: usize,
+    chunk: usize,
+    options: RunnerOptions,
+) -> Run {
+    let options = RunnerOptions {
+        block_size,
+        kv_cache_bytes: 64 << 20,
+        ..options
     };
     let mut loaded = load_model_dir(model_dir, &options).expect("model loads");
     let requests: Vec<GenerationRequest> = prompts
@@ -235,6 +249,31 @@ fn synthetic_llama_rope_scaled() {
 #[test]
 fn synthetic_qwen2_bias() {
     check_synthetic("qwen2-bias");
+}
+
+/// Weights quantized to Q8_0 at load (activations quantized per 32 too, as llama.cpp does): the
+/// greedy output of every stories260k prompt equals the f32 goldens for its first 32 tokens, alone
+/// and all prompts as one batch.
+#[test]
+fn stories260k_q8_0_greedy_matches_the_first_32_golden_tokens() {
+    let Some(shared) = common::shared_dir("stories260k_q8_0") else {
+        return;
+    };
+    let golden = golden_json(&shared, "stories260k_greedy.json");
+    let cases = golden["cases"].as_array().expect("cases");
+    let model = shared.join("models/stories260k");
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_token_ids"])).collect();
+    let options = RunnerOptions {
+        quantization: Some(pagoda_model::Quantization::Q8_0),
+        ..RunnerOptions::default()
+    };
+    let together = run_greedy_options(&model, &prompts, 32, 16, 512, options.clone());
+    for (i, case) in cases.iter().enumerate() {
+        let want = &ids(&case["greedy_token_ids"])[..32];
+        assert_eq!(&together[i].0, want, "case {i}, one batch");
+        let alone = run_greedy_options(&model, &prompts[i..=i], 32, 16, 512, options.clone());
+        assert_eq!(&alone[0].0, want, "case {i}, alone");
+    }
 }
 
 /// Reduced-precision KV caches against the f32 goldens: at each of the 32 greedy steps of every

@@ -5,28 +5,34 @@
 //! general-purpose pool the helper threads fall asleep between kernels and every kernel pays a
 //! wake-up (measured: 2 threads decoded only 1.15× faster than 1). Here workers spin on a
 //! generation counter for a while after each job (so back-to-back kernels start at once), then
-//! back off to yielding and finally to short sleeps when the engine is idle.
+//! back off to yielding and finally to short sleeps when the engine is idle. The caller never
+//! waits for a worker to join a job, only for claimed tasks to finish, so a worker the OS did
+//! not schedule (a busy machine) costs nothing but its share of the parallelism.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A job as seen by workers: a type-erased `&(dyn Fn(usize) + Sync)` valid until `pending` is 0.
+/// A job as seen by workers: a type-erased `&(dyn Fn(usize) + Sync)` valid while its generation
+/// is current and tasks remain.
 #[derive(Clone, Copy)]
 struct Job {
     func: *const (dyn Fn(usize) + Sync),
     n_tasks: usize,
+    generation: u64,
 }
 
-// SAFETY: the pointee is Sync and outlives every use (the submitter waits for all workers).
+// SAFETY: the pointee is Sync and outlives every call made through it (see `parallel_for`).
 unsafe impl Send for Job {}
 
 struct Shared {
-    generation: AtomicUsize,
+    /// `generation << 32 | next task index`: a worker claims a task with a compare-and-swap
+    /// that also checks the generation, so a worker that wakes up late can never claim (and
+    /// call) a task of a job that is over.
+    claim: AtomicU64,
     job: Mutex<Option<Job>>,
-    next_task: AtomicUsize,
-    /// Workers that have not yet finished the current generation.
-    pending: AtomicUsize,
+    /// Tasks of the current job that have finished.
+    done: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -41,15 +47,16 @@ pub struct KernelPool {
 /// How long a worker spins after a job before it starts yielding, and yields before sleeping.
 const SPIN: Duration = Duration::from_millis(2);
 const YIELD: Duration = Duration::from_millis(50);
+const TASK_BITS: u64 = 32;
+const TASK_MASK: u64 = (1 << TASK_BITS) - 1;
 
 impl KernelPool {
     /// A pool where `threads` threads (the caller included) run each job.
     pub fn new(threads: usize) -> Self {
         let shared = Arc::new(Shared {
-            generation: AtomicUsize::new(0),
+            claim: AtomicU64::new(0),
             job: Mutex::new(None),
-            next_task: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
         let workers = (1..threads.max(1))
@@ -74,6 +81,9 @@ impl KernelPool {
     }
 
     /// Runs `f(i)` for every `i < n_tasks`, spread over the pool; returns when all are done.
+    ///
+    /// The caller runs tasks too and waits only for tasks that were claimed, never for a worker
+    /// to show up: on a busy machine where a worker is not scheduled, the caller does the work.
     pub fn parallel_for(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         if n_tasks == 0 {
             return;
@@ -82,45 +92,68 @@ impl KernelPool {
             (0..n_tasks).for_each(f);
             return;
         }
+        assert!(n_tasks as u64 <= TASK_MASK, "too many tasks in one job");
         let _one_job = self.submit.lock().unwrap_or_else(|p| p.into_inner());
         let s = &*self.shared;
-        // SAFETY (lifetime erasure): workers only call `func` while `pending > 0`, and we do not
-        // return before `pending` is back to 0, so `f` outlives every call.
+        // SAFETY (lifetime erasure): a task is only run after a claim that checked this job's
+        // generation, and we return only when every task of this job has finished; after that
+        // the generation changes before the next job is published, so no claim can succeed.
         let func: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
-        *s.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(Job { func, n_tasks });
-        s.next_task.store(0, Ordering::Relaxed);
-        s.pending.store(self.workers.len(), Ordering::Relaxed);
-        s.generation.fetch_add(1, Ordering::Release);
-        run_tasks(s, f, n_tasks);
-        while s.pending.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+        let generation = (s.claim.load(Ordering::Relaxed) >> TASK_BITS) + 1;
+        s.done.store(0, Ordering::Relaxed);
+        *s.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(Job {
+            func,
+            n_tasks,
+            generation,
+        });
+        s.claim.store(generation << TASK_BITS, Ordering::Release);
+        run_tasks(s, f, n_tasks, generation);
+        let mut spins = 0u32;
+        while s.done.load(Ordering::Acquire) != n_tasks {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(4096) {
+                // A worker holding a task was descheduled: let it have a core.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 }
 
-fn run_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize) {
+/// Claims and runs tasks of job `generation` until none remain.
+fn run_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize, generation: u64) {
+    let mut cur = s.claim.load(Ordering::Acquire);
     loop {
-        let i = s.next_task.fetch_add(1, Ordering::Relaxed);
-        if i >= n_tasks {
-            break;
+        if cur >> TASK_BITS != generation || (cur & TASK_MASK) as usize >= n_tasks {
+            return;
         }
-        f(i);
+        match s
+            .claim
+            .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                f((cur & TASK_MASK) as usize);
+                s.done.fetch_add(1, Ordering::Release);
+                cur = s.claim.load(Ordering::Acquire);
+            }
+            Err(now) => cur = now,
+        }
     }
 }
 
 fn worker(s: &Shared) {
-    // Workers are spawned before any job exists, but may start running after the first one was
-    // published: start from the pool's initial generation, not from whatever is current.
-    let mut seen = 0;
+    let mut seen = 0u64;
     loop {
         let idle_since = Instant::now();
         let mut spins = 0u32;
-        loop {
+        let generation = loop {
             if s.stop.load(Ordering::Relaxed) {
                 return;
             }
-            if s.generation.load(Ordering::Acquire) != seen {
-                break;
+            let generation = s.claim.load(Ordering::Acquire) >> TASK_BITS;
+            if generation != seen {
+                break generation;
             }
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(1024) {
@@ -133,15 +166,14 @@ fn worker(s: &Shared) {
             } else {
                 std::hint::spin_loop();
             }
-        }
-        seen += 1;
+        };
+        seen = generation;
         let job = *s.job.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(job) = job {
-            // SAFETY: see `parallel_for`: the submitter waits for this worker's decrement.
+        if let Some(job) = job.filter(|j| j.generation == generation) {
+            // SAFETY: tasks are claimed against `job.generation`; see `parallel_for`.
             let f = unsafe { &*job.func };
-            run_tasks(s, f, job.n_tasks);
+            run_tasks(s, f, job.n_tasks, job.generation);
         }
-        s.pending.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -171,6 +171,118 @@ stream_kernel!(
     }
 );
 
+/// Steps (cache lines of weights) per Q8_0 group.
+const Q8_STEPS: usize = 8;
+
+/// Applies one group's integer dot products: `acc += (dot − 128·Σx) · w_scale · x_scale`.
+#[inline(always)]
+unsafe fn q8_group_finish(
+    acc: __m512,
+    dot: __m512i,
+    w_scales: __m512,
+    t: &TileArgs,
+    row: usize,
+    g: usize,
+) -> __m512 {
+    let at = row * t.groups + g;
+    let corr = _mm512_set1_epi32(128 * *t.x_sums.add(at));
+    let scale = _mm512_mul_ps(w_scales, _mm512_set1_ps(*t.x_scales.add(at)));
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, corr)), scale, acc)
+}
+
+#[inline(always)]
+unsafe fn q8_scales(t: &TileArgs, block: usize, g: usize) -> __m512 {
+    let p = t.scales.add(block * t.scale_stride + g * 32);
+    _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+}
+
+/// Q8_0 weights (`q + 128`, unsigned) against Q8_0 activations (signed): `vpdpbusd` sums four
+/// byte products per lane into int32 per group, then the group is scaled into f32 accumulators.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/VNNI; `t` describes valid memory, including the Q8_0 fields.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    for g in 0..t.groups {
+        let mut dot = [[_mm512_setzero_si512(); NV]; MR];
+        for s in 0..Q8_STEPS {
+            let w: [__m512i; NV] = std::array::from_fn(|v| {
+                _mm512_load_si512(
+                    t.w.add(v * t.block_stride + (g * Q8_STEPS + s) * 64) as *const __m512i
+                )
+            });
+            for (i, row) in dot.iter_mut().enumerate() {
+                let x = _mm512_set1_epi32(
+                    (t.x.add(i * t.x_stride + g * 32 + s * 4) as *const i32).read_unaligned(),
+                );
+                for (d, &wv) in row.iter_mut().zip(&w) {
+                    *d = _mm512_dpbusd_epi32(*d, wv, x);
+                }
+            }
+        }
+        let scales: [__m512; NV] = std::array::from_fn(|v| q8_scales(t, v, g));
+        for (i, (a, d)) in acc.iter_mut().zip(&dot).enumerate() {
+            for v in 0..NV {
+                a[v] = q8_group_finish(a[v], d[v], scales[v], t, i, g);
+            }
+        }
+    }
+    store_tile(&acc, t);
+}
+
+/// The Q8_0 stream kernel (decode): consecutive blocks one at a time, two integer accumulators
+/// per row, weights and scales prefetched ahead.
+///
+/// # Safety
+/// As [`tile_q8`]; `t.w` starts `blocks` consecutive blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
+    for b in 0..blocks {
+        let w = t.w.add(b * t.block_stride);
+        let mut acc = [[_mm512_setzero_ps(); 1]; MR];
+        for g in 0..t.groups {
+            let mut even = [_mm512_setzero_si512(); MR];
+            let mut odd = [_mm512_setzero_si512(); MR];
+            for s in (0..Q8_STEPS).step_by(2) {
+                let line = w.add((g * Q8_STEPS + s) * 64);
+                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(STREAM_PREFETCH_BYTES) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(
+                    line.wrapping_add(STREAM_PREFETCH_BYTES + 64) as *const i8
+                );
+                let w0 = _mm512_load_si512(line as *const __m512i);
+                let w1 = _mm512_load_si512(line.add(64) as *const __m512i);
+                for i in 0..MR {
+                    let x = t.x.add(i * t.x_stride + g * 32 + s * 4) as *const i32;
+                    even[i] =
+                        _mm512_dpbusd_epi32(even[i], w0, _mm512_set1_epi32(x.read_unaligned()));
+                    odd[i] = _mm512_dpbusd_epi32(
+                        odd[i],
+                        w1,
+                        _mm512_set1_epi32(x.add(1).read_unaligned()),
+                    );
+                }
+            }
+            if g % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    t.scales.wrapping_add(b * t.scale_stride + g * 32 + 512) as *const i8,
+                );
+            }
+            let scales = q8_scales(t, b, g);
+            for i in 0..MR {
+                let dot = _mm512_add_epi32(even[i], odd[i]);
+                acc[i][0] = q8_group_finish(acc[i][0], dot, scales, t, i, g);
+            }
+        }
+        let block = TileArgs {
+            out: t.out.add(b * 16),
+            cols: t.cols.saturating_sub(b * 16),
+            ..*t
+        };
+        store_tile(&acc, &block);
+    }
+}
+
 /// Rounds f32 values to bf16 (nearest even), 16 at a time.
 ///
 /// # Safety

@@ -30,7 +30,6 @@ use std::sync::OnceLock;
 pub use packed::PackedLinear;
 
 use super::pool::{self, SyncPtr};
-use crate::weights::WeightDtype;
 
 /// One micro-kernel call: an `MR × 16·NV` output tile over the whole reduction.
 ///
@@ -48,13 +47,32 @@ pub(crate) struct TileArgs {
     pub out: *mut f32,
     pub out_stride: usize,
     pub cols: usize,
+    /// Q8_0 only: the first block's scales (`scale_stride` bytes between blocks), and per
+    /// activation row (`groups` apart) its groups' f32 scales and sums of quantized values.
+    pub scales: *const u8,
+    pub scale_stride: usize,
+    pub x_scales: *const f32,
+    pub x_sums: *const i32,
+    pub groups: usize,
 }
 
-/// Storage type of the packed weights, as the portable kernel sees it.
+/// Storage type of packed weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WeightKind {
+pub enum WeightKind {
     F32,
     Bf16,
+    /// ggml's Q8_0: int8 with an f16 scale per 32 weights of a row.
+    Q8_0,
+}
+
+impl WeightKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightKind::F32 => "f32",
+            WeightKind::Bf16 => "bf16",
+            WeightKind::Q8_0 => "q8_0",
+        }
+    }
 }
 
 /// Kernel families, in increasing order of what they need from the CPU.
@@ -89,6 +107,7 @@ pub fn best_isa() -> Isa {
 
 /// Rows and blocks of a tile for larger `m`.
 const MR_MAX: usize = 12;
+const MR_MAX_Q8: usize = 6;
 const NV_LARGE_M: usize = 2;
 /// `m` up to this uses the stream kernels.
 const STREAM_M_MAX: usize = 4;
@@ -98,9 +117,27 @@ const STREAM_TASKS_PER_THREAD: usize = 2;
 /// Activation rows per task when `m` is large (a tile multiple whose bf16 rows stay in L2).
 const ROW_BLOCK: usize = 8 * MR_MAX;
 
+/// Whether the AVX-512 Q8_0 kernels (`vpdpbusd`) run here.
+fn has_vnni() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 thread_local! {
     /// The calling thread's bf16 copy of the activations.
     static BF16_ACTIVATIONS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's Q8_0 activations: quantized values, and per group scale and sum.
+    static Q8_ACTIVATIONS: RefCell<(Vec<i8>, Vec<f32>, Vec<i32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// `out[i*n + j] = Σ_k x[i*k + k'] · W[j, k']` with `n = w.rows`, `k = w.cols`.
@@ -126,9 +163,25 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
     if m == 0 || n == 0 {
         return;
     }
-    match w.dtype() {
-        WeightDtype::F32 => run(isa, x.as_ptr() as *const u8, k * 4, m, w, out),
-        WeightDtype::Bf16 => BF16_ACTIVATIONS.with(|buf| {
+    let none = Activations {
+        x: std::ptr::null(),
+        stride: 0,
+        scales: std::ptr::null(),
+        sums: std::ptr::null(),
+    };
+    match w.kind() {
+        WeightKind::F32 => run(
+            isa,
+            Activations {
+                x: x.as_ptr() as *const u8,
+                stride: k * 4,
+                ..none
+            },
+            m,
+            w,
+            out,
+        ),
+        WeightKind::Bf16 => BF16_ACTIVATIONS.with(|buf| {
             let mut buf = buf.borrow_mut();
             let kp = 2 * w.steps();
             buf.resize(m * kp, 0);
@@ -136,8 +189,69 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
                 round_to_bf16(isa, src, &mut dst[..k]);
                 dst[k..].fill(0);
             }
-            run(isa, buf.as_ptr() as *const u8, kp * 2, m, w, out)
+            let a = Activations {
+                x: buf.as_ptr() as *const u8,
+                stride: kp * 2,
+                ..none
+            };
+            run(isa, a, m, w, out)
         }),
+        WeightKind::Q8_0 => Q8_ACTIVATIONS.with(|buf| {
+            let (q, scales, sums) = &mut *buf.borrow_mut();
+            let groups = w.groups();
+            let kp = groups * packed::Q8_GROUP;
+            q.resize(m * kp, 0);
+            scales.resize(m * groups, 0.0);
+            sums.resize(m * groups, 0);
+            for (i, src) in x.chunks_exact(k).enumerate() {
+                quantize_row_q8(
+                    src,
+                    &mut q[i * kp..(i + 1) * kp],
+                    &mut scales[i * groups..(i + 1) * groups],
+                    &mut sums[i * groups..(i + 1) * groups],
+                );
+            }
+            let a = Activations {
+                x: q.as_ptr() as *const u8,
+                stride: kp,
+                scales: scales.as_ptr(),
+                sums: sums.as_ptr(),
+            };
+            run(isa, a, m, w, out)
+        }),
+    }
+}
+
+/// Activations as the kernels read them (see [`TileArgs`]).
+#[derive(Clone, Copy)]
+struct Activations {
+    x: *const u8,
+    stride: usize,
+    scales: *const f32,
+    sums: *const i32,
+}
+
+/// Quantizes one activation row to Q8_0 groups (ggml's `quantize_row_q8_0`), padding `k` with
+/// zeros to whole groups; also records each group's sum of quantized values (the kernels'
+/// correction for storing weights as `q + 128`).
+fn quantize_row_q8(src: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
+    for (g, (qg, (scale, sum))) in q
+        .chunks_exact_mut(packed::Q8_GROUP)
+        .zip(scales.iter_mut().zip(sums.iter_mut()))
+        .enumerate()
+    {
+        let start = (g * packed::Q8_GROUP).min(src.len());
+        let xs = &src[start..(start + packed::Q8_GROUP).min(src.len())];
+        let amax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+        // The scale as the kernels will use it: rounded through f16 like the stored weights'.
+        let d = half::f16::from_f32(amax / 127.0).to_f32();
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        qg.fill(0);
+        for (o, &x) in qg.iter_mut().zip(xs) {
+            *o = (x * inv).round().clamp(-127.0, 127.0) as i8;
+        }
+        *scale = d;
+        *sum = qg.iter().map(|&v| v as i32).sum();
     }
 }
 
@@ -152,20 +266,21 @@ fn round_to_bf16(isa: Isa, src: &[f32], dst: &mut [u16]) {
 }
 
 /// Splits the product into tasks and runs the kernels.
-fn run(isa: Isa, x: *const u8, x_stride: usize, m: usize, w: &PackedLinear, out: &mut [f32]) {
+fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
     let n = w.rows;
     let blocks = w.blocks();
     let threads = pool::global().threads();
     // Below ~64k multiply-adds a task costs more than it saves.
     let parallel = threads > 1 && m * n * w.cols >= 65_536;
-    let x = SyncPtr(x as *mut u8);
+    let (x, x_stride) = (SyncPtr(a.x as *mut u8), a.stride);
+    let (x_scales, x_sums) = (SyncPtr(a.scales as *mut f32), SyncPtr(a.sums as *mut i32));
+    let groups = w.groups();
+    let scale_base = SyncPtr(w.scales_base() as *mut u8);
+    let scale_stride = groups * packed::BLOCK_ROWS * 2;
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let base = SyncPtr(w.base() as *mut u8);
     let (steps, block_stride) = (w.steps(), w.block_stride_bytes());
-    let kind = match w.dtype() {
-        WeightDtype::F32 => WeightKind::F32,
-        WeightDtype::Bf16 => WeightKind::Bf16,
-    };
+    let kind = w.kind();
     let args = |block0: usize, row: usize, cols: usize| TileArgs {
         w: base.get().wrapping_add(block0 * block_stride),
         block_stride,
@@ -177,6 +292,11 @@ fn run(isa: Isa, x: *const u8, x_stride: usize, m: usize, w: &PackedLinear, out:
             .wrapping_add(row * n + block0 * packed::BLOCK_ROWS),
         out_stride: n,
         cols: (n - block0 * packed::BLOCK_ROWS).min(cols),
+        scales: scale_base.get().wrapping_add(block0 * scale_stride),
+        scale_stride,
+        x_scales: x_scales.get().wrapping_add(row * groups),
+        x_sums: x_sums.get().wrapping_add(row * groups),
+        groups,
     };
     let for_tasks = |tasks: usize, task: &(dyn Fn(usize) + Sync)| {
         if tasks == 1 {
@@ -218,8 +338,14 @@ fn run(isa: Isa, x: *const u8, x_stride: usize, m: usize, w: &PackedLinear, out:
     for_tasks(row_blocks * chunks, &|t| {
         let (rb, c) = (t / chunks, t % chunks);
         let rows = rb * row_block..((rb + 1) * row_block).min(m);
-        // Near-equal tiles of at most MR_MAX rows.
-        let tiles = rows.len().div_ceil(MR_MAX);
+        // Near-equal tiles of at most MR_MAX rows (fewer for Q8_0, which also keeps integer
+        // accumulators in registers).
+        let mr_max = if kind == WeightKind::Q8_0 {
+            MR_MAX_Q8
+        } else {
+            MR_MAX
+        };
+        let tiles = rows.len().div_ceil(mr_max);
         for p in c * chunk..((c + 1) * chunk).min(panels) {
             let block0 = p * NV_LARGE_M;
             let nv = NV_LARGE_M.min(blocks - block0);
@@ -257,12 +383,16 @@ unsafe fn run_stream(isa: Isa, kind: WeightKind, m: usize, blocks: usize, t: &Ti
             (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::F32) => return by_rows!(stream_f32),
             (Isa::Avx512Bf16, WeightKind::Bf16) => return by_rows!(stream_bf16_dot),
             (Isa::Avx512, WeightKind::Bf16) => return by_rows!(stream_bf16_widen),
-            (Isa::Portable, _) => {}
+            (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::Q8_0) if has_vnni() => {
+                return by_rows!(stream_q8)
+            }
+            _ => {}
         }
     }
     for b in 0..blocks {
         let block = TileArgs {
             w: t.w.add(b * t.block_stride),
+            scales: t.scales.wrapping_add(b * t.scale_stride),
             out: t.out.add(b * packed::BLOCK_ROWS),
             cols: t.cols.saturating_sub(b * packed::BLOCK_ROWS),
             ..*t
@@ -324,11 +454,19 @@ unsafe fn run_tile(isa: Isa, kind: WeightKind, mr: usize, nv: usize, t: &TileArg
                 avx512::tile_bf16_widen::<$mr, $nv>(t)
             };
         }
+        macro_rules! q8 {
+            ($mr:literal, $nv:literal) => {
+                avx512::tile_q8::<$mr, $nv>(t)
+            };
+        }
         match (isa, kind) {
             (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::F32) => return shapes!(f32_fma, mr, nv),
             (Isa::Avx512Bf16, WeightKind::Bf16) => return shapes!(bf16_dot, mr, nv),
             (Isa::Avx512, WeightKind::Bf16) => return shapes!(bf16_widen, mr, nv),
-            (Isa::Portable, _) => {}
+            (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::Q8_0) if has_vnni() => {
+                return shapes!(q8, mr, nv)
+            }
+            _ => {}
         }
     }
     let _ = isa;

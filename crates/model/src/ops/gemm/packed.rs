@@ -7,11 +7,22 @@
 //! per vector register with one broadcast activation (no horizontal sums), and every thread reads
 //! its blocks as one sequential stream. Rows past `n` and the odd `k` of a bf16 pair are zero.
 //! The data starts on a 64-byte boundary so every load is one cache line.
+//!
+//! Q8_0 (ggml's format: groups of 32 weights of a row share an f16 scale) keeps the same blocks:
+//! a step is 4 consecutive `k` of each of the 16 rows (the operand layout of `vpdpbusd`), stored
+//! as `q + 128` (unsigned, so the activations can be the signed operand), 8 steps per group; the
+//! 16 scales of a (block, group) sit in a separate array. `k` is padded to a multiple of 32.
 
-use half::bf16;
+use half::{bf16, f16};
 
+use super::WeightKind;
 use crate::hugepages::huge_vec;
-use crate::weights::{Linear, WeightData, WeightDtype};
+use crate::weights::{Linear, WeightData};
+
+/// Weights per Q8_0 group (one scale each).
+pub const Q8_GROUP: usize = 32;
+/// Bytes of one ggml `block_q8_0`: an f16 scale and 32 signed bytes.
+pub const Q8_0_BLOCK_BYTES: usize = 34;
 
 /// Output rows per packed block (one 512-bit register of f32 results).
 pub const BLOCK_ROWS: usize = 16;
@@ -49,6 +60,11 @@ impl<T: Copy + Default> Aligned<T> {
 enum PackedData {
     F32(Aligned<f32>),
     Bf16(Aligned<u16>),
+    /// `q + 128` per weight, and one scale per (block, group, row).
+    Q8_0 {
+        q: Aligned<u8>,
+        scales: Aligned<f16>,
+    },
 }
 
 /// A weight matrix in the packed block layout (see the module docs).
@@ -102,16 +118,113 @@ impl PackedLinear {
         }
     }
 
-    pub fn dtype(&self) -> WeightDtype {
+    /// Quantizes a row-major f32 or bf16 matrix to Q8_0 as ggml does (per group of 32:
+    /// `d = max|x| / 127`, `q = round(x / d)`, `d` stored as f16).
+    pub fn quantize_q8_0(w: &Linear) -> Self {
+        let (n, k) = (w.rows, w.cols);
+        let kp = k.div_ceil(Q8_GROUP) * Q8_GROUP;
+        let mut row = vec![0f32; kp];
+        let mut blocks = Vec::with_capacity(n * kp / Q8_GROUP * Q8_0_BLOCK_BYTES);
+        for r in 0..n {
+            w.row_to_f32(r, &mut row[..k]);
+            for group in row.chunks_exact(Q8_GROUP) {
+                let amax = group.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let d = amax / 127.0;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                blocks.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                blocks.extend(group.iter().map(|x| (x * inv).round() as i8 as u8));
+            }
+        }
+        let mut packed = Self::from_q8_0_blocks(n, kp, &blocks)
+            .expect("invariant: the blocks were made for this shape");
+        // The padding columns are zero weights; callers pass `k` activations.
+        packed.cols = k;
+        packed
+    }
+
+    /// This matrix quantized to Q8_0 (from its f32 or bf16 values; a Q8_0 matrix is returned as is).
+    pub fn to_q8_0(&self) -> Self {
+        if self.kind() == WeightKind::Q8_0 {
+            return self.clone();
+        }
+        let mut values = vec![0f32; self.rows * self.cols];
+        for (r, row) in values.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            self.row_to_f32(r, row);
+        }
+        Self::quantize_q8_0(&Linear {
+            rows: self.rows,
+            cols: self.cols,
+            data: WeightData::F32(values),
+        })
+    }
+
+    /// Packs ggml `block_q8_0` rows (`cols / 32` blocks of 34 bytes per row, row-major), as a GGUF
+    /// file stores them. `None` when `cols` is not a multiple of 32 or the bytes do not match.
+    pub fn from_q8_0_blocks(rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
+        let groups = cols / Q8_GROUP;
+        if !cols.is_multiple_of(Q8_GROUP) || bytes.len() != rows * groups * Q8_0_BLOCK_BYTES {
+            return None;
+        }
+        let blocks = rows.div_ceil(BLOCK_ROWS);
+        let group_bytes = Q8_GROUP * BLOCK_ROWS;
+        let mut q = Aligned::<u8>::zeroed(blocks * groups * group_bytes);
+        // Padding rows hold q = 0, stored as 128.
+        q.as_mut_slice().fill(128);
+        let mut scales = Aligned::<f16>::zeroed(blocks * groups * BLOCK_ROWS);
+        let (qs, ss) = (q.as_mut_slice(), scales.as_mut_slice());
+        for r in 0..rows {
+            let (b, lane) = (r / BLOCK_ROWS, r % BLOCK_ROWS);
+            for g in 0..groups {
+                let src = &bytes[(r * groups + g) * Q8_0_BLOCK_BYTES..][..Q8_0_BLOCK_BYTES];
+                ss[(b * groups + g) * BLOCK_ROWS + lane] = f16::from_le_bytes([src[0], src[1]]);
+                let base = (b * groups + g) * group_bytes;
+                for (i, &v) in src[2..].iter().enumerate() {
+                    // Step i / 4 holds k = 4·step..4·step+4 of all 16 rows, 4 bytes per row.
+                    qs[base + (i / 4) * 64 + lane * 4 + i % 4] = (v as i8 as i16 + 128) as u8;
+                }
+            }
+        }
+        Some(Self {
+            rows,
+            cols,
+            data: PackedData::Q8_0 { q, scales },
+        })
+    }
+
+    /// How the weights are stored.
+    pub fn kind(&self) -> WeightKind {
         match self.data {
-            PackedData::F32(_) => WeightDtype::F32,
-            PackedData::Bf16(_) => WeightDtype::Bf16,
+            PackedData::F32(_) => WeightKind::F32,
+            PackedData::Bf16(_) => WeightKind::Bf16,
+            PackedData::Q8_0 { .. } => WeightKind::Q8_0,
         }
     }
 
-    /// Bytes of the matrix's values (what one pass over it reads, padding aside).
+    /// Bytes one pass over the matrix reads (padding aside).
     pub fn size_bytes(&self) -> usize {
-        self.rows * self.cols * self.dtype().size_bytes()
+        let values = self.rows * self.cols;
+        match self.data {
+            PackedData::F32(_) => values * 4,
+            PackedData::Bf16(_) => values * 2,
+            PackedData::Q8_0 { .. } => values / Q8_GROUP * Q8_0_BLOCK_BYTES,
+        }
+    }
+
+    /// Q8_0 groups per row (`k` / 32 rounded up); 0 for other kinds.
+    pub fn groups(&self) -> usize {
+        match self.data {
+            PackedData::Q8_0 { .. } => self.cols.div_ceil(Q8_GROUP),
+            _ => 0,
+        }
+    }
+
+    /// Pointer to the first Q8_0 scale (null for other kinds); a block's scales are
+    /// `groups() * 16` values.
+    pub(crate) fn scales_base(&self) -> *const u8 {
+        match &self.data {
+            PackedData::Q8_0 { scales, .. } => scales.as_slice().as_ptr() as *const u8,
+            _ => std::ptr::null(),
+        }
     }
 
     /// Number of 16-row blocks.
@@ -119,11 +232,13 @@ impl PackedLinear {
         self.rows.div_ceil(BLOCK_ROWS)
     }
 
-    /// Steps per block: `k` for f32, `k / 2` rounded up for bf16. Each step is [`STEP_BYTES`].
+    /// Steps per block: `k` for f32, `k / 2` rounded up for bf16, 8 per group for Q8_0. Each
+    /// step is [`STEP_BYTES`].
     pub fn steps(&self) -> usize {
         match self.data {
             PackedData::F32(_) => self.cols,
             PackedData::Bf16(_) => self.cols.div_ceil(2),
+            PackedData::Q8_0 { .. } => self.groups() * Q8_GROUP / 4,
         }
     }
 
@@ -137,6 +252,7 @@ impl PackedLinear {
         match &self.data {
             PackedData::F32(d) => d.as_slice().as_ptr() as *const u8,
             PackedData::Bf16(d) => d.as_slice().as_ptr() as *const u8,
+            PackedData::Q8_0 { q, .. } => q.as_slice().as_ptr(),
         }
     }
 
@@ -159,6 +275,19 @@ impl PackedLinear {
                     *o = bf16::from_bits(bits).to_f32();
                 }
             }
+            PackedData::Q8_0 { q, scales } => {
+                let groups = self.groups();
+                let (q, scales) = (q.as_slice(), scales.as_slice());
+                for (i, o) in out[..k].iter_mut().enumerate() {
+                    let g = i / Q8_GROUP;
+                    let d = scales[(b * groups + g) * BLOCK_ROWS + lane].to_f32();
+                    let at = (b * groups + g) * Q8_GROUP * BLOCK_ROWS
+                        + (i % Q8_GROUP / 4) * 64
+                        + lane * 4
+                        + i % 4;
+                    *o = (q[at] as i16 - 128) as f32 * d;
+                }
+            }
         }
     }
 }
@@ -179,6 +308,33 @@ mod tests {
             cols: k,
             data,
         }
+    }
+
+    #[test]
+    fn q8_0_rows_dequantize_within_half_a_step() {
+        for &(n, k) in &[(1, 32), (17, 64), (33, 100)] {
+            let w = matrix(n, k, false);
+            let p = PackedLinear::quantize_q8_0(&w);
+            assert_eq!(p.base() as usize % STEP_BYTES, 0);
+            let mut row = vec![0f32; p.cols];
+            let mut want = vec![0f32; k];
+            for r in 0..n {
+                p.row_to_f32(r, &mut row);
+                w.row_to_f32(r, &mut want);
+                for (g, group) in want.chunks(Q8_GROUP).enumerate() {
+                    let amax = group.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    for (i, &x) in group.iter().enumerate() {
+                        let got = row[g * Q8_GROUP + i];
+                        assert!(
+                            (got - x).abs() <= amax / 127.0 * 0.5 + amax * 1e-3,
+                            "{got} vs {x}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(PackedLinear::from_q8_0_blocks(2, 33, &[0; 68]).is_none());
+        assert!(PackedLinear::from_q8_0_blocks(2, 32, &[0; 67]).is_none());
     }
 
     #[test]

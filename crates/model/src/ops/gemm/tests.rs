@@ -99,6 +99,62 @@ fn every_kernel_matches_naive() {
     }
 }
 
+/// Q8_0 against a reference that quantizes the same way (weights and activations per 32-group,
+/// f16 scales) and sums exactly in f64: the kernels may differ only by f32 rounding.
+#[test]
+fn q8_0_kernels_match_the_quantized_reference() {
+    let shapes = [
+        (1, 7, 32),
+        (1, 200, 576),
+        (2, 33, 64),
+        (3, 300, 100),
+        (4, 40, 172),
+        (5, 33, 96),
+        (13, 70, 64),
+        (40, 300, 200),
+    ];
+    for isa in supported_isas() {
+        for &(m, n, k) in &shapes {
+            let x = pseudo(m * k, 5);
+            let w = pseudo(n * k, 6);
+            let packed = PackedLinear::quantize_q8_0(&Linear {
+                rows: n,
+                cols: k,
+                data: WeightData::F32(w.clone()),
+            });
+            let mut out = vec![f32::NAN; m * n];
+            matmul_with(isa, &x, m, &packed, &mut out);
+            // Reference: dequantized weights (row_to_f32) times activations quantized like the
+            // kernels do it.
+            let groups = k.div_ceil(32);
+            let mut want = vec![0f32; m * n];
+            let mut wrow = vec![0f32; k];
+            for i in 0..m {
+                let mut q = vec![0i8; groups * 32];
+                let mut scales = vec![0f32; groups];
+                let mut sums = vec![0i32; groups];
+                quantize_row_q8(&x[i * k..(i + 1) * k], &mut q, &mut scales, &mut sums);
+                for j in 0..n {
+                    packed.row_to_f32(j, &mut wrow);
+                    want[i * n + j] = (0..k)
+                        .map(|t| wrow[t] as f64 * q[t] as f64 * scales[t / 32] as f64)
+                        .sum::<f64>() as f32;
+                }
+            }
+            let what = format!("{isa:?} q8_0 m={m} n={n} k={k}");
+            assert_close(&out, &want, k, &what);
+            // And the quantized product stays near the exact one.
+            let exact = naive(&x, m, &w, n, k);
+            for (g, e) in out.iter().zip(&exact) {
+                assert!(
+                    (g - e).abs() <= 0.02 * (k as f32).sqrt(),
+                    "{what}: {g} vs exact {e}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn bf16_rounding_matches_half_including_ties_and_nan() {
     let mut src = pseudo(100, 7);
