@@ -138,7 +138,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     let mut threads = 1;
     for _ in 0..args.iterations.max(1) {
         let (p, d) = run_once(runner, &prompt, args.output_len)?;
-        let probe = measure_read_bandwidth(args.probe_mib << 20, 3);
+        let probe = measure_read_bandwidth(args.probe_mib << 20, 5);
         threads = probe.threads;
         let bound = probe.best_gb_s * 1e9 / (weight_bytes + kv_bytes) as f64;
         prefill_runs.push(p);
@@ -183,7 +183,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
             report.output_len, report.decode_tok_s, report.iterations
         );
         println!(
-            "memory read bandwidth {:.1} GB/s (median over runs of best of 3, {} MiB, {} threads)",
+            "memory read bandwidth {:.1} GB/s (median over runs of best of 5, {} MiB, {} threads)",
             report.bandwidth_gb_s, args.probe_mib, threads
         );
         println!(
