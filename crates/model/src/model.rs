@@ -160,6 +160,12 @@ impl Model {
     /// Quantizes every projection, the output head and (when tied to it) the embedding to Q8_0
     /// (`--quantization q8_0`); norms stay f32.
     pub fn quantize_q8_0(&mut self) {
+        self.map_matrices(PackedLinear::to_q8_0);
+    }
+
+    /// Replaces every projection and the output head (the embedding, when tied to it) by `f` of
+    /// itself.
+    pub fn map_matrices(&mut self, f: impl Fn(&PackedLinear) -> PackedLinear) {
         for layer in &mut self.layers {
             for w in [
                 &mut layer.qkv,
@@ -167,12 +173,12 @@ impl Model {
                 &mut layer.gate_up,
                 &mut layer.down,
             ] {
-                *w = w.to_q8_0();
+                *w = f(w);
             }
         }
         match &mut self.lm_head {
-            Some(head) => *head = head.to_q8_0(),
-            None => self.embed = self.embed.to_q8_0(),
+            Some(head) => *head = f(head),
+            None => self.embed = f(&self.embed),
         }
     }
 

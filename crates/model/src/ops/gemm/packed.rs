@@ -142,6 +142,19 @@ impl PackedLinear {
         packed
     }
 
+    /// This matrix's values as packed f32 (a dequantized copy of a Q8_0 or bf16 matrix).
+    pub fn to_f32(&self) -> Self {
+        let mut values = vec![0f32; self.rows * self.cols];
+        for (r, row) in values.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            self.row_to_f32(r, row);
+        }
+        Self::pack(&Linear {
+            rows: self.rows,
+            cols: self.cols,
+            data: WeightData::F32(values),
+        })
+    }
+
     /// This matrix quantized to Q8_0 (from its f32 or bf16 values; a Q8_0 matrix is returned as is).
     pub fn to_q8_0(&self) -> Self {
         if self.kind() == WeightKind::Q8_0 {
