@@ -1,4 +1,5 @@
-//! pagoda's model runner for CPU: loads Hugging Face Llama/Mistral/Qwen2 directories, stores K/V in
+//! pagoda's model runner for CPU: loads Hugging Face Llama/Mistral/Qwen2 directories and GGUF files,
+//! stores K/V in
 //! a paged cache, runs a batched forward over mixed prefill chunks and decodes, and samples.
 //!
 //! Request flow inside this crate: [`runner::ModelRunner::execute`] takes one step's
@@ -10,6 +11,7 @@ pub mod builtin;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod hugepages;
 pub mod kv_cache;
 pub mod model;

@@ -67,8 +67,12 @@ pub struct LoadedModel {
     pub name: String,
 }
 
-/// Loads config, weights and tokenizer from a Hugging Face model directory.
+/// Loads config, weights and tokenizer from a Hugging Face model directory, or from a GGUF file
+/// when `dir` is one.
 pub fn load_model_dir(dir: &Path, options: &RunnerOptions) -> Result<LoadedModel> {
+    if crate::gguf::is_gguf_file(dir) {
+        return crate::gguf::load_gguf(dir, options);
+    }
     let config = ModelConfig::from_dir(dir)?;
     let source = TensorSource::open_dir(dir)?;
     let model = Model::load(config, &source, options.dtype)?;
