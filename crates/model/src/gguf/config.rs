@@ -62,7 +62,7 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
             )))
         }
     };
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(file.error(format!(
             "head dimension {head_dim} must be even and positive for rotary embeddings"
         )));

@@ -136,7 +136,7 @@ impl GgufSource {
         let Some(heads) = permuted_heads(hf, &self.config) else {
             return Ok(None);
         };
-        if heads == 0 || !rows.is_multiple_of(heads) || (rows / heads) % 2 != 0 {
+        if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
             return Err(self.file.error(format!(
                 "{hf}: {rows} rows do not split into {heads} heads of even size"
             )));
