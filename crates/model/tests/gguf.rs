@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use pagoda_core::SamplingParams;
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
 use pagoda_model::gguf::convert::convert_to_gguf;
-use pagoda_model::gguf::{GgmlType, GgufFile};
+use pagoda_model::gguf::writer::GgufWriter;
+use pagoda_model::gguf::{GgmlType, GgufFile, MetaValue};
 use pagoda_model::test_support::{golden_json, token_ids as ids};
 use pagoda_model::weights::{TensorSource, WeightData, WeightDtype};
 use pagoda_model::{load_model_dir, LoadedModel, RunnerOptions, Tokenizer};
@@ -140,6 +141,76 @@ fn stories260k_f32_gguf_matches_goldens_and_tokenizer_cases() {
             "decode of {text:?}"
         );
     }
+}
+
+/// The tokenizer as llama.cpp's converter writes a tokenizer.json-only Llama
+/// (`_set_vocab_llama_hf`): every score -1000, `<unk>` a CONTROL token, `tokenizer.ggml.pre =
+/// default`, no `add_space_prefix`. Merges then come from token ids alone and must still give
+/// tokenizer.json's ids.
+#[test]
+fn stories260k_tokenizer_as_llama_cpp_writes_it() {
+    let Some(shared) = common::shared_dir("stories260k_tokenizer_as_llama_cpp_writes_it") else {
+        return;
+    };
+    let ours = TempGguf::convert(&shared.join("models/stories260k"), GgmlType::F32, "spm");
+    let file = GgufFile::open(&ours.0).unwrap();
+    let mut writer = GgufWriter::new();
+    for (key, value) in file.metadata_entries() {
+        let value = match key.as_str() {
+            "tokenizer.ggml.add_space_prefix" => continue,
+            "tokenizer.ggml.scores" => MetaValue::Array(vec![
+                MetaValue::F32(-1000.0);
+                value.as_array().unwrap().len()
+            ]),
+            "tokenizer.ggml.token_type" => MetaValue::Array(
+                value
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| match t.as_i64() {
+                        Some(2) => MetaValue::I32(3),
+                        _ => t.clone(),
+                    })
+                    .collect(),
+            ),
+            _ => value.clone(),
+        };
+        writer.add(key, value);
+    }
+    writer.add("tokenizer.ggml.pre", MetaValue::String("default".into()));
+    for t in file.tensors() {
+        let bytes = file.tensor_bytes(t).unwrap().to_vec();
+        writer
+            .add_tensor(&t.name, t.dims.clone(), t.ty, move || Ok(bytes))
+            .unwrap();
+    }
+    let theirs = TempGguf(ours.0.with_extension("llamacpp.gguf"));
+    writer.write_file(&theirs.0).unwrap();
+
+    let mut loaded = load(&theirs.0, None);
+    let cases = golden_json(&shared, "tokenizer_cases.json");
+    for case in cases["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let tok = &loaded.tokenizer;
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&case["ids_with_bos"]),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.decode(&ids(&case["ids"]), false).unwrap(),
+            case["decoded"].as_str().unwrap()
+        );
+    }
+    let golden = golden_json(&shared, "stories260k_greedy.json");
+    let case = &golden["cases"][1];
+    let prompt = loaded
+        .tokenizer
+        .encode(case["prompt"].as_str().unwrap(), true)
+        .unwrap();
+    assert_eq!(prompt, ids(&case["prompt_token_ids"]));
+    let run = greedy(&mut loaded, &[prompt], 64);
+    assert_eq!(run[0].0, ids(&case["greedy_token_ids"]));
 }
 
 #[test]
