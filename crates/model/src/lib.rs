@@ -1,6 +1,6 @@
 //! pagoda's model runner for CPU: loads Hugging Face Llama/Mistral/Qwen2 directories and GGUF files,
-//! stores K/V in
-//! a paged cache, runs a batched forward over mixed prefill chunks and decodes, and samples.
+//! stores K/V in a paged cache, runs a batched forward over mixed prefill chunks and decodes, and
+//! samples.
 //!
 //! Request flow inside this crate: [`runner::ModelRunner::execute`] takes one step's
 //! [`model::StepBatch`] (flattened tokens + per-sequence block tables) and returns logits for the

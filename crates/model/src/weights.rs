@@ -3,8 +3,8 @@
 //! [`TensorSource`] memory-maps one or many `*.safetensors` files (or holds an in-memory buffer, for the
 //! built-in demo model) and hands out tensors by name, converted to the runner's storage dtype and
 //! checked against the expected shape; [`WeightSource`] is what the model loader needs from any
-//! weight format. [`Linear`] is a row-major `[out, in]` weight matrix in f32 or
-//! bf16, the layout every matmul kernel reads.
+//! weight format (safetensors here, GGUF in `crate::gguf`). [`Linear`] is a row-major `[out, in]`
+//! weight matrix in f32 or bf16, the layout every matmul kernel reads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

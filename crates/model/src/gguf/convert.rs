@@ -232,11 +232,12 @@ pub fn convert_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<ConvertSu
             GgmlType::F16
         };
         writer.add_tensor(&name, vec![cols, rows], tensor_ty, move || {
-            let WeightData::F32(values) = source.linear(&hf, rows, cols, WeightDtype::F32)?.data
-            else {
-                return Err(ModelError::InvalidOption(format!(
-                    "{hf}: expected f32 values"
-                )));
+            let values = match source.linear(&hf, rows, cols, WeightDtype::F32)?.data {
+                WeightData::F32(v) => v,
+                WeightData::Bf16(b) => b
+                    .iter()
+                    .map(|&x| half::bf16::from_bits(x).to_f32())
+                    .collect(),
             };
             encode(&permute(&hf, values, rows), cols, tensor_ty)
         })?;

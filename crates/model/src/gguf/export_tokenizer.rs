@@ -176,10 +176,6 @@ pub fn tokenizer_metadata(dir: &Path, config: &ModelConfig) -> Result<Vec<(Strin
                 pre["type"]
             )));
         }
-        let prepends = |v: &Value| {
-            v.to_string().contains(r#""Prepend""#)
-                || v["prepend_scheme"].as_str().is_some_and(|s| s != "never")
-        };
         put("tokenizer.ggml.model", MetaValue::String("llama".into()));
         let mut scores = vec![None::<f32>; size];
         for (rank, (a, b)) in merges.iter().enumerate() {
@@ -204,7 +200,7 @@ pub fn tokenizer_metadata(dir: &Path, config: &ModelConfig) -> Result<Vec<(Strin
         put("tokenizer.ggml.token_type", ints(&types));
         put(
             "tokenizer.ggml.add_space_prefix",
-            MetaValue::Bool(prepends(&tok["normalizer"]) || prepends(pre)),
+            MetaValue::Bool(prepends_space(&tok["normalizer"]) || prepends_space(pre)),
         );
     } else if let Some(pre_name) = pre_tokenizer_name(pre) {
         if let Some((a, b)) = merges
@@ -269,6 +265,23 @@ pub fn tokenizer_metadata(dir: &Path, config: &ModelConfig) -> Result<Vec<(Strin
     Ok(meta)
 }
 
+/// Whether a normalizer (Llama 2's `Prepend("▁")`, possibly in a `Sequence`) or a `Metaspace`
+/// pre-tokenizer puts "▁" before the text: GGUF's `add_space_prefix`.
+fn prepends_space(v: &Value) -> bool {
+    match v["type"].as_str() {
+        Some("Prepend") => true,
+        Some("Sequence") => v["normalizers"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(prepends_space)),
+        Some("Metaspace") => v["prepend_scheme"]
+            .as_str()
+            .map_or(v["add_prefix_space"].as_bool().unwrap_or(true), |s| {
+                s != "never"
+            }),
+        _ => false,
+    }
+}
+
 fn strings(items: &[String]) -> MetaValue {
     MetaValue::Array(items.iter().map(|s| MetaValue::String(s.clone())).collect())
 }
@@ -293,6 +306,16 @@ mod tests {
         let llama3 = json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated"}, bl(false)]});
         assert_eq!(pre_tokenizer_name(&llama3), Some("llama-bpe"));
+        let llama2 = json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"}, {"type": "Replace"}]});
+        assert!(prepends_space(&llama2));
+        assert!(prepends_space(
+            &json!({"type": "Metaspace", "prepend_scheme": "first"})
+        ));
+        assert!(!prepends_space(
+            &json!({"type": "Metaspace", "prepend_scheme": "never"})
+        ));
+        assert!(!prepends_space(&Value::Null));
         assert!(is_byte_token("<0x0A>") && !is_byte_token("<0xZZ>") && !is_byte_token("<s>"));
     }
 }

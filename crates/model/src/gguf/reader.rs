@@ -508,12 +508,6 @@ impl GgufFile {
         self.typed(key, "an array", MetaValue::as_array)
     }
 
-    /// A key that must be present and hold a non-negative integer.
-    pub fn require_u64(&self, key: &str) -> Result<u64> {
-        self.get_u64(key)?
-            .ok_or_else(|| self.error(format!("missing metadata key {key}")))
-    }
-
     fn typed<'s, T>(
         &'s self,
         key: &str,

@@ -98,8 +98,18 @@ fn read_vocab(file: &GgufFile) -> Result<Vocab<'_>> {
             }
             items
                 .iter()
-                .map(|v| v.as_i64().and_then(|t| i32::try_from(t).ok()).unwrap_or(0))
-                .collect()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_i64()
+                        .and_then(|t| i32::try_from(t).ok())
+                        .ok_or_else(|| {
+                            file.error(format!(
+                                "tokenizer.ggml.token_type[{i}] is {}, not a token type",
+                                v.summary()
+                            ))
+                        })
+                })
+                .collect::<Result<_>>()?
         }
     };
     let mut ids = HashMap::with_capacity(tokens.len());
@@ -219,16 +229,19 @@ fn post_processor(v: &Vocab<'_>, bos: Option<u32>, eos: Option<u32>) -> Value {
 
 /// The `tokenizer.json` document described by `file`'s metadata.
 pub fn tokenizer_json(file: &GgufFile) -> Result<Value> {
+    document(file, &read_vocab(file)?)
+}
+
+fn document(file: &GgufFile, v: &Vocab<'_>) -> Result<Value> {
     let model = file
         .get_str("tokenizer.ggml.model")?
         .ok_or_else(|| file.error("missing metadata key tokenizer.ggml.model"))?;
-    let v = read_vocab(file)?;
-    let bos = token_id(file, "tokenizer.ggml.bos_token_id", &v)?;
-    let eos = token_id(file, "tokenizer.ggml.eos_token_id", &v)?;
+    let bos = token_id(file, "tokenizer.ggml.bos_token_id", v)?;
+    let eos = token_id(file, "tokenizer.ggml.eos_token_id", v)?;
     let add_eos = file
         .get_bool("tokenizer.ggml.add_eos_token")?
         .unwrap_or(false);
-    let added = added_tokens(&v);
+    let added = added_tokens(v);
     let doc = match model {
         "llama" => {
             let add_bos = file
@@ -241,11 +254,19 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Value> {
                 None => Vec::new(),
                 Some(items) => items
                     .iter()
-                    .map(|s| s.as_f64().unwrap_or(0.0) as f32)
-                    .collect(),
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_f64().map(|x| x as f32).ok_or_else(|| {
+                            file.error(format!(
+                                "tokenizer.ggml.scores[{i}] is {}, not a number",
+                                v.summary()
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?,
             };
             let merges = derive_spm_merges(&v.tokens, &v.types, &scores);
-            let unk = token_id(file, "tokenizer.ggml.unknown_token_id", &v)?
+            let unk = token_id(file, "tokenizer.ggml.unknown_token_id", v)?
                 .map(|id| id as usize)
                 .or_else(|| v.types.iter().position(|&t| t == token_type::UNKNOWN))
                 .map(|id| v.tokens[id]);
@@ -260,7 +281,7 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Value> {
                 "added_tokens": added,
                 "normalizer": normalizer,
                 "pre_tokenizer": null,
-                "post_processor": post_processor(&v, bos.filter(|_| add_bos), eos.filter(|_| add_eos)),
+                "post_processor": post_processor(v, bos.filter(|_| add_bos), eos.filter(|_| add_eos)),
                 "decoder": {"type": "Sequence", "decoders": [
                     {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
                     {"type": "ByteFallback"},
@@ -269,7 +290,7 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Value> {
                 "model": {"type": "BPE", "dropout": null, "unk_token": unk,
                           "continuing_subword_prefix": null, "end_of_word_suffix": null,
                           "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                          "vocab": vocab_json(&v), "merges": merges},
+                          "vocab": vocab_json(v), "merges": merges},
             })
         }
         "gpt2" => {
@@ -300,12 +321,12 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Value> {
                 "added_tokens": added,
                 "normalizer": null,
                 "pre_tokenizer": pre,
-                "post_processor": post_processor(&v, bos.filter(|_| add_bos), eos.filter(|_| add_eos)),
+                "post_processor": post_processor(v, bos.filter(|_| add_bos), eos.filter(|_| add_eos)),
                 "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
                 "model": {"type": "BPE", "dropout": null, "unk_token": null,
                           "continuing_subword_prefix": null, "end_of_word_suffix": null,
                           "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
-                          "vocab": vocab_json(&v), "merges": merges},
+                          "vocab": vocab_json(v), "merges": merges},
             })
         }
         other => {
@@ -319,13 +340,13 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Value> {
 
 /// pagoda's tokenizer for a GGUF file: the vocabulary, BOS/EOS and chat template of its metadata.
 pub fn load_tokenizer(file: &GgufFile) -> Result<Tokenizer> {
-    let doc = tokenizer_json(file)?;
+    let v = read_vocab(file)?;
+    let doc = document(file, &v)?;
     let inner: tokenizers::Tokenizer =
         serde_json::from_value(doc).map_err(|e| ModelError::Tokenizer {
             path: file.path().to_path_buf(),
             message: format!("building the tokenizer from GGUF metadata: {e}"),
         })?;
-    let v = read_vocab(file)?;
     let name = |key: &str| -> Result<Option<String>> {
         Ok(token_id(file, key, &v)?.map(|id| v.tokens[id as usize].to_string()))
     };
