@@ -154,8 +154,8 @@ impl WeightSource for TensorSource {
     }
 }
 
-/// Bytes of one safetensors file: memory-mapped from disk or owned.
-enum Buffer {
+/// Bytes of one weight file (safetensors, GGUF): memory-mapped from disk or owned.
+pub(crate) enum Buffer {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
 }

@@ -253,7 +253,7 @@ fn stories260k_q8_0_gguf_matches_the_first_32_greedy_tokens() {
 }
 
 fn check_synthetic(name: &str) {
-    let Some(shared) = common::shared_dir(name) else {
+    let Some(shared) = common::shared_dir(&format!("synthetic_{name}_f32_gguf")) else {
         return;
     };
     let golden = golden_json(&shared, &format!("synthetic_{name}.json"));

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::types::GgmlType;
 use crate::error::{ModelError, Result};
+use crate::weights::Buffer;
 
 /// The alignment of tensor data when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: usize = 32;
@@ -138,21 +139,6 @@ pub struct TensorInfo {
 impl TensorInfo {
     pub fn num_values(&self) -> usize {
         self.dims.iter().product()
-    }
-}
-
-enum Buffer {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for Buffer {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Buffer::Mapped(m) => m,
-            Buffer::Owned(v) => v,
-        }
     }
 }
 
