@@ -12,7 +12,7 @@ use pagoda_model::{load_model_dir, LoadedModel, RunnerOptions};
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json) or a GGUF file
-    /// (llama/qwen2; F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K). Without it, a small built-in
+    /// (llama/qwen2; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K). Without it, a small built-in
     /// random-weight demo model is used.
     #[arg(long, conflicts_with = "synth")]
     pub model: Option<PathBuf>,

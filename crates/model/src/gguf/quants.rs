@@ -1,4 +1,5 @@
-//! ggml block formats: dequantization of F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K rows to f32,
+//! ggml block formats: dequantization of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and
+//! Q6_K rows to f32,
 //! and quantization of f32 rows to F16, BF16, Q8_0 and Q4_0 with ggml's reference rounding
 //! (`quantize_row_*_ref` in ggml-quants.c), so files written here match what llama.cpp writes.
 //!
@@ -6,6 +7,9 @@
 //! - Q8_0, 32 values in 34 bytes: `d`, then 32 `i8`; `x = d·q`.
 //! - Q4_0, 32 values in 18 bytes: `d`, then 16 bytes; byte `j` holds value `j` in its low nibble
 //!   and value `j + 16` in its high nibble; `x = d·(q − 8)`.
+//! - Q4_1, 32 values in 20 bytes: `d`, `m`, 16 bytes of nibbles as Q4_0; `x = d·q + m`.
+//! - Q5_0 (22 bytes) / Q5_1 (24 bytes), 32 values: `d` (and `m`), a `u32` of fifth bits (bit `j`
+//!   for value `j`), nibbles as Q4_0; `x = d·(q − 16)` / `x = d·q + m`.
 //! - Q4_K, 256 values in 144 bytes: `d`, `dmin`, 12 bytes of eight 6-bit (scale, min) pairs, 128
 //!   bytes of nibbles; 32-byte chunk `c` holds sub-block `2c` in its low and `2c + 1` in its high
 //!   nibbles; `x = d·scale·q − dmin·min`.
@@ -90,6 +94,38 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Qua
                 }
             }
         }
+        GgmlType::Q4_1 => {
+            for (y, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(20)) {
+                let (d, m) = (half(&b[..2]), half(&b[2..4]));
+                let (lo, hi) = y.split_at_mut(16);
+                for (j, &q) in b[4..].iter().enumerate() {
+                    lo[j] = (q & 0x0F) as f32 * d + m;
+                    hi[j] = (q >> 4) as f32 * d + m;
+                }
+            }
+        }
+        GgmlType::Q5_0 => {
+            for (y, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(22)) {
+                let d = half(&b[..2]);
+                dequantize_q5_block(
+                    u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+                    &b[6..],
+                    y,
+                    |q| (q as i32 - 16) as f32 * d,
+                );
+            }
+        }
+        GgmlType::Q5_1 => {
+            for (y, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(24)) {
+                let (d, m) = (half(&b[..2]), half(&b[2..4]));
+                dequantize_q5_block(
+                    u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+                    &b[8..],
+                    y,
+                    |q| q as f32 * d + m,
+                );
+            }
+        }
         GgmlType::Q4K => {
             for (y, b) in out.chunks_exact_mut(QK_K).zip(bytes.chunks_exact(144)) {
                 dequantize_q4_k_block(b, y);
@@ -103,6 +139,18 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Qua
         other => return Err(QuantError::Unsupported(other)),
     }
     Ok(())
+}
+
+/// Q5_0/Q5_1: value `j` (< 16) is the low nibble of `qs[j]` plus bit `j` of `qh` as its fifth
+/// bit; value `j + 16` the high nibble plus bit `j + 16`.
+fn dequantize_q5_block(qh: u32, qs: &[u8], y: &mut [f32], value: impl Fn(u8) -> f32) {
+    let (lo, hi) = y.split_at_mut(16);
+    for (j, &q) in qs.iter().enumerate() {
+        let h0 = (((qh >> j) & 1) << 4) as u8;
+        let h1 = (((qh >> (j + 16)) & 1) << 4) as u8;
+        lo[j] = value((q & 0x0F) | h0);
+        hi[j] = value((q >> 4) | h1);
+    }
 }
 
 /// The 6-bit scale and min of sub-block `j` (0..8) from Q4_K's 12 packed bytes
@@ -318,6 +366,32 @@ mod tests {
         assert_eq!(out[16], 3.0);
     }
 
+    #[test]
+    fn q4_1_and_q5_blocks_by_hand() {
+        // Q4_1: d = 2, m = -1; byte j = (j, 15 - j).
+        let mut b = h(2.0).to_vec();
+        b.extend_from_slice(&h(-1.0));
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let out = deq(GgmlType::Q4_1, &b, 32);
+        assert_eq!((out[3], out[16 + 3]), (3.0 * 2.0 - 1.0, 12.0 * 2.0 - 1.0));
+        // Q5_0: d = 1; fifth bits set for values 0 and 16 only; nibbles 1 and 2 in byte 0.
+        let mut b = h(1.0).to_vec();
+        b.extend_from_slice(&(1u32 | (1 << 16)).to_le_bytes());
+        b.push(0x21);
+        b.extend([0u8; 15]);
+        let out = deq(GgmlType::Q5_0, &b, 32);
+        assert_eq!((out[0], out[16], out[1], out[17]), (1.0, 2.0, -16.0, -16.0));
+        // Q5_1: the same codes, d = 0.5, m = 3: x = d·q + m.
+        let mut b1 = h(0.5).to_vec();
+        b1.extend_from_slice(&h(3.0));
+        b1.extend_from_slice(&b[2..]);
+        let out = deq(GgmlType::Q5_1, &b1, 32);
+        assert_eq!(
+            (out[0], out[16], out[1]),
+            (17.0 * 0.5 + 3.0, 18.0 * 0.5 + 3.0, 3.0)
+        );
+    }
+
     /// Deterministic pseudo-random bytes (a 64-bit LCG), shared with the gguf-py cross-check.
     fn lcg_bytes(n: usize, seed: u64) -> Vec<u8> {
         let mut s = seed;
@@ -403,7 +477,7 @@ mod tests {
         }
     }
 
-    /// Values gguf-py 0.19 (`gguf.quants.dequantize`) gives for the same LCG blocks: elements 0,
+    /// Values gguf-py 0.19 (`gguf.quants.dequantize`) gives for the same LCG blocks (one block each): elements 0,
     /// 37, 100, 255 and the sum. Regenerate with `bench/peers/kquant_check.py`.
     #[test]
     fn k_quants_match_gguf_py_on_random_blocks() {
@@ -420,6 +494,31 @@ mod tests {
         assert_eq!(picks, Q6K_GGUF_PY, "Q6_K");
     }
 
+    /// Q4_1, Q5_0, Q5_1 against gguf-py on LCG blocks (d = 0.5, m = -1.25; two blocks each).
+    #[test]
+    fn legacy_quants_match_gguf_py_on_random_blocks() {
+        for (ty, seed, want) in [
+            (GgmlType::Q4_1, 3, Q4_1_GGUF_PY),
+            (GgmlType::Q5_0, 5, Q5_0_GGUF_PY),
+            (GgmlType::Q5_1, 9, Q5_1_GGUF_PY),
+        ] {
+            let (_, size) = ty.block_geometry();
+            let mut bytes = lcg_bytes(2 * size, seed);
+            for block in bytes.chunks_mut(size) {
+                block[0..2].copy_from_slice(&h(0.5));
+                if ty != GgmlType::Q5_0 {
+                    block[2..4].copy_from_slice(&h(-1.25));
+                }
+            }
+            let out = deq(ty, &bytes, 64);
+            let picks = [out[0], out[17], out[40], out[63], out.iter().sum::<f32>()];
+            assert_eq!(picks, want, "{ty}");
+        }
+    }
+
+    const Q4_1_GGUF_PY: [f32; 5] = [5.75, 1.75, 0.75, 3.75, 144.5];
+    const Q5_0_GGUF_PY: [f32; 5] = [-6.0, -1.0, -3.0, 2.0, -50.5];
+    const Q5_1_GGUF_PY: [f32; 5] = [7.25, 8.25, 7.25, -1.25, 394.5];
     const Q4K_GGUF_PY: [f32; 5] = [-6.75, 74.25, 86.25, 79.75, 15145.5];
     const Q6K_GGUF_PY: [f32; 5] = [19.5, 1038.5, -49.5, -8.0, 6315.0];
 

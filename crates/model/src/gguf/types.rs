@@ -44,7 +44,7 @@ pub enum GgmlType {
 }
 
 /// The types pagoda dequantizes, as listed in error messages.
-pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K";
+pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K";
 
 /// Values in one super-block of the k-quants.
 pub const QK_K: usize = 256;
@@ -213,7 +213,10 @@ impl GgmlType {
     /// Whether pagoda can turn this type into f32 values.
     pub fn is_supported(self) -> bool {
         use GgmlType::*;
-        matches!(self, F32 | F16 | Bf16 | Q8_0 | Q4_0 | Q4K | Q6K)
+        matches!(
+            self,
+            F32 | F16 | Bf16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4K | Q6K
+        )
     }
 
     /// Bytes of a row of `n` values, or `None` when `n` is not a whole number of blocks (or the
