@@ -2,8 +2,13 @@
 """Writes a Hugging Face Llama model directory (as made by `pagoda synth-model`) as a GGUF file
 that llama.cpp (and llama-cpp-python) load, so a peer server can be benchmarked on the same model.
 
-Only what pagoda's synthesized Llama shapes need: `LlamaForCausalLM`, safetensors in f32/bf16/f16,
-a byte-level BPE `tokenizer.json` (GGUF tokenizer model `gpt2`). Uses the `gguf` package from
+Covers what pagoda's synthesized shapes and test models need: `LlamaForCausalLM` (q/k permuted as
+llama.cpp's `LlamaModel.permute` does, Llama 3 rope scaling as a `rope_freqs.weight` tensor) and
+`Qwen2ForCausalLM` (biases, no permutation), safetensors in f32/bf16/f16, and either a byte-level
+BPE `tokenizer.json` (GGUF tokenizer model `gpt2`) or a SentencePiece-style BPE with byte fallback
+(GGUF `llama`, written as llama.cpp's `_set_vocab_llama_hf` / gguf-py's `LlamaHfVocab` writes it:
+every score -1000, special tokens CONTROL, `<0xNN>` BYTE). Matrices whose rows do not fill whole
+quantization blocks fall back to F16, as in llama.cpp's converter. Uses the `gguf` package from
 PyPI (llama.cpp's own GGUF library) for the file format and quantization; nothing else.
 
     pip install gguf numpy
@@ -12,6 +17,8 @@ PyPI (llama.cpp's own GGUF library) for the file format and quantization; nothin
 
 import argparse
 import json
+import math
+import re
 import struct
 import sys
 from pathlib import Path
@@ -58,11 +65,35 @@ def permute_for_ggml_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def llama3_rope_factors(config: dict, head_dim: int) -> np.ndarray:
+    """Llama 3 rope scaling as llama.cpp's converter stores it: one divisor per frequency."""
+    scaling = config["rope_scaling"]
+    base = config.get("rope_theta", 10000.0)
+    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    factor = scaling.get("factor", 8.0)
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old_len = scaling.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
 def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path) -> None:
     tok = json.loads((model_dir / "tokenizer.json").read_text())
     model = tok["model"]
-    if model["type"] != "BPE" or tok.get("pre_tokenizer", {}).get("type") != "ByteLevel":
-        sys.exit("only byte-level BPE tokenizers are supported")
+    byte_level = (tok.get("pre_tokenizer") or {}).get("type") == "ByteLevel"
+    spm = model.get("byte_fallback", False) and (tok.get("decoder") or {}).get("type") == "Sequence"
+    if model["type"] != "BPE" or not (byte_level or spm):
+        sys.exit("only byte-level BPE and byte-fallback (SentencePiece-style) BPE tokenizers are supported")
     vocab = dict(model["vocab"])
     special = set()
     for added in tok.get("added_tokens", []):
@@ -74,13 +105,27 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path) -> None:
     types = [gguf.TokenType.UNUSED] * size
     for text, idx in vocab.items():
         tokens[idx] = text
-        types[idx] = gguf.TokenType.CONTROL if idx in special else gguf.TokenType.NORMAL
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
+        if idx in special:
+            types[idx] = gguf.TokenType.CONTROL
+        elif spm and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text):
+            types[idx] = gguf.TokenType.BYTE
+        else:
+            types[idx] = gguf.TokenType.NORMAL
+    if spm:
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_scores([-1000.0] * size)
+        writer.add_token_types(types)
+        if model.get("unk_token") in vocab:
+            writer.add_unk_token_id(vocab[model["unk_token"]])
+    else:
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_merges(merges)
     config = json.loads((model_dir / "tokenizer_config.json").read_text())
     ids = {t: i for i, t in enumerate(tokens)}
     for key, add in (("bos_token", writer.add_bos_token_id), ("eos_token", writer.add_eos_token_id)):
@@ -103,8 +148,10 @@ def main() -> None:
     args = parser.parse_args()
 
     config = json.loads((args.model_dir / "config.json").read_text())
-    if config.get("architectures") != ["LlamaForCausalLM"]:
-        sys.exit(f"architectures {config.get('architectures')}: only LlamaForCausalLM is supported")
+    archs = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+    arch = archs.get((config.get("architectures") or [""])[0])
+    if arch is None:
+        sys.exit(f"architectures {config.get('architectures')}: only {', '.join(archs)} are supported")
     tensors = {}
     for f in sorted(args.model_dir.glob("*.safetensors")):
         tensors.update(read_safetensors(f))
@@ -116,7 +163,7 @@ def main() -> None:
     layers = config["num_hidden_layers"]
     qtype, ftype = QTYPES[args.type]
 
-    writer = gguf.GGUFWriter(str(args.out), "llama")
+    writer = gguf.GGUFWriter(str(args.out), arch)
     writer.add_name(args.model_dir.name)
     writer.add_context_length(config.get("max_position_embeddings", 2048))
     writer.add_embedding_length(hidden)
@@ -135,18 +182,42 @@ def main() -> None:
     add_tokenizer(writer, args.model_dir)
 
     def add(name: str, w: np.ndarray, matrix: bool) -> None:
-        # Norms stay f32 as in llama.cpp; matrices take the requested type.
+        # Norms and biases stay f32 as in llama.cpp; matrices take the requested type, or F16 when
+        # their rows do not fill whole blocks (llama.cpp's converter falls back the same way).
         t = qtype if matrix else gguf.GGMLQuantizationType.F32
-        data = gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), t)
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        try:
+            data = gguf.quants.quantize(w, t)
+        except gguf.QuantError as e:
+            print(f"{name}: {e}, falling back to F16", file=sys.stderr)
+            t = gguf.GGMLQuantizationType.F16
+            data = gguf.quants.quantize(w, t)
         writer.add_tensor(name, data, raw_dtype=t)
 
+    scaling = config.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(scaling["factor"])
+    elif kind == "llama3":
+        add("rope_freqs.weight", llama3_rope_factors(config, head_dim), False)
+    elif kind not in (None, "default"):
+        sys.exit(f"rope_scaling {kind} is not supported")
+
+    # llama.cpp runs `llama` with GGML's interleaved RoPE and so permutes q/k; `qwen2` runs NEOX
+    # (rotate-half) RoPE and keeps the Hugging Face rows.
+    permute = permute_for_ggml_rope if arch == "llama" else (lambda w, _heads: w)
     add("token_embd.weight", tensors["model.embed_tokens.weight"], True)
     for i in range(layers):
         p = f"model.layers.{i}."
         add(f"blk.{i}.attn_norm.weight", tensors[p + "input_layernorm.weight"], False)
-        add(f"blk.{i}.attn_q.weight", permute_for_ggml_rope(tensors[p + "self_attn.q_proj.weight"], n_head), True)
-        add(f"blk.{i}.attn_k.weight", permute_for_ggml_rope(tensors[p + "self_attn.k_proj.weight"], n_kv), True)
+        add(f"blk.{i}.attn_q.weight", permute(tensors[p + "self_attn.q_proj.weight"], n_head), True)
+        add(f"blk.{i}.attn_k.weight", permute(tensors[p + "self_attn.k_proj.weight"], n_kv), True)
         add(f"blk.{i}.attn_v.weight", tensors[p + "self_attn.v_proj.weight"], True)
+        for short, heads in (("q", n_head), ("k", n_kv), ("v", None)):
+            bias = tensors.get(p + f"self_attn.{short}_proj.bias")
+            if bias is not None:
+                add(f"blk.{i}.attn_{short}.bias", permute(bias, heads) if heads else bias, False)
         add(f"blk.{i}.attn_output.weight", tensors[p + "self_attn.o_proj.weight"], True)
         add(f"blk.{i}.ffn_norm.weight", tensors[p + "post_attention_layernorm.weight"], False)
         add(f"blk.{i}.ffn_gate.weight", tensors[p + "mlp.gate_proj.weight"], True)

@@ -7,6 +7,7 @@ mod bench_prefix;
 mod bench_serve;
 mod bench_sweep;
 mod bench_throughput;
+mod convert_cmd;
 mod engine_args;
 mod generate_cmd;
 mod model_args;
@@ -34,6 +35,8 @@ enum Command {
     Generate(generate_cmd::GenerateArgs),
     /// Write a random-weight model of a real shape (for benchmarks) in Hugging Face format.
     SynthModel(synth_cmd::SynthArgs),
+    /// Write a Hugging Face model directory as a GGUF file (llama.cpp's conventions).
+    ConvertGguf(convert_cmd::ConvertArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -71,7 +74,7 @@ fn main() -> anyhow::Result<()> {
             | BenchCommand::Compare(_)
             | BenchCommand::MockServer(_),
         ) => None,
-        Command::SynthModel(_) => None,
+        Command::SynthModel(_) | Command::ConvertGguf(_) => None,
     };
     if let Some(n) = threads {
         anyhow::ensure!(n >= 1, "--threads must be at least 1");
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Serve(args) => serve_cmd::run(args),
         Command::SynthModel(args) => synth_cmd::run(args),
+        Command::ConvertGguf(args) => convert_cmd::run(args),
         Command::Bench(BenchCommand::Latency(args)) => bench_latency::run(args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(args),
         Command::Bench(BenchCommand::PrefixCache(args)) => bench_prefix::run(args),

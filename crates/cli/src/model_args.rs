@@ -12,15 +12,17 @@ use pagoda_model::{load_model_dir, LoadedModel, RunnerOptions};
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json). Without it, a
-    /// small built-in random-weight demo model is used.
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json) or a GGUF file
+    /// (llama/qwen2; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K). Without it, a small built-in
+    /// random-weight demo model is used.
     #[arg(long, conflicts_with = "synth")]
     pub model: Option<PathBuf>,
     /// Instead of --model: a random-weight model of this shape built in memory (e.g.
     /// smollm2-135m, qwen2.5-0.5b, tinyllama-1.1b; bf16 unless --dtype f32). For benchmarks.
     #[arg(long, value_name = "SHAPE")]
     pub synth: Option<String>,
-    /// Weight precision in memory: auto (as stored; f16 becomes f32), f32 or bf16.
+    /// Weight precision in memory: auto (as stored; f16 becomes f32; GGUF: f32 for F32 files,
+    /// else bf16), f32 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// Tokens per KV-cache block.

@@ -28,6 +28,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// Inverse frequency `i` divided by `factors[i]` (llama.cpp's `rope_freqs.weight`, which is how
+    /// GGUF files carry Llama 3 scaling).
+    FreqFactors(Vec<f64>),
 }
 
 /// Everything the forward pass needs to know about a model's shape.

@@ -40,6 +40,17 @@ pub enum ModelError {
         name: String,
         dtype: String,
     },
+    #[error("{path}: invalid GGUF file: {message}")]
+    Gguf { path: PathBuf, message: String },
+    #[error(
+        "{path}: tensor {tensor} has type {ggml_type}, which pagoda does not support (supported: {supported})"
+    )]
+    UnsupportedGgmlType {
+        path: PathBuf,
+        tensor: String,
+        ggml_type: String,
+        supported: &'static str,
+    },
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
     #[error("invalid option: {0}")]

@@ -1,5 +1,6 @@
-//! pagoda's model runner for CPU: loads Hugging Face Llama/Mistral/Qwen2 directories, stores K/V in
-//! a paged cache, runs a batched forward over mixed prefill chunks and decodes, and samples.
+//! pagoda's model runner for CPU: loads Hugging Face Llama/Mistral/Qwen2 directories and GGUF files,
+//! stores K/V in a paged cache, runs a batched forward over mixed prefill chunks and decodes, and
+//! samples.
 //!
 //! Request flow inside this crate: [`runner::ModelRunner::execute`] takes one step's
 //! [`model::StepBatch`] (flattened tokens + per-sequence block tables) and returns logits for the
@@ -10,6 +11,7 @@ pub mod builtin;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod hugepages;
 pub mod kv_cache;
 pub mod model;

@@ -13,7 +13,7 @@ use crate::ops::attention::{paged_attention, AttentionShape, SeqAttention};
 use crate::ops::gemm::{matmul, PackedLinear};
 use crate::ops::norm::rms_norm;
 use crate::ops::rope::Rope;
-use crate::weights::{Linear, TensorSource, WeightDtype};
+use crate::weights::{Linear, WeightDtype, WeightSource};
 
 struct Layer {
     input_norm: Vec<f32>,
@@ -71,11 +71,12 @@ fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 impl Model {
-    /// Loads weights by their Hugging Face names. `dtype: None` keeps bf16 as bf16 and everything
-    /// else (f32, f16) as f32.
+    /// Loads weights by their Hugging Face names (safetensors or GGUF). `dtype: None` (auto) takes
+    /// the source's choice: for safetensors bf16 stays bf16 and f32/f16 become f32; for GGUF, F32
+    /// files load as f32 and every other type as bf16.
     pub fn load(
         config: ModelConfig,
-        source: &TensorSource,
+        source: &dyn WeightSource,
         dtype: Option<WeightDtype>,
     ) -> Result<Self> {
         let c = &config;

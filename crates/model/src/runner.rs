@@ -69,9 +69,11 @@ impl ModelRunner {
         if options.quantization == Some(Quantization::Q8_0) {
             model.quantize_q8_0();
         }
+        // auto: the weights' precision; bf16 for quantized weights.
+        let quantized = model.weight_kind() == crate::ops::gemm::WeightKind::Q8_0;
         let dtype = options.kv_cache_dtype.unwrap_or(match model.dtype {
-            WeightDtype::F32 => KvCacheDtype::F32,
-            WeightDtype::Bf16 => KvCacheDtype::Bf16,
+            WeightDtype::F32 if !quantized => KvCacheDtype::F32,
+            _ => KvCacheDtype::Bf16,
         });
         let kv = KvCache::with_budget(
             &model.config,
@@ -104,8 +106,12 @@ pub struct LoadedModel {
     pub name: String,
 }
 
-/// Loads config, weights and tokenizer from a Hugging Face model directory.
+/// Loads config, weights and tokenizer from a Hugging Face model directory, or from a GGUF file
+/// when `dir` is one.
 pub fn load_model_dir(dir: &Path, options: &RunnerOptions) -> Result<LoadedModel> {
+    if crate::gguf::is_gguf_file(dir) {
+        return crate::gguf::load_gguf(dir, options);
+    }
     let config = ModelConfig::from_dir(dir)?;
     let source = TensorSource::open_dir(dir)?;
     let model = Model::load(config, &source, options.dtype)?;

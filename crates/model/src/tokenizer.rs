@@ -1,4 +1,5 @@
-//! Tokenization: Hugging Face `tokenizer.json` through the `tokenizers` crate, the settings of
+//! Tokenization: Hugging Face `tokenizer.json` through the `tokenizers` crate (GGUF tokenizers
+//! are rebuilt as one, see `crate::gguf::tokenizer`), the settings of
 //! `tokenizer_config.json` (BOS handling, chat template), and incremental detokenization that is
 //! correct when a multi-byte UTF-8 character is split over several tokens.
 
@@ -71,6 +72,23 @@ impl Tokenizer {
             bos_token: token_string(config.get("bos_token")),
             eos_token: token_string(config.get("eos_token")),
         })
+    }
+
+    /// Wraps a tokenizer built elsewhere (from GGUF metadata); `origin` names it in errors.
+    pub fn from_parts(
+        inner: tokenizers::Tokenizer,
+        origin: &Path,
+        chat_template: Option<String>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Self {
+        Self {
+            inner,
+            origin: origin.to_path_buf(),
+            chat_template,
+            bos_token,
+            eos_token,
+        }
     }
 
     fn err(&self, e: tokenizers::Error) -> ModelError {

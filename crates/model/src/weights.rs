@@ -2,8 +2,9 @@
 //!
 //! [`TensorSource`] memory-maps one or many `*.safetensors` files (or holds an in-memory buffer, for the
 //! built-in demo model) and hands out tensors by name, converted to the runner's storage dtype and
-//! checked against the expected shape. [`Linear`] is a row-major `[out, in]` weight matrix in f32 or
-//! bf16, the layout every matmul kernel reads.
+//! checked against the expected shape; [`WeightSource`] is what the model loader needs from any
+//! weight format (safetensors here, GGUF in `crate::gguf`). [`Linear`] is a row-major `[out, in]`
+//! weight matrix in f32 or bf16, the layout every matmul kernel reads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -126,8 +127,35 @@ impl Linear {
     }
 }
 
-/// Bytes of one safetensors file: memory-mapped from disk or owned.
-enum Buffer {
+/// What [`crate::model::Model::load`] asks of a weight file, by Hugging Face tensor name:
+/// safetensors ([`TensorSource`]) or GGUF ([`crate::gguf::GgufSource`]).
+pub trait WeightSource {
+    fn contains(&self, name: &str) -> bool;
+    /// The runner dtype `auto` chooses for a tensor stored like this one.
+    fn stored_dtype(&self, name: &str) -> Result<WeightDtype>;
+    /// A tensor of the given shape as f32 values (norm weights, biases).
+    fn vector_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// A `[rows, cols]` matrix stored as `dtype`.
+    fn linear(&self, name: &str, rows: usize, cols: usize, dtype: WeightDtype) -> Result<Linear>;
+}
+
+impl WeightSource for TensorSource {
+    fn contains(&self, name: &str) -> bool {
+        TensorSource::contains(self, name)
+    }
+    fn stored_dtype(&self, name: &str) -> Result<WeightDtype> {
+        TensorSource::stored_dtype(self, name)
+    }
+    fn vector_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        TensorSource::vector_f32(self, name, shape)
+    }
+    fn linear(&self, name: &str, rows: usize, cols: usize, dtype: WeightDtype) -> Result<Linear> {
+        TensorSource::linear(self, name, rows, cols, dtype)
+    }
+}
+
+/// Bytes of one weight file (safetensors, GGUF): memory-mapped from disk or owned.
+pub(crate) enum Buffer {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
 }

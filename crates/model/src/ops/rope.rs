@@ -28,6 +28,11 @@ impl Rope {
                     *f = (*f as f64 / factor) as f32;
                 }
             }
+            Some(RopeScaling::FreqFactors(factors)) => {
+                for (f, factor) in inv_freq.iter_mut().zip(factors) {
+                    *f = (*f as f64 / factor) as f32;
+                }
+            }
             Some(&RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -56,6 +61,11 @@ impl Rope {
             }
         }
         Self { inv_freq }
+    }
+
+    /// The (scaled) inverse frequency of each rotated pair.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
     }
 
     /// Fills `cos`/`sin` (`positions.len() × head_dim/2`) for the step's positions.

@@ -1,0 +1,364 @@
+//! GGUF end to end against the transformers goldens (`../shared/golden`): Hugging Face models
+//! converted with pagoda's llama.cpp-convention writer, loaded back through the GGUF reader
+//! (metadata config, tokenizer, dequantized and un-permuted weights).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use pagoda_core::SamplingParams;
+use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
+use pagoda_model::gguf::convert::convert_to_gguf;
+use pagoda_model::gguf::writer::GgufWriter;
+use pagoda_model::gguf::{GgmlType, GgufFile, MetaValue};
+use pagoda_model::test_support::{golden_json, token_ids as ids};
+use pagoda_model::weights::{TensorSource, WeightData, WeightDtype};
+use pagoda_model::{load_model_dir, LoadedModel, RunnerOptions, Tokenizer};
+
+/// A converted file in the temp directory, removed when dropped.
+struct TempGguf(PathBuf);
+
+impl TempGguf {
+    fn convert(model: &Path, ty: GgmlType, tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "pagoda-test-{tag}-{}-{}.gguf",
+            ty.name(),
+            std::process::id()
+        ));
+        convert_to_gguf(model, &path, ty).expect("conversion succeeds");
+        Self(path)
+    }
+}
+
+impl Drop for TempGguf {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.0).ok();
+    }
+}
+
+fn load(path: &Path, dtype: Option<WeightDtype>) -> LoadedModel {
+    let options = RunnerOptions {
+        kv_cache_bytes: 64 << 20,
+        dtype,
+        ..RunnerOptions::default()
+    };
+    load_model_dir(path, &options).expect("model loads")
+}
+
+/// Greedy ids and the logits that chose each, one request per prompt, batched.
+fn greedy(
+    loaded: &mut LoadedModel,
+    prompts: &[Vec<u32>],
+    n: usize,
+) -> Vec<(Vec<u32>, Vec<Vec<f32>>)> {
+    let requests: Vec<GenerationRequest> = prompts
+        .iter()
+        .map(|p| GenerationRequest {
+            prompt_ids: p.clone(),
+            params: SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy(n)
+            },
+        })
+        .collect();
+    let mut logits = vec![Vec::new(); prompts.len()];
+    let out = generate(
+        &mut loaded.runner,
+        &requests,
+        &GenerateOptions::default(),
+        |ev| logits[ev.seq].push(ev.logits.to_vec()),
+    )
+    .expect("generation runs");
+    out.into_iter()
+        .zip(logits)
+        .map(|(g, l)| (g.output_ids, l))
+        .collect()
+}
+
+#[test]
+fn stories260k_f32_gguf_matches_goldens_and_tokenizer_cases() {
+    let Some(shared) = common::shared_dir("stories260k_f32_gguf_matches_goldens") else {
+        return;
+    };
+    let model = shared.join("models/stories260k");
+    let file = TempGguf::convert(&model, GgmlType::F32, "stories");
+    let mut loaded = load(&file.0, None);
+    assert_eq!(
+        loaded.runner.model.dtype,
+        WeightDtype::F32,
+        "auto keeps F32 files in f32"
+    );
+    let c = loaded.runner.config();
+    assert_eq!(
+        (c.bos_token_id, c.eos_token_ids.as_slice()),
+        (Some(1), &[2][..])
+    );
+    assert!(c.tie_word_embeddings);
+
+    let golden = golden_json(&shared, "stories260k_greedy.json");
+    let cases = golden["cases"].as_array().unwrap();
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_token_ids"])).collect();
+    for (i, (out, _)) in greedy(&mut loaded, &prompts, 64).iter().enumerate() {
+        assert_eq!(
+            out,
+            &ids(&cases[i]["greedy_token_ids"]),
+            "case {i}: greedy ids"
+        );
+        let text = loaded
+            .tokenizer
+            .decode(&[prompts[i].clone(), out.clone()].concat(), true)
+            .unwrap();
+        assert_eq!(text, cases[i]["text"].as_str().unwrap(), "case {i}: text");
+    }
+
+    // The tokenizer rebuilt from GGUF metadata (tokens, scores, types; merges derived) agrees
+    // with tokenizer.json on every case.
+    let tok = &loaded.tokenizer;
+    let reference = Tokenizer::from_dir(&model).unwrap();
+    assert_eq!(tok.vocab_size(), reference.vocab_size());
+    assert_eq!(
+        (tok.bos_token.as_deref(), tok.eos_token.as_deref()),
+        (Some("<s>"), Some("</s>"))
+    );
+    let cases = golden_json(&shared, "tokenizer_cases.json");
+    let cases = cases["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 20);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&case["ids"]),
+            "ids of {text:?}"
+        );
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&case["ids_with_bos"]),
+            "ids_with_bos of {text:?}"
+        );
+        assert_eq!(
+            tok.decode(&ids(&case["ids"]), false).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "decode of {text:?}"
+        );
+    }
+}
+
+/// The tokenizer as llama.cpp's converter writes a tokenizer.json-only Llama
+/// (`_set_vocab_llama_hf`): every score -1000, `<unk>` a CONTROL token, `tokenizer.ggml.pre =
+/// default`, no `add_space_prefix`. Merges then come from token ids alone and must still give
+/// tokenizer.json's ids.
+#[test]
+fn stories260k_tokenizer_as_llama_cpp_writes_it() {
+    let Some(shared) = common::shared_dir("stories260k_tokenizer_as_llama_cpp_writes_it") else {
+        return;
+    };
+    let ours = TempGguf::convert(&shared.join("models/stories260k"), GgmlType::F32, "spm");
+    let file = GgufFile::open(&ours.0).unwrap();
+    let mut writer = GgufWriter::new();
+    for (key, value) in file.metadata_entries() {
+        let value = match key.as_str() {
+            "tokenizer.ggml.add_space_prefix" => continue,
+            "tokenizer.ggml.scores" => MetaValue::Array(vec![
+                MetaValue::F32(-1000.0);
+                value.as_array().unwrap().len()
+            ]),
+            "tokenizer.ggml.token_type" => MetaValue::Array(
+                value
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| match t.as_i64() {
+                        Some(2) => MetaValue::I32(3),
+                        _ => t.clone(),
+                    })
+                    .collect(),
+            ),
+            _ => value.clone(),
+        };
+        writer.add(key, value);
+    }
+    writer.add("tokenizer.ggml.pre", MetaValue::String("default".into()));
+    for t in file.tensors() {
+        let bytes = file.tensor_bytes(t).unwrap().to_vec();
+        writer
+            .add_tensor(&t.name, t.dims.clone(), t.ty, move || Ok(bytes))
+            .unwrap();
+    }
+    let theirs = TempGguf(ours.0.with_extension("llamacpp.gguf"));
+    writer.write_file(&theirs.0).unwrap();
+
+    let mut loaded = load(&theirs.0, None);
+    let cases = golden_json(&shared, "tokenizer_cases.json");
+    for case in cases["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let tok = &loaded.tokenizer;
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&case["ids_with_bos"]),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.decode(&ids(&case["ids"]), false).unwrap(),
+            case["decoded"].as_str().unwrap()
+        );
+    }
+    let golden = golden_json(&shared, "stories260k_greedy.json");
+    let case = &golden["cases"][1];
+    let prompt = loaded
+        .tokenizer
+        .encode(case["prompt"].as_str().unwrap(), true)
+        .unwrap();
+    assert_eq!(prompt, ids(&case["prompt_token_ids"]));
+    let run = greedy(&mut loaded, &[prompt], 64);
+    assert_eq!(run[0].0, ids(&case["greedy_token_ids"]));
+}
+
+#[test]
+fn stories260k_q8_0_gguf_matches_the_first_32_greedy_tokens() {
+    let Some(shared) = common::shared_dir("stories260k_q8_0_gguf") else {
+        return;
+    };
+    let file = TempGguf::convert(
+        &shared.join("models/stories260k"),
+        GgmlType::Q8_0,
+        "stories",
+    );
+    let gguf = GgufFile::open(&file.0).unwrap();
+    assert_eq!(
+        gguf.tensor_info("blk.0.attn_q.weight").unwrap().ty,
+        GgmlType::Q8_0
+    );
+    // 172-wide rows do not fill 32-value blocks: F16, as llama.cpp's converter does.
+    assert_eq!(
+        gguf.tensor_info("blk.0.ffn_down.weight").unwrap().ty,
+        GgmlType::F16
+    );
+    drop(gguf);
+    let golden = golden_json(&shared, "stories260k_greedy.json");
+    let cases = golden["cases"].as_array().unwrap();
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_token_ids"])).collect();
+    // Dequantized to f32, and to bf16 (what `auto` picks for a quantized file).
+    for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
+        let mut loaded = load(&file.0, Some(dtype));
+        for (i, (out, _)) in greedy(&mut loaded, &prompts, 32).iter().enumerate() {
+            let want = &ids(&cases[i]["greedy_token_ids"])[..32];
+            assert_eq!(
+                out.as_slice(),
+                want,
+                "case {i} ({}): first 32 greedy ids",
+                dtype.name()
+            );
+        }
+    }
+}
+
+fn check_synthetic(name: &str) {
+    let Some(shared) = common::shared_dir(&format!("synthetic_{name}_f32_gguf")) else {
+        return;
+    };
+    let golden = golden_json(&shared, &format!("synthetic_{name}.json"));
+    let cases = golden["cases"].as_array().unwrap();
+    let file = TempGguf::convert(
+        &shared.join(format!("models/synthetic/{name}")),
+        GgmlType::F32,
+        name,
+    );
+    let mut loaded = load(&file.0, None);
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["input_ids"])).collect();
+    for (i, (out, logits)) in greedy(&mut loaded, &prompts, 32).iter().enumerate() {
+        let what = format!("{name} case {i} (len {})", prompts[i].len());
+        let want: Vec<f64> = cases[i]["last_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        common::assert_logits_close(&logits[0], &want, 1e-4, &format!("{what}: last_logits"));
+        assert_eq!(
+            out,
+            &ids(&cases[i]["greedy_token_ids"]),
+            "{what}: greedy ids"
+        );
+    }
+}
+
+#[test]
+fn synthetic_llama_gqa_f32_gguf() {
+    check_synthetic("llama-gqa");
+}
+
+#[test]
+fn synthetic_llama_rope_scaled_f32_gguf() {
+    check_synthetic("llama-rope-scaled");
+}
+
+#[test]
+fn synthetic_qwen2_bias_f32_gguf() {
+    check_synthetic("qwen2-bias");
+}
+
+/// The writer stores q/k the way llama.cpp's converter does (`LlamaModel.permute`): stored row
+/// `h·d + 2i + s` is Hugging Face row `h·d + s·d/2 + i`. Checked on the file's raw bytes, so the
+/// reader's un-permutation is tested against the convention and not only against itself.
+#[test]
+fn llama_q_and_k_rows_are_stored_permuted_as_llama_cpp_does() {
+    let Some(shared) = common::shared_dir("llama_q_and_k_rows_are_stored_permuted") else {
+        return;
+    };
+    let model = shared.join("models/synthetic/llama-gqa");
+    let file = TempGguf::convert(&model, GgmlType::F32, "permute");
+    let gguf = GgufFile::open(&file.0).unwrap();
+    let hf = TensorSource::open_dir(&model).unwrap();
+    let (hidden, head_dim) = (128, 16);
+    for (name, gguf_name, heads) in [
+        (
+            "model.layers.1.self_attn.q_proj.weight",
+            "blk.1.attn_q.weight",
+            8,
+        ),
+        (
+            "model.layers.1.self_attn.k_proj.weight",
+            "blk.1.attn_k.weight",
+            2,
+        ),
+        (
+            "model.layers.1.self_attn.v_proj.weight",
+            "blk.1.attn_v.weight",
+            2,
+        ),
+    ] {
+        let rows = heads * head_dim;
+        let WeightData::F32(want) = hf
+            .linear(name, rows, hidden, WeightDtype::F32)
+            .unwrap()
+            .data
+        else {
+            unreachable!()
+        };
+        let info = gguf.tensor_info(gguf_name).unwrap();
+        let stored: Vec<f32> = gguf
+            .tensor_bytes(info)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let permuted = !name.contains("v_proj");
+        for h in 0..heads {
+            for s in 0..2 {
+                for i in 0..head_dim / 2 {
+                    let stored_row = h * head_dim + 2 * i + s;
+                    let hf_row = if permuted {
+                        h * head_dim + s * head_dim / 2 + i
+                    } else {
+                        stored_row
+                    };
+                    assert_eq!(
+                        &stored[stored_row * hidden..(stored_row + 1) * hidden],
+                        &want[hf_row * hidden..(hf_row + 1) * hidden],
+                        "{gguf_name} row {stored_row}"
+                    );
+                }
+            }
+        }
+    }
+}
