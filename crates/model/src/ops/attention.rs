@@ -61,6 +61,8 @@ const KEY_CHUNK: usize = 256;
 const ITEMS_PER_THREAD: usize = 4;
 /// Smallest key range of a split part.
 const MIN_SPLIT_KEYS: usize = 128;
+/// How many blocks ahead the K and V passes prefetch tiles (covers the memory latency).
+const PREFETCH_BLOCKS: usize = 4;
 
 /// One unit of work. `split` is `Some(slot)` when the item covers part of its queries' keys and
 /// leaves its partial softmax state in `slot` of the partials buffer.
@@ -547,15 +549,27 @@ unsafe fn attend<T: Tiles, E: KvElement>(
     while c0 < k_hi {
         let keys_here = chunk_keys.min(k_hi - c0);
         let blocks = &seq.block_table[c0 / bs..(c0 + keys_here).div_ceil(bs)];
-        // Blocks sit anywhere in the pool, so the hardware cannot guess the next tile: each
-        // block's loop prefetches the tile the next one reads.
+        // Blocks sit anywhere in the pool, so the hardware cannot guess the next tile: the K
+        // pass prefetches the K tile PREFETCH_BLOCKS ahead (and, near its end, the first V
+        // tiles), the V pass the V tile as far ahead.
         let tile_of = |block: u32| g.tile(block as usize, item.kv_head);
         let tile_len = bs * hd;
-        prefetch(&pools.k[tile_of(blocks[0])..][..tile_len]);
+        let ahead = PREFETCH_BLOCKS.min(blocks.len());
+        if c0 == k_lo {
+            // The item's first chunk into L2 at once (many misses in flight), the first K tiles
+            // into L1.
+            for &block in blocks {
+                prefetch_l2(&pools.k[tile_of(block)..][..tile_len]);
+                prefetch_l2(&pools.v[tile_of(block)..][..tile_len]);
+            }
+            for &block in &blocks[..ahead] {
+                prefetch(&pools.k[tile_of(block)..][..tile_len]);
+            }
+        }
         for (b, &block) in blocks.iter().enumerate() {
-            match blocks.get(b + 1) {
+            match blocks.get(b + ahead) {
                 Some(&next) => prefetch(&pools.k[tile_of(next)..][..tile_len]),
-                None => prefetch(&pools.v[tile_of(blocks[0])..][..tile_len]),
+                None => prefetch(&pools.v[tile_of(blocks[b + ahead - blocks.len()])..][..tile_len]),
             }
             let slots = bs.min(keys_here - b * bs);
             let tile = g.tile(block as usize, item.kv_head);
@@ -588,9 +602,19 @@ unsafe fn attend<T: Tiles, E: KvElement>(
             maxes[r] = new_max;
             sums[r] += exp_shifted_sum(live, new_max);
         }
+        // The next chunk's first K tiles are fetched during this chunk's last V tiles.
+        let next_chunk = &seq.block_table[((c0 + keys_here) / bs).min(seq.block_table.len())..];
+        let next_chunk = &next_chunk[..next_chunk
+            .len()
+            .min(k_hi.saturating_sub(c0 + keys_here).div_ceil(bs))];
         for (b, &block) in blocks.iter().enumerate() {
-            if let Some(&next) = blocks.get(b + 1) {
-                prefetch(&pools.v[tile_of(next)..][..tile_len]);
+            match blocks.get(b + ahead) {
+                Some(&next) => prefetch(&pools.v[tile_of(next)..][..tile_len]),
+                None => {
+                    if let Some(&next) = next_chunk.get(b + ahead - blocks.len()) {
+                        prefetch(&pools.k[tile_of(next)..][..tile_len]);
+                    }
+                }
             }
             let slots = bs.min(keys_here - b * bs);
             let tile = g.tile(block as usize, item.kv_head);
@@ -641,6 +665,26 @@ fn prefetch<E>(values: &[E]) {
             // SAFETY: prefetching is a hint and never faults; the addresses lie inside `values`.
             unsafe {
                 std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    start.add(offset),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
+/// As [`prefetch`], into the L2 cache.
+#[inline(always)]
+fn prefetch_l2<E>(values: &[E]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = values.as_ptr() as *const i8;
+        let bytes = std::mem::size_of_val(values);
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: prefetching is a hint and never faults; the addresses lie inside `values`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
                     start.add(offset),
                 )
             };
