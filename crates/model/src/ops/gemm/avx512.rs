@@ -4,7 +4,7 @@
 //!
 //! For a few activation rows (decode) the `stream_*` kernels instead walk a task's consecutive
 //! blocks as one sequential stream, one block at a time with four accumulators per row (so the
-//! hardware sees one stream per thread, prefetched 1 KiB ahead): this reads weights faster than
+//! hardware sees one stream per thread, prefetched 4 KiB ahead): this reads weights faster than
 //! several interleaved block streams.
 //!
 //! Three inner operations share the loops:
@@ -96,6 +96,10 @@ macro_rules! stream_kernel {
         /// `t.cols` counts the valid columns from the first, `t.x` holds `MR` rows.
         #[target_feature(enable = $features)]
         pub(super) unsafe fn $name<const MR: usize>(t: &TileArgs, blocks: usize) {
+            // The stream's first lines at once; the loop then keeps STREAM_PREFETCH_BYTES ahead.
+            for offset in (0..STREAM_PREFETCH_BYTES).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(t.w.wrapping_add(offset) as *const i8);
+            }
             for b in 0..blocks {
                 let w = t.w.add(b * t.block_stride);
                 let mut acc = [[_mm512_setzero_ps(); STREAM_UNROLL]; MR];
@@ -138,8 +142,9 @@ macro_rules! stream_kernel {
 
 /// Steps in flight per row in the stream kernels (independent accumulators).
 const STREAM_UNROLL: usize = 4;
-/// How far ahead the stream kernels prefetch, in bytes.
-const STREAM_PREFETCH_BYTES: usize = 1024;
+/// How far ahead the stream kernels prefetch, in bytes (4 KiB measured ~10% faster than 1 KiB
+/// on decode; 8–16 KiB the same as 4).
+const STREAM_PREFETCH_BYTES: usize = 4096;
 
 stream_kernel!(
     /// f32 weights, a few activation rows, one sequential stream.
@@ -238,6 +243,9 @@ pub(super) unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
 /// As [`tile_q8`]; `t.w` starts `blocks` consecutive blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
+    for offset in (0..STREAM_PREFETCH_BYTES).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(t.w.wrapping_add(offset) as *const i8);
+    }
     for b in 0..blocks {
         let w = t.w.add(b * t.block_stride);
         let mut acc = [[_mm512_setzero_ps(); 1]; MR];
@@ -281,6 +289,44 @@ pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
         };
         store_tile(&acc, &block);
     }
+}
+
+/// Quantizes the whole 32-value groups of `src` to Q8_0 (scale `max|x| / 127` rounded through
+/// f16, values rounded to nearest-even and clamped to ±127), recording each group's scale and sum
+/// of values; returns how many groups it did (the caller does a partial last group).
+///
+/// # Safety
+/// The CPU has AVX-512 F and BW; `q`, `scales` and `sums` have room for the groups.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize_groups_q8(
+    src: &[f32],
+    q: &mut [i8],
+    scales: &mut [f32],
+    sums: &mut [i32],
+) -> usize {
+    let groups = (src.len() / 32).min(scales.len());
+    let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+    for g in 0..groups {
+        let a = _mm512_loadu_ps(src.as_ptr().add(g * 32));
+        let b = _mm512_loadu_ps(src.as_ptr().add(g * 32 + 16));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        let d = half::f16::from_f32(amax / 127.0).to_f32();
+        let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let qa = _mm512_max_epi32(
+            lo,
+            _mm512_min_epi32(hi, _mm512_cvtps_epi32(_mm512_mul_ps(a, inv))),
+        );
+        let qb = _mm512_max_epi32(
+            lo,
+            _mm512_min_epi32(hi, _mm512_cvtps_epi32(_mm512_mul_ps(b, inv))),
+        );
+        let dst = q.as_mut_ptr().add(g * 32);
+        _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128(dst.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(qb));
+        scales[g] = d;
+        sums[g] = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+    }
+    groups
 }
 
 /// Rounds f32 values to bf16 (nearest even), 16 at a time.

@@ -203,14 +203,31 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
             q.resize(m * kp, 0);
             scales.resize(m * groups, 0.0);
             sums.resize(m * groups, 0);
-            for (i, src) in x.chunks_exact(k).enumerate() {
-                quantize_row_q8(
-                    src,
-                    &mut q[i * kp..(i + 1) * kp],
-                    &mut scales[i * groups..(i + 1) * groups],
-                    &mut sums[i * groups..(i + 1) * groups],
-                );
-            }
+            let (qp, sp, up) = (
+                SyncPtr(q.as_mut_ptr()),
+                SyncPtr(scales.as_mut_ptr()),
+                SyncPtr(sums.as_mut_ptr()),
+            );
+            let rows_per_task = if m >= 64 {
+                m.div_ceil(pool::global().threads() * 2)
+            } else {
+                m
+            };
+            let quantize_rows = |t: usize| {
+                let rows = t * rows_per_task..((t + 1) * rows_per_task).min(m);
+                for i in rows {
+                    // SAFETY: task t alone writes the quantized rows of its range.
+                    let (q, scales, sums) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(qp.get().add(i * kp), kp),
+                            std::slice::from_raw_parts_mut(sp.get().add(i * groups), groups),
+                            std::slice::from_raw_parts_mut(up.get().add(i * groups), groups),
+                        )
+                    };
+                    quantize_row_q8(isa, &x[i * k..(i + 1) * k], q, scales, sums);
+                }
+            };
+            pool::global().parallel_for(m.div_ceil(rows_per_task), &quantize_rows);
             let a = Activations {
                 x: q.as_ptr() as *const u8,
                 stride: kp,
@@ -234,7 +251,26 @@ struct Activations {
 /// Quantizes one activation row to Q8_0 groups (ggml's `quantize_row_q8_0`), padding `k` with
 /// zeros to whole groups; also records each group's sum of quantized values (the kernels'
 /// correction for storing weights as `q + 128`).
-fn quantize_row_q8(src: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
+fn quantize_row_q8(isa: Isa, src: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    let done = if isa != Isa::Portable {
+        // SAFETY: both AVX-512 families include F and BW; the slices hold whole groups.
+        unsafe { avx512::quantize_groups_q8(src, q, scales, sums) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = isa;
+        0
+    };
+    let g0 = done;
+    let (q, scales, sums) = (
+        &mut q[g0 * packed::Q8_GROUP..],
+        &mut scales[g0..],
+        &mut sums[g0..],
+    );
+    let src = &src[(g0 * packed::Q8_GROUP).min(src.len())..];
     for (g, (qg, (scale, sum))) in q
         .chunks_exact_mut(packed::Q8_GROUP)
         .zip(scales.iter_mut().zip(sums.iter_mut()))
@@ -248,7 +284,8 @@ fn quantize_row_q8(src: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [i3
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
         qg.fill(0);
         for (o, &x) in qg.iter_mut().zip(xs) {
-            *o = (x * inv).round().clamp(-127.0, 127.0) as i8;
+            // Nearest, ties to even: what the vector conversion does.
+            *o = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
         }
         *scale = d;
         *sum = qg.iter().map(|&v| v as i32).sum();

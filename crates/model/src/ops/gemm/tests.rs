@@ -133,7 +133,13 @@ fn q8_0_kernels_match_the_quantized_reference() {
                 let mut q = vec![0i8; groups * 32];
                 let mut scales = vec![0f32; groups];
                 let mut sums = vec![0i32; groups];
-                quantize_row_q8(&x[i * k..(i + 1) * k], &mut q, &mut scales, &mut sums);
+                quantize_row_q8(
+                    Isa::Portable,
+                    &x[i * k..(i + 1) * k],
+                    &mut q,
+                    &mut scales,
+                    &mut sums,
+                );
                 for j in 0..n {
                     packed.row_to_f32(j, &mut wrow);
                     want[i * n + j] = (0..k)
@@ -151,6 +157,32 @@ fn q8_0_kernels_match_the_quantized_reference() {
                     "{what}: {g} vs exact {e}"
                 );
             }
+        }
+    }
+}
+
+/// The vector activation quantizer gives exactly the portable one's values, scales and sums.
+#[test]
+fn q8_0_activation_quantizers_agree() {
+    for k in [32, 64, 100, 576] {
+        let mut x = pseudo(k, 9);
+        x[3] = 0.0;
+        if k >= 64 {
+            // A group of zeros and a group with exact ties (x · inv = n + 0.5).
+            x[32..64].fill(0.0);
+        }
+        let groups = k.div_ceil(32);
+        let reference = {
+            let (mut q, mut sc, mut su) =
+                (vec![0i8; groups * 32], vec![0f32; groups], vec![0; groups]);
+            quantize_row_q8(Isa::Portable, &x, &mut q, &mut sc, &mut su);
+            (q, sc, su)
+        };
+        for isa in supported_isas() {
+            let (mut q, mut sc, mut su) =
+                (vec![0i8; groups * 32], vec![0f32; groups], vec![0; groups]);
+            quantize_row_q8(isa, &x, &mut q, &mut sc, &mut su);
+            assert_eq!((q, sc, su), reference.clone(), "{isa:?} k={k}");
         }
     }
 }
