@@ -19,11 +19,13 @@
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod element;
+mod plan;
 mod portable;
 
 use std::cell::RefCell;
 
 use element::KvElement;
+use plan::{combine, partial_len, plan_items, Item, Plan, QUERY_TILE};
 
 use super::pool;
 use super::pool::SyncPtr;
@@ -53,46 +55,15 @@ pub struct AttentionShape {
     pub scale: f32,
 }
 
-/// Queries per work item.
-const QUERY_TILE: usize = 16;
 /// Keys scored per online-softmax update.
 const KEY_CHUNK: usize = 256;
-/// A call with fewer items than this many per thread splits long key ranges across items.
-const ITEMS_PER_THREAD: usize = 4;
-/// Smallest key range of a split part.
-const MIN_SPLIT_KEYS: usize = 128;
 /// How many blocks ahead the K and V passes prefetch tiles (covers the memory latency).
 const PREFETCH_BLOCKS: usize = 4;
-
-/// One unit of work. `split` is `Some(slot)` when the item covers part of its queries' keys and
-/// leaves its partial softmax state in `slot` of the partials buffer.
-#[derive(Clone, Copy, Debug)]
-struct Item {
-    seq: usize,
-    kv_head: usize,
-    queries: (usize, usize),
-    keys: (usize, usize),
-    split: Option<usize>,
-}
-
-/// A split item's partial state: rows × head_dim unnormalized outputs, then the rows' maxima,
-/// then their sums.
-fn partial_len(rows: usize, head_dim: usize) -> usize {
-    rows * (head_dim + 2)
-}
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's items, split groups and partials, reused from call to call.
     static PLAN: RefCell<Plan> = RefCell::new(Plan::default());
-}
-
-#[derive(Default)]
-struct Plan {
-    items: Vec<Item>,
-    /// (the unsplit item, range of its parts in `items`).
-    splits: Vec<(Item, std::ops::Range<usize>)>,
-    partials: Vec<f32>,
 }
 
 /// Which inner tiles run (tests force each).
@@ -245,62 +216,6 @@ fn run<E: KvElement>(
     });
 }
 
-/// Fills `plan` with one item per (sequence, KV head, query tile), splitting key ranges when there
-/// are too few items for the threads.
-fn plan_items(plan: &mut Plan, seqs: &[SeqAttention<'_>], g: KvGeometry, threads: usize) {
-    plan.items.clear();
-    plan.splits.clear();
-    for (s, seq) in seqs.iter().enumerate() {
-        assert!(
-            seq.num_queries <= seq.context_len,
-            "invariant: queries are part of the context"
-        );
-        assert!(
-            seq.block_table.len() * g.block_size >= seq.context_len,
-            "invariant: block table covers the context"
-        );
-        let first_pos = seq.context_len - seq.num_queries;
-        for kv_head in 0..g.num_kv_heads {
-            for t0 in (0..seq.num_queries).step_by(QUERY_TILE) {
-                let t1 = (t0 + QUERY_TILE).min(seq.num_queries);
-                plan.items.push(Item {
-                    seq: s,
-                    kv_head,
-                    queries: (t0, t1),
-                    keys: (0, first_pos + t1),
-                    split: None,
-                });
-            }
-        }
-    }
-    if threads <= 1 || plan.items.len() >= threads * ITEMS_PER_THREAD {
-        return;
-    }
-    let unit = MIN_SPLIT_KEYS.div_ceil(g.block_size) * g.block_size;
-    let want = (threads * ITEMS_PER_THREAD).div_ceil(plan.items.len());
-    let whole = std::mem::take(&mut plan.items);
-    let mut slot = 0;
-    for item in whole {
-        let parts = want.min(item.keys.1.div_ceil(unit));
-        if parts <= 1 {
-            plan.items.push(item);
-            continue;
-        }
-        // Part boundaries on block multiples, so a part's chunks start at block starts.
-        let per = item.keys.1.div_ceil(parts).div_ceil(unit) * unit;
-        let first = plan.items.len();
-        for lo in (0..item.keys.1).step_by(per) {
-            plan.items.push(Item {
-                keys: (lo, (lo + per).min(item.keys.1)),
-                split: Some(slot),
-                ..item
-            });
-            slot += 1;
-        }
-        plan.splits.push((item, first..plan.items.len()));
-    }
-}
-
 /// Where an item's results go.
 #[derive(Clone, Copy)]
 enum Sink {
@@ -308,52 +223,6 @@ enum Sink {
     Output(SyncPtr<f32>, usize),
     /// A partial state, see [`partial_len`].
     Partial(SyncPtr<f32>),
-}
-
-/// Merges the partial softmax states of one split item into its output rows.
-fn combine(
-    item: &Item,
-    seq: &SeqAttention<'_>,
-    parts: &[Item],
-    partials: &[f32],
-    width: usize,
-    shape: &AttentionShape,
-    out: &mut [f32],
-) {
-    let hd = shape.geometry.head_dim;
-    let group = shape.num_heads / shape.geometry.num_kv_heads;
-    let rows = (item.queries.1 - item.queries.0) * group;
-    let out_stride = shape.num_heads * hd;
-    let state = |p: &Item| {
-        let slot = p.split.expect("invariant: split parts have slots");
-        &partials[slot * width..slot * width + partial_len(rows, hd)]
-    };
-    for r in 0..rows {
-        let max = parts
-            .iter()
-            .map(|p| state(p)[rows * hd + r])
-            .fold(f32::NEG_INFINITY, f32::max);
-        let (t, gi) = (r / group, r % group);
-        let row = seq.query_start + item.queries.0 + t;
-        let h = item.kv_head * group + gi;
-        let dst = &mut out[row * out_stride + h * hd..][..hd];
-        dst.fill(0.0);
-        let mut sum = 0f32;
-        for p in parts {
-            let buf = state(p);
-            let (m, s) = (buf[rows * hd + r], buf[rows * hd + rows + r]);
-            if s == 0.0 {
-                continue;
-            }
-            let w = exp_nonpositive(m - max);
-            sum += s * w;
-            for (d, x) in dst.iter_mut().zip(&buf[r * hd..(r + 1) * hd]) {
-                *d += x * w;
-            }
-        }
-        let inv = 1.0 / sum;
-        dst.iter_mut().for_each(|d| *d *= inv);
-    }
 }
 
 /// The two tile operations of an item; see `portable` for their contracts.
