@@ -1,5 +1,5 @@
 //! `out = x · Wᵀ` for row-major f32 activations `x [m, k]` and a packed weight matrix `W [n, k]`
-//! (f32 or bf16, see [`packed`]): every projection of the forward pass.
+//! (f32, bf16 or Q8_0, see [`packed`]): every projection of the forward pass.
 //!
 //! One micro-kernel design serves decode (m = 1…16) and prefill (m in the thousands): a tile of
 //! `MR` activation rows × `NV` blocks of 16 weight rows accumulates in registers over the whole
@@ -11,11 +11,13 @@
 //! rows.
 //!
 //! bf16 weights are multiplied with activations rounded to bf16 (as PyTorch's bf16 matmul and
-//! llama.cpp do), with f32 accumulation, whatever the batch size: a request's numbers do not depend
-//! on which kernel its step happened to use beyond summation order.
+//! llama.cpp do), Q8_0 weights with activations quantized to Q8_0 per 32 values (as llama.cpp's
+//! `vec_dot_q8_0_q8_0`), with f32 accumulation, whatever the batch size: a request's numbers do
+//! not depend on which kernel its step happened to use beyond summation order.
 //!
-//! Kernels are chosen at run time: AVX-512 (with AVX512_BF16's `vdpbf16ps` when present) or the
-//! portable kernel, which the compiler vectorizes for the baseline target.
+//! Kernels are chosen at run time: AVX-512 (with AVX512_BF16's `vdpbf16ps` and AVX512_VNNI's
+//! `vpdpbusd` when present) or the portable kernel, which the compiler vectorizes for the baseline
+//! target.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
