@@ -1,19 +1,23 @@
 //! Kernel-level measurement of the decode matmul: streams the weight matrices of the
 //! `smollm2-135m` shape once per "token" with one activation row (M = 1) and reports the weight
-//! bytes read per second, next to the bandwidth probe run in the same process.
+//! bytes read per second, next to the bandwidth probe run in the same process, with the matrices
+//! in one huge-page arena (as the runner keeps them) and, for comparison, allocated one by one.
 //!
-//! `cargo run --release -p pagoda-model --example gemv_bandwidth -- [bf16|f32] [rows]`
+//! `cargo run --release -p pagoda-model --example gemv_bandwidth -- [bf16|f32|q8_0] [rows]`
 //! (`SPLIT=N` in the environment: one large matrix cut into N instead of the model's shapes)
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use pagoda_model::bandwidth::measure_read_bandwidth;
+use pagoda_model::hugepages::HugeArena;
 use pagoda_model::ops::gemm::{matmul, PackedLinear};
 use pagoda_model::weights::{Linear, WeightData};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let bf16 = args.get(1).is_none_or(|a| a == "bf16");
+    let kind = args.get(1).map_or("bf16", |a| a.as_str()).to_string();
+    let bf16 = kind != "f32";
     let m: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1);
     // (rows, cols) of one layer's fused matrices, ×30 layers, plus the tied lm_head.
     let mut shapes = Vec::new();
@@ -40,30 +44,48 @@ fn main() {
             } else {
                 WeightData::F32((0..rows * cols).map(|i| (i % 97) as f32 * 1e-3).collect())
             };
-            PackedLinear::pack(&Linear { rows, cols, data })
+            let w = Linear { rows, cols, data };
+            if kind == "q8_0" {
+                PackedLinear::quantize_q8_0(&w)
+            } else {
+                PackedLinear::pack(&w)
+            }
         })
         .collect();
     let bytes: usize = mats.iter().map(|w| w.size_bytes()).sum();
     let flops: usize = mats.iter().map(|w| 2 * m * w.rows * w.cols).sum();
     let x = vec![0.5f32; m * 1536];
     let mut out = vec![0f32; m * 49152 * 4];
-    let mut best = f64::INFINITY;
-    for _ in 0..if m > 64 { 3 } else { 50 } {
-        let start = Instant::now();
-        for w in &mats {
-            matmul(&x[..m * w.cols], m, w, &mut out[..m * w.rows]);
+    let pass = |mats: &[PackedLinear], out: &mut [f32]| {
+        let mut best = f64::INFINITY;
+        for _ in 0..if m > 64 { 3 } else { 50 } {
+            let start = Instant::now();
+            for w in mats {
+                matmul(&x[..m * w.cols], m, w, &mut out[..m * w.rows]);
+            }
+            best = best.min(start.elapsed().as_secs_f64());
         }
-        best = best.min(start.elapsed().as_secs_f64());
+        best
+    };
+    // The matrices as allocated one by one, then moved into one huge-page arena (as the model
+    // runner does), measured back to back.
+    let separate = pass(&mats, &mut out);
+    let mut mats = mats;
+    let arena = Arc::new(HugeArena::new(mats.iter().map(|w| w.arena_bytes()).sum()));
+    for w in &mut mats {
+        assert!(w.move_into(&arena));
     }
+    let best = pass(&mats, &mut out);
     let probe = measure_read_bandwidth(1 << 30, 5);
     println!(
-        "{} M={m}: {:.1} MB per pass, best {:.2} ms = {:.1} GB/s ({:.1} GFLOP/s); probe {:.1} GB/s; ratio {:.2}",
-        if bf16 { "bf16" } else { "f32" },
+        "{} M={m}: {:.1} MB per pass, best {:.2} ms = {:.1} GB/s ({:.1} GFLOP/s); probe {:.1} GB/s; ratio {:.2}; separately allocated: {:.1} GB/s",
+        kind,
         bytes as f64 / 1e6,
         best * 1e3,
         bytes as f64 / best / 1e9,
         flops as f64 / best / 1e9,
         probe.best_gb_s,
-        bytes as f64 / best / 1e9 / probe.best_gb_s
+        bytes as f64 / best / 1e9 / probe.best_gb_s,
+        bytes as f64 / separate / 1e9,
     );
 }

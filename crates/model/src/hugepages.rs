@@ -3,6 +3,17 @@
 //! Decode streams every weight once per token; with 4 KiB pages that is a TLB miss every 4 KiB.
 //! On Linux with THP in `madvise` mode, advising a fresh, not yet touched allocation before it is
 //! filled makes the kernel back it with 2 MiB pages. Elsewhere this is a no-op.
+//!
+//! Only whole, aligned 2 MiB ranges of an allocation can be huge pages, so a small model's
+//! matrices (0.3–4 MB each) allocated one by one would stay on 4 KiB pages; [`HugeArena`] holds
+//! them all in one aligned mapping instead.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Size and alignment of a transparent huge page on x86-64 and most aarch64 kernels.
+const HUGE_PAGE: usize = 2 << 20;
 
 /// An empty vector with room for `len` values, advised for huge pages before any page is touched.
 pub fn huge_vec<T>(len: usize) -> Vec<T> {
@@ -39,14 +50,120 @@ pub fn huge_zeroed<T: Zeroable>(len: usize) -> Vec<T> {
     v
 }
 
+/// A fixed-capacity byte arena on huge pages, filled by appending: bytes once appended are never
+/// written again, so shared readers of earlier ranges and the appender never touch the same bytes.
+/// Pages are faulted in as ranges are appended, so moving matrices in one at a time (dropping each
+/// old copy) never holds two copies of the weights.
+pub struct HugeArena {
+    ptr: NonNull<u8>,
+    layout: Layout,
+    /// Bytes appended so far (the end of the last range, padding included).
+    filled: AtomicUsize,
+}
+
+// SAFETY: the arena owns its allocation; appends write only bytes past `filled`, which no reader
+// can reach (see `bytes`), and readers only read.
+unsafe impl Send for HugeArena {}
+unsafe impl Sync for HugeArena {}
+
+impl HugeArena {
+    /// An arena with room for `capacity` bytes, aligned to a huge page.
+    pub fn new(capacity: usize) -> Self {
+        let size = capacity.max(1).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        let layout = Layout::from_size_align(size, HUGE_PAGE)
+            .expect("invariant: arena size fits the address space");
+        // SAFETY: the layout is non-zero-sized. The memory stays untouched (uninitialized) until
+        // `append` writes it; nothing reads a byte before it was written.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        advise(ptr.as_ptr(), size);
+        Self {
+            ptr,
+            layout,
+            filled: AtomicUsize::new(0),
+        }
+    }
+
+    /// Copies `data` to the next `align`-aligned offset (a power of two) and returns that offset,
+    /// or `None` when it does not fit. The padding before it is zeroed.
+    pub fn append(&self, data: &[u8], align: usize) -> Option<usize> {
+        let mut filled = self.filled.load(Ordering::Acquire);
+        loop {
+            let start = filled.checked_next_multiple_of(align)?;
+            let end = start.checked_add(data.len())?;
+            if end > self.layout.size() {
+                return None;
+            }
+            match self
+                .filled
+                .compare_exchange(filled, end, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    // SAFETY: `filled..end` lies inside the allocation and was just reserved by
+                    // this call alone; no reader reaches bytes past the previous `filled`.
+                    unsafe {
+                        let base = self.ptr.as_ptr();
+                        std::ptr::write_bytes(base.add(filled), 0, start - filled);
+                        std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(start), data.len());
+                    }
+                    return Some(start);
+                }
+                Err(now) => filled = now,
+            }
+        }
+    }
+
+    /// The appended bytes `offset..offset + len`.
+    ///
+    /// # Panics
+    /// When the range reaches past what was appended.
+    pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        let end = offset.checked_add(len).expect("arena range overflows");
+        assert!(
+            end <= self.filled.load(Ordering::Acquire),
+            "arena range {offset}..{end} was never appended"
+        );
+        // SAFETY: the range was written by `append` and is never written again.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) }
+    }
+
+    /// Bytes the arena can hold (the requested capacity rounded up to whole huge pages).
+    pub fn capacity(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// Bytes appended so far, padding included.
+    pub fn len(&self) -> usize {
+        self.filled.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for HugeArena {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+impl std::fmt::Debug for HugeArena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HugeArena")
+            .field("capacity", &self.layout.size())
+            .field("filled", &self.len())
+            .finish()
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn advise(ptr: *const u8, bytes: usize) {
-    const HUGE: usize = 2 << 20;
-    if bytes < 2 * HUGE {
-        return;
-    }
-    let start = (ptr as usize).div_ceil(HUGE) * HUGE;
-    let end = (ptr as usize + bytes) / HUGE * HUGE;
+    let start = (ptr as usize).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+    let end = (ptr as usize + bytes) / HUGE_PAGE * HUGE_PAGE;
     if end > start {
         // SAFETY: the range lies inside our own allocation; MADV_HUGEPAGE only changes how the
         // kernel backs it. Failure (THP disabled) is harmless, so the result is ignored.
@@ -70,5 +187,29 @@ mod tests {
         assert!(v.iter().all(|&x| x == 0.0));
         let w: Vec<u16> = huge_vec(10);
         assert!(w.capacity() >= 10 && w.is_empty());
+    }
+
+    #[test]
+    fn arena_appends_aligned_ranges_and_refuses_what_does_not_fit() {
+        let arena = HugeArena::new(1000);
+        let a = arena.append(&[1, 2, 3], 64).unwrap();
+        let b = arena.append(&[4; 100], 64).unwrap();
+        assert_eq!((a, b), (0, 64));
+        assert_eq!(arena.bytes(a, 3), &[1, 2, 3]);
+        assert_eq!(arena.bytes(3, 61), &[0; 61], "padding is zeroed");
+        assert_eq!(arena.bytes(b, 100), &[4; 100]);
+        assert_eq!(arena.len(), 164);
+        assert_eq!((arena.ptr.as_ptr() as usize) % HUGE_PAGE, 0);
+        // Capacity is rounded up to whole huge pages; past it, nothing is written.
+        assert!(arena.append(&vec![0; HUGE_PAGE], 64).is_none());
+        assert_eq!(arena.len(), 164);
+    }
+
+    #[test]
+    #[should_panic(expected = "never appended")]
+    fn reading_past_the_appended_bytes_panics() {
+        let arena = HugeArena::new(100);
+        arena.append(&[1; 10], 1).unwrap();
+        let _ = arena.bytes(5, 10);
     }
 }

@@ -96,6 +96,20 @@ impl KvValues {
         }
     }
 
+    /// Asks the CPU to bring `len` values from `offset` on into cache (a hint: never faults).
+    fn prefetch(&self, offset: usize, len: usize) {
+        let (base, size) = match self {
+            KvValues::F32(v) => (v.as_ptr() as *const u8, 4),
+            KvValues::Bf16(v) => (v.as_ptr() as *const u8, 2),
+            KvValues::F16(v) => (v.as_ptr() as *const u8, 2),
+            KvValues::Int8(v) => (v.as_ptr() as *const u8, 1),
+        };
+        let start = base.wrapping_add(offset * size);
+        for line in (0..len * size).step_by(64) {
+            crate::ops::simd::prefetch(start.wrapping_add(line));
+        }
+    }
+
     /// Stores `values` (already scaled for int8) at `offset + i * stride`.
     fn store(&mut self, values: &[f32], offset: usize, stride: usize) {
         let at = |i: usize| offset + i * stride;
@@ -275,6 +289,27 @@ impl KvCache {
                 if !scales.is_empty() {
                     scales.copy_within(scale_from..scale_from + scale_len, scale_to);
                 }
+            }
+        }
+    }
+
+    /// Brings the cache lines [`Self::write`] will store the tokens of `slots` into, for the
+    /// given layer, toward the cache ahead of time: a decode step's K tile lines were evicted
+    /// by the weights streamed since the previous step, and a store that misses waits for its
+    /// line. Called before the layer's q/k/v projection, the lines arrive while it runs. Large
+    /// steps (prefill) are not worth it and skip.
+    pub fn prefetch_writes(&self, layer: usize, slots: &[usize]) {
+        const MAX_TOKENS: usize = 16;
+        if slots.len() > MAX_TOKENS {
+            return;
+        }
+        let g = self.geometry;
+        let l = &self.layers[layer];
+        for &slot in slots {
+            let (block, in_block) = (slot / g.block_size, slot % g.block_size);
+            for h in 0..g.num_kv_heads {
+                l.k.prefetch(g.tile(block, h), g.block_size * g.head_dim);
+                l.v.prefetch(g.v_offset(block, h, in_block), g.head_dim);
             }
         }
     }

@@ -3,10 +3,14 @@
 //! One [`Model::forward`] call runs one engine step: embeddings, norms, projections, MLP run once over
 //! the flattened tokens of every sequence in the step; attention reads each sequence's K/V through
 //! its block table; the final norm and lm_head run only on the rows whose logits are sampled.
-//! q/k/v and gate/up projections are fused at load time so each is one matmul.
+//! q/k/v and gate/up projections are fused at load time so each is one matmul; the runner then
+//! moves every matrix a step reads into one huge-page arena ([`Model::consolidate_weights`]).
+
+use std::sync::Arc;
 
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::hugepages::HugeArena;
 use crate::kv_cache::KvCache;
 use crate::ops::activation::silu_mul;
 use crate::ops::attention::{paged_attention, AttentionShape, SeqAttention};
@@ -183,6 +187,40 @@ impl Model {
         }
     }
 
+    /// Moves every matrix a step reads (each layer's projections, then the output head) into one
+    /// huge-page-backed arena, in the order a step reads them: a small model's matrices are each
+    /// too small to get 2 MiB pages of their own, and on 4 KiB pages decode streams them at a
+    /// fraction of the memory bandwidth (measured on the 135M shape: 31 GB/s instead of 36–57).
+    /// Matrices move one at a time, so the weights are never held twice.
+    pub fn consolidate_weights(&mut self) {
+        let total: usize = self.step_matrices().map(|w| w.arena_bytes()).sum();
+        let arena = Arc::new(HugeArena::new(total));
+        let mut matrices: Vec<&mut PackedLinear> = Vec::with_capacity(4 * self.layers.len() + 1);
+        for layer in &mut self.layers {
+            matrices.extend([
+                &mut layer.qkv,
+                &mut layer.o_proj,
+                &mut layer.gate_up,
+                &mut layer.down,
+            ]);
+        }
+        matrices.push(self.lm_head.as_mut().unwrap_or(&mut self.embed));
+        for w in matrices {
+            let moved = w.move_into(&arena);
+            debug_assert!(moved, "invariant: the arena was sized for every matrix");
+        }
+    }
+
+    /// The matrices one step reads, in reading order.
+    fn step_matrices(&self) -> impl Iterator<Item = &PackedLinear> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.o_proj, &l.gate_up, &l.down])
+            .chain(std::iter::once(
+                self.lm_head.as_ref().unwrap_or(&self.embed),
+            ))
+    }
+
     /// How the projections are stored (f32, bf16 or q8_0).
     pub fn weight_kind(&self) -> crate::ops::gemm::WeightKind {
         self.layers
@@ -192,17 +230,7 @@ impl Model {
 
     /// Bytes of weights one decode step reads (every matrix once; the embedding only for lookups).
     pub fn weight_bytes_per_step(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.qkv.size_bytes()
-                    + l.o_proj.size_bytes()
-                    + l.gate_up.size_bytes()
-                    + l.down.size_bytes()
-            })
-            .sum();
-        layers + self.lm_head.as_ref().unwrap_or(&self.embed).size_bytes()
+        self.step_matrices().map(|w| w.size_bytes()).sum()
     }
 
     /// Runs one step and returns logits, `logits_rows.len() × vocab_size`, row-major.
@@ -255,6 +283,7 @@ impl Model {
         };
 
         for (li, layer) in self.layers.iter().enumerate() {
+            kv.prefetch_writes(li, &ws.slots);
             rms_norm(x, &layer.input_norm, c.rms_norm_eps, h);
             matmul(h, t, &layer.qkv, qkv);
             if let Some(bias) = &layer.qkv_bias {

@@ -69,6 +69,7 @@ impl ModelRunner {
         if options.quantization == Some(Quantization::Q8_0) {
             model.quantize_q8_0();
         }
+        model.consolidate_weights();
         // auto: the weights' precision; bf16 for quantized weights.
         let quantized = model.weight_kind() == crate::ops::gemm::WeightKind::Q8_0;
         let dtype = options.kv_cache_dtype.unwrap_or(match model.dtype {

@@ -6,4 +6,4 @@ pub mod gemm;
 pub mod norm;
 pub mod pool;
 pub mod rope;
-mod simd;
+pub(crate) mod simd;

@@ -78,13 +78,14 @@ pub(super) fn plan_items(
     let whole = std::mem::take(&mut plan.items);
     let mut slot = 0;
     for item in whole {
-        let parts = want.min(item.keys.1.div_ceil(unit));
+        // Parts of at least `unit` keys, near-equal so the threads finish together; boundaries on
+        // block multiples, so a part's chunks start at block starts.
+        let parts = want.min(item.keys.1 / unit);
         if parts <= 1 {
             plan.items.push(item);
             continue;
         }
-        // Part boundaries on block multiples, so a part's chunks start at block starts.
-        let per = item.keys.1.div_ceil(parts).div_ceil(unit) * unit;
+        let per = item.keys.1.div_ceil(parts).div_ceil(g.block_size) * g.block_size;
         let first = plan.items.len();
         for lo in (0..item.keys.1).step_by(per) {
             plan.items.push(Item {

@@ -13,10 +13,12 @@
 //! as `q + 128` (unsigned, so the activations can be the signed operand), 8 steps per group; the
 //! 16 scales of a (block, group) sit in a separate array. `k` is padded to a multiple of 32.
 
+use std::sync::Arc;
+
 use half::{bf16, f16};
 
 use super::WeightKind;
-use crate::hugepages::huge_vec;
+use crate::hugepages::{huge_vec, HugeArena};
 use crate::weights::{Linear, WeightData};
 
 /// Weights per Q8_0 group (one scale each).
@@ -29,30 +31,81 @@ pub const BLOCK_ROWS: usize = 16;
 /// Bytes of one step of one block: a cache line.
 pub const STEP_BYTES: usize = 64;
 
-/// Backing storage aligned to a cache line inside a plain vector.
+/// Backing storage aligned to a cache line: its own vector while the matrix is built, then
+/// (see [`PackedLinear::move_into`]) a range of an arena shared with the model's other matrices.
 #[derive(Debug, Clone)]
 struct Aligned<T> {
-    buf: Vec<T>,
+    backing: Backing<T>,
+    /// Start of the values: in `T`s inside the vector, in bytes inside the arena.
     offset: usize,
     len: usize,
 }
 
-impl<T: Copy + Default> Aligned<T> {
+#[derive(Debug, Clone)]
+enum Backing<T> {
+    Own(Vec<T>),
+    Arena(Arc<HugeArena>),
+}
+
+/// Plain numbers: any bit pattern is a value, so arena bytes can be viewed as them.
+trait Plain: Copy + Default {}
+impl Plain for f32 {}
+impl Plain for u16 {}
+impl Plain for u8 {}
+impl Plain for f16 {}
+
+impl<T: Plain> Aligned<T> {
     fn zeroed(len: usize) -> Self {
         let extra = STEP_BYTES / std::mem::size_of::<T>();
         let mut buf = huge_vec(len + extra);
         buf.resize(len + extra, T::default());
         let misalign = (buf.as_ptr() as usize) % STEP_BYTES;
         let offset = ((STEP_BYTES - misalign) % STEP_BYTES) / std::mem::size_of::<T>();
-        Self { buf, offset, len }
+        Self {
+            backing: Backing::Own(buf),
+            offset,
+            len,
+        }
     }
 
     fn as_slice(&self) -> &[T] {
-        &self.buf[self.offset..self.offset + self.len]
+        match &self.backing {
+            Backing::Own(buf) => &buf[self.offset..self.offset + self.len],
+            Backing::Arena(arena) => {
+                let bytes = arena.bytes(self.offset, self.len * std::mem::size_of::<T>());
+                // SAFETY: the range holds `len` values of T written by `move_into` (any bit
+                // pattern is a T) at a cache-line-aligned offset of a huge-page-aligned arena.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, self.len) }
+            }
+        }
     }
 
+    /// The values, while the matrix is being built (before it moves into an arena).
     fn as_mut_slice(&mut self) -> &mut [T] {
-        &mut self.buf[self.offset..self.offset + self.len]
+        match &mut self.backing {
+            Backing::Own(buf) => &mut buf[self.offset..self.offset + self.len],
+            Backing::Arena(_) => unreachable!("invariant: matrices are built before they move"),
+        }
+    }
+
+    /// Bytes the values take in an arena, rounded up to whole cache lines.
+    fn arena_bytes(&self) -> usize {
+        (self.len * std::mem::size_of::<T>()).next_multiple_of(STEP_BYTES)
+    }
+
+    /// Copies the values into `arena` and frees the old storage; `false` when it is full.
+    fn move_into(&mut self, arena: &Arc<HugeArena>) -> bool {
+        let values = self.as_slice();
+        // SAFETY: T is plain data; viewing its values as bytes reads every byte of them.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values))
+        };
+        let Some(offset) = arena.append(bytes, STEP_BYTES) else {
+            return false;
+        };
+        self.backing = Backing::Arena(Arc::clone(arena));
+        self.offset = offset;
+        true
     }
 }
 
@@ -202,6 +255,29 @@ impl PackedLinear {
             cols,
             data: PackedData::Q8_0 { q, scales },
         })
+    }
+
+    /// Bytes [`Self::move_into`] takes from an arena.
+    pub fn arena_bytes(&self) -> usize {
+        match &self.data {
+            PackedData::F32(d) => d.arena_bytes(),
+            PackedData::Bf16(d) => d.arena_bytes(),
+            PackedData::Q8_0 { q, scales } => q.arena_bytes() + scales.arena_bytes(),
+        }
+    }
+
+    /// Moves the packed values (and Q8_0 scales) into `arena`, freeing their own storage, so that
+    /// matrices read one after another share huge pages. `false` (nothing moved) when the arena
+    /// lacks room; the matrix stays usable either way.
+    pub fn move_into(&mut self, arena: &Arc<HugeArena>) -> bool {
+        if arena.len().next_multiple_of(STEP_BYTES) + self.arena_bytes() > arena.capacity() {
+            return false;
+        }
+        match &mut self.data {
+            PackedData::F32(d) => d.move_into(arena),
+            PackedData::Bf16(d) => d.move_into(arena),
+            PackedData::Q8_0 { q, scales } => q.move_into(arena) && scales.move_into(arena),
+        }
     }
 
     /// How the weights are stored.

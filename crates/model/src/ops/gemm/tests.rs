@@ -211,3 +211,65 @@ fn bf16_rounding_matches_half_including_ties_and_nan() {
         }
     }
 }
+
+/// Matrices moved into a shared arena give bit-identical products (f32, bf16, Q8_0, with odd
+/// shapes so ranges end mid-line); one that does not fit is refused and stays usable.
+#[test]
+fn matrices_moved_into_an_arena_give_identical_products() {
+    use crate::hugepages::HugeArena;
+    use std::sync::Arc;
+
+    let shapes = [(37, 70), (64, 576), (200, 33)];
+    let mut mats = Vec::new();
+    for (i, &(n, k)) in shapes.iter().enumerate() {
+        let values = pseudo(n * k, 40 + i as u32);
+        let f32_linear = Linear {
+            rows: n,
+            cols: k,
+            data: WeightData::F32(values.clone()),
+        };
+        let bf16_linear = Linear {
+            rows: n,
+            cols: k,
+            data: WeightData::Bf16(
+                values
+                    .iter()
+                    .map(|&v| bf16::from_f32(v).to_bits())
+                    .collect(),
+            ),
+        };
+        mats.push(PackedLinear::pack(&f32_linear));
+        mats.push(PackedLinear::pack(&bf16_linear));
+        mats.push(PackedLinear::quantize_q8_0(&f32_linear));
+    }
+    let products = |mats: &[PackedLinear]| -> Vec<Vec<f32>> {
+        mats.iter()
+            .flat_map(|w| {
+                [1usize, 9].map(|m| {
+                    let x = pseudo(m * w.cols, 7);
+                    let mut out = vec![0f32; m * w.rows];
+                    matmul(&x, m, w, &mut out);
+                    out
+                })
+            })
+            .collect()
+    };
+    let before = products(&mats);
+    let arena = Arc::new(HugeArena::new(mats.iter().map(|w| w.arena_bytes()).sum()));
+    for w in &mut mats {
+        assert!(w.move_into(&arena), "the arena was sized for all of them");
+    }
+    assert_eq!(products(&mats), before);
+
+    let mut extra = PackedLinear::pack(&Linear {
+        rows: 16,
+        cols: 1 << 17,
+        data: WeightData::F32(pseudo(16 << 17, 3)),
+    });
+    let full = Arc::new(HugeArena::new(1));
+    assert!(!extra.move_into(&full), "8 MiB do not fit a 2 MiB arena");
+    let x = pseudo(1 << 17, 5);
+    let mut out = vec![0f32; 16];
+    matmul(&x, 1, &extra, &mut out);
+    assert!(out.iter().all(|v| v.is_finite()));
+}
