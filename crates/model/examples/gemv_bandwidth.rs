@@ -4,14 +4,15 @@
 //! in one huge-page arena (as the runner keeps them) and, for comparison, allocated one by one.
 //!
 //! `cargo run --release -p pagoda-model --example gemv_bandwidth -- [bf16|f32|q8_0] [rows]`
-//! (`SPLIT=N` in the environment: one large matrix cut into N instead of the model's shapes)
+//! (`SPLIT=N` in the environment: one large matrix cut into N instead of the model's shapes;
+//! `ISA=portable|avx2|avx512` forces a kernel family this CPU has)
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use pagoda_model::bandwidth::measure_read_bandwidth;
 use pagoda_model::hugepages::HugeArena;
-use pagoda_model::ops::gemm::{matmul, PackedLinear};
+use pagoda_model::ops::gemm::{best_isa, matmul_with, Isa, PackedLinear};
 use pagoda_model::weights::{Linear, WeightData};
 
 fn main() {
@@ -56,12 +57,18 @@ fn main() {
     let flops: usize = mats.iter().map(|w| 2 * m * w.rows * w.cols).sum();
     let x = vec![0.5f32; m * 1536];
     let mut out = vec![0f32; m * 49152 * 4];
+    let isa = match std::env::var("ISA").as_deref() {
+        Ok("portable") => Isa::Portable,
+        Ok("avx2") => Isa::Avx2,
+        Ok("avx512") => Isa::Avx512,
+        _ => best_isa(),
+    };
     let pass = |mats: &[PackedLinear], out: &mut [f32]| {
         let mut best = f64::INFINITY;
         for _ in 0..if m > 64 { 3 } else { 50 } {
             let start = Instant::now();
             for w in mats {
-                matmul(&x[..m * w.cols], m, w, &mut out[..m * w.rows]);
+                matmul_with(isa, &x[..m * w.cols], m, w, &mut out[..m * w.rows]);
             }
             best = best.min(start.elapsed().as_secs_f64());
         }
@@ -78,7 +85,7 @@ fn main() {
     let best = pass(&mats, &mut out);
     let probe = measure_read_bandwidth(1 << 30, 5);
     println!(
-        "{} M={m}: {:.1} MB per pass, best {:.2} ms = {:.1} GB/s ({:.1} GFLOP/s); probe {:.1} GB/s; ratio {:.2}; separately allocated: {:.1} GB/s",
+        "{} {isa:?} M={m}: {:.1} MB per pass, best {:.2} ms = {:.1} GB/s ({:.1} GFLOP/s); probe {:.1} GB/s; ratio {:.2}; separately allocated: {:.1} GB/s",
         kind,
         bytes as f64 / 1e6,
         best * 1e3,

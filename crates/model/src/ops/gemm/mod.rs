@@ -16,8 +16,9 @@
 //! not depend on which kernel its step happened to use beyond summation order.
 //!
 //! Kernels are chosen at run time: AVX-512 (with AVX512_BF16's `vdpbf16ps` and AVX512_VNNI's
-//! `vpdpbusd` when present) or the portable kernel, which the compiler vectorizes for the baseline
-//! target.
+//! `vpdpbusd` when present), else the portable kernel compiled for AVX2 + FMA, else the portable
+//! kernel for the baseline target (both vectorized by the compiler, with tiles small enough for
+//! 16 vector registers).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -81,10 +82,19 @@ impl WeightKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Portable,
+    /// The portable tiles compiled for AVX2 + FMA (x86-64 CPUs without AVX-512).
+    Avx2,
     /// AVX-512 F/BW/VL: f32 FMA, bf16 widened to f32.
     Avx512,
     /// AVX-512 with AVX512_BF16: bf16 pairs through `vdpbf16ps`.
     Avx512Bf16,
+}
+
+impl Isa {
+    /// Whether this family includes AVX-512 F/BW/VL.
+    pub fn has_avx512(self) -> bool {
+        matches!(self, Isa::Avx512 | Isa::Avx512Bf16)
+    }
 }
 
 /// The best kernel family this CPU runs.
@@ -102,6 +112,11 @@ pub fn best_isa() -> Isa {
             if avx512 {
                 return Isa::Avx512;
             }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
         }
         Isa::Portable
     })
@@ -111,6 +126,9 @@ pub fn best_isa() -> Isa {
 const MR_MAX: usize = 12;
 const MR_MAX_Q8: usize = 6;
 const NV_LARGE_M: usize = 2;
+/// Tiles of the portable kernel (baseline or AVX2): 16 ymm registers hold 4 rows × 16 lanes.
+const MR_MAX_PORTABLE: usize = 4;
+const NV_PORTABLE: usize = 1;
 /// `m` up to this uses the stream kernels.
 const STREAM_M_MAX: usize = 4;
 /// Stream tasks per thread: few, so each thread reads long sequential ranges, but more than one
@@ -255,7 +273,7 @@ struct Activations {
 /// correction for storing weights as `q + 128`).
 fn quantize_row_q8(isa: Isa, src: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
-    let done = if isa != Isa::Portable {
+    let done = if isa.has_avx512() {
         // SAFETY: both AVX-512 families include F and BW; the slices hold whole groups.
         unsafe { avx512::quantize_groups_q8(src, q, scales, sums) }
     } else {
@@ -296,7 +314,7 @@ fn quantize_row_q8(isa: Isa, src: &[f32], q: &mut [i8], scales: &mut [f32], sums
 
 fn round_to_bf16(isa: Isa, src: &[f32], dst: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
+    if isa.has_avx512() {
         // SAFETY: both AVX-512 families include F and BW.
         return unsafe { avx512::round_to_bf16(src, dst) };
     }
@@ -364,7 +382,17 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
     }
 
     // Larger m: tasks of (row block, chunk of panels), tiles of ≤ MR_MAX rows × NV_LARGE_M blocks.
-    let panels = blocks.div_ceil(NV_LARGE_M);
+    let (nv_max, mr_max) = if isa.has_avx512() {
+        let mr = if kind == WeightKind::Q8_0 {
+            MR_MAX_Q8
+        } else {
+            MR_MAX
+        };
+        (NV_LARGE_M, mr)
+    } else {
+        (NV_PORTABLE, MR_MAX_PORTABLE)
+    };
+    let panels = blocks.div_ceil(nv_max);
     let row_block = if m > 2 * ROW_BLOCK { ROW_BLOCK } else { m };
     let row_blocks = m.div_ceil(row_block);
     let chunks_wanted = if parallel {
@@ -377,17 +405,12 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
     for_tasks(row_blocks * chunks, &|t| {
         let (rb, c) = (t / chunks, t % chunks);
         let rows = rb * row_block..((rb + 1) * row_block).min(m);
-        // Near-equal tiles of at most MR_MAX rows (fewer for Q8_0, which also keeps integer
+        // Near-equal tiles of at most `mr_max` rows (fewer for Q8_0, which also keeps integer
         // accumulators in registers).
-        let mr_max = if kind == WeightKind::Q8_0 {
-            MR_MAX_Q8
-        } else {
-            MR_MAX
-        };
         let tiles = rows.len().div_ceil(mr_max);
         for p in c * chunk..((c + 1) * chunk).min(panels) {
-            let block0 = p * NV_LARGE_M;
-            let nv = NV_LARGE_M.min(blocks - block0);
+            let block0 = p * nv_max;
+            let nv = nv_max.min(blocks - block0);
             let mut row = rows.start;
             for tile in 0..tiles {
                 let mr = (rows.end - row).div_ceil(tiles - tile);
@@ -498,7 +521,13 @@ unsafe fn run_tile(isa: Isa, kind: WeightKind, mr: usize, nv: usize, t: &TileArg
                 avx512::tile_q8::<$mr, $nv>(t)
             };
         }
+        macro_rules! avx2 {
+            ($mr:literal, $nv:literal) => {
+                avx2_tile::<$mr, $nv>(kind, t)
+            };
+        }
         match (isa, kind) {
+            (Isa::Avx2, _) => return shapes!(avx2, mr, nv),
             (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::F32) => return shapes!(f32_fma, mr, nv),
             (Isa::Avx512Bf16, WeightKind::Bf16) => return shapes!(bf16_dot, mr, nv),
             (Isa::Avx512, WeightKind::Bf16) => return shapes!(bf16_widen, mr, nv),
@@ -515,4 +544,14 @@ unsafe fn run_tile(isa: Isa, kind: WeightKind, mr: usize, nv: usize, t: &TileArg
         };
     }
     shapes!(portable, mr, nv)
+}
+
+/// The portable tile compiled for AVX2 + FMA (the compiler vectorizes its 16-lane loops 8 wide).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `t` describes valid memory.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_tile<const MR: usize, const NV: usize>(kind: WeightKind, t: &TileArgs) {
+    portable::tile::<MR, NV>(kind, t)
 }

@@ -1,5 +1,6 @@
 //! The portable micro-kernel: the same tiles as the AVX-512 ones in plain Rust over 16-lane arrays,
-//! which the compiler vectorizes. It serves CPUs without AVX-512 and is the reference the fast
+//! which the compiler vectorizes — for the baseline target, or for AVX2 + FMA when instantiated
+//! inside `mod.rs`'s AVX2 wrapper. It serves CPUs without AVX-512 and is the reference the fast
 //! kernels are tested against.
 
 use half::bf16;
@@ -10,39 +11,63 @@ use super::{TileArgs, WeightKind};
 ///
 /// # Safety
 /// `t` describes valid memory.
+#[inline(always)]
 pub(super) unsafe fn tile<const MR: usize, const NV: usize>(kind: WeightKind, t: &TileArgs) {
-    if kind == WeightKind::Q8_0 {
-        return tile_q8::<MR, NV>(t);
+    match kind {
+        WeightKind::Q8_0 => tile_q8::<MR, NV>(t),
+        WeightKind::Bf16 => tile_float::<MR, NV, true>(t),
+        WeightKind::F32 => tile_float::<MR, NV, false>(t),
     }
+}
+
+/// The f32 and bf16 tiles: each weight line is widened to f32 once (bf16: the even and odd `k` of
+/// each row's pair) and used for every row, so the accumulators stay in registers.
+///
+/// # Safety
+/// `t` describes valid memory.
+#[inline(always)]
+unsafe fn tile_float<const MR: usize, const NV: usize, const BF16: bool>(t: &TileArgs) {
     let mut acc = [[[0f32; 16]; NV]; MR];
     for s in 0..t.steps {
         for v in 0..NV {
             let line = t.w.add(v * t.block_stride + s * 64);
+            let (mut even, mut odd) = ([0f32; 16], [0f32; 16]);
+            if BF16 {
+                // SAFETY (caller): a line is 64 aligned bytes of packed weights.
+                let raw = &*(line as *const [u32; 16]);
+                for l in 0..16 {
+                    even[l] = f32::from_bits(raw[l] << 16);
+                    odd[l] = f32::from_bits(raw[l] & 0xffff_0000);
+                }
+            } else {
+                even = *(line as *const [f32; 16]);
+            }
             for (i, row) in acc.iter_mut().enumerate() {
                 let x = (t.x.add(i * t.x_stride + s * 4) as *const u32).read_unaligned();
                 let lanes = &mut row[v];
-                match kind {
-                    WeightKind::F32 => {
-                        let w = std::slice::from_raw_parts(line as *const f32, 16);
-                        let x = f32::from_bits(x);
-                        for (a, &wl) in lanes.iter_mut().zip(w) {
-                            *a += wl * x;
-                        }
+                if BF16 {
+                    let (xe, xo) = (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000));
+                    for l in 0..16 {
+                        lanes[l] += even[l] * xe + odd[l] * xo;
                     }
-                    WeightKind::Q8_0 => unreachable!("Q8_0 has its own tile"),
-                    WeightKind::Bf16 => {
-                        let w = std::slice::from_raw_parts(line as *const u32, 16);
-                        let (xe, xo) = (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000));
-                        for (a, &wl) in lanes.iter_mut().zip(w) {
-                            let (we, wo) =
-                                (f32::from_bits(wl << 16), f32::from_bits(wl & 0xffff_0000));
-                            *a += we * xe + wo * xo;
-                        }
+                } else {
+                    let x = f32::from_bits(x);
+                    for l in 0..16 {
+                        lanes[l] += even[l] * x;
                     }
                 }
             }
         }
     }
+    store::<MR, NV>(&acc, t);
+}
+
+/// Writes a tile's results (only the first `t.cols` columns).
+///
+/// # Safety
+/// `t.out` has room for the tile's rows and columns.
+#[inline(always)]
+unsafe fn store<const MR: usize, const NV: usize>(acc: &[[[f32; 16]; NV]; MR], t: &TileArgs) {
     for (i, row) in acc.iter().enumerate() {
         for (v, lanes) in row.iter().enumerate() {
             let cols = t.cols.saturating_sub(v * 16).min(16);
@@ -59,6 +84,7 @@ pub(super) unsafe fn tile<const MR: usize, const NV: usize>(kind: WeightKind, t:
 ///
 /// # Safety
 /// `t` describes valid memory, including the Q8_0 fields.
+#[inline(always)]
 unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
     let mut acc = [[[0f32; 16]; NV]; MR];
     for g in 0..t.groups {
@@ -70,18 +96,18 @@ unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
             for (i, row) in acc.iter_mut().enumerate() {
                 let mut dot = [0i32; 16];
                 for s in 0..8 {
-                    let line = std::slice::from_raw_parts(
-                        t.w.add(v * t.block_stride + (g * 8 + s) * 64),
-                        64,
-                    );
-                    let x = std::slice::from_raw_parts(
-                        t.x.add(i * t.x_stride + g * 32 + s * 4) as *const i8,
-                        4,
-                    );
-                    for (lane, d) in dot.iter_mut().enumerate() {
-                        for j in 0..4 {
-                            *d += line[lane * 4 + j] as i32 * x[j] as i32;
-                        }
+                    // A line is 16 little-endian u32, one per row: its 4 bytes are 4 `k`.
+                    let line =
+                        &*(t.w.add(v * t.block_stride + (g * 8 + s) * 64) as *const [u32; 16]);
+                    let x = (t.x.add(i * t.x_stride + g * 32 + s * 4) as *const [i8; 4])
+                        .read_unaligned()
+                        .map(|v| v as i32);
+                    for (d, &w) in dot.iter_mut().zip(line) {
+                        let w = u32::from_le(w);
+                        *d += (w & 0xff) as i32 * x[0]
+                            + ((w >> 8) & 0xff) as i32 * x[1]
+                            + ((w >> 16) & 0xff) as i32 * x[2]
+                            + (w >> 24) as i32 * x[3];
                     }
                 }
                 let at = i * t.groups + g;
@@ -92,15 +118,7 @@ unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
             }
         }
     }
-    for (i, row) in acc.iter().enumerate() {
-        for (v, lanes) in row.iter().enumerate() {
-            let cols = t.cols.saturating_sub(v * 16).min(16);
-            let dst = t.out.add(i * t.out_stride + v * 16);
-            for (c, &value) in lanes.iter().take(cols).enumerate() {
-                *dst.add(c) = value;
-            }
-        }
-    }
+    store::<MR, NV>(&acc, t);
 }
 
 /// Rounds f32 values to bf16 bits (nearest even; NaN stays NaN).

@@ -40,11 +40,23 @@ fn assert_close(got: &[f32], want: &[f32], k: usize, what: &str) {
 
 fn supported_isas() -> Vec<Isa> {
     let best = best_isa();
-    [Isa::Portable, Isa::Avx512, Isa::Avx512Bf16]
+    let avx2 = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16]
         .into_iter()
         .filter(|&i| match i {
             Isa::Portable => true,
-            Isa::Avx512 => best != Isa::Portable,
+            Isa::Avx2 => avx2,
+            Isa::Avx512 => best.has_avx512(),
             Isa::Avx512Bf16 => best == Isa::Avx512Bf16,
         })
         .collect()
