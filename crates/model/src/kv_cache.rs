@@ -159,16 +159,19 @@ pub struct KvGeometry {
 }
 
 impl KvGeometry {
-    /// Offset of the (block, kv head) tile in a layer pool.
+    /// Offset of the (block, kv head) tile in a layer pool. Pools are head-major: one KV head's
+    /// tiles of consecutive blocks are adjacent, so an attention item (one KV head) over a
+    /// sequence whose blocks were allocated in order reads one sequential stream, which the
+    /// hardware prefetchers follow.
     #[inline]
     pub fn tile(&self, block: usize, head: usize) -> usize {
-        (block * self.num_kv_heads + head) * self.block_size * self.head_dim
+        (head * self.num_blocks + block) * self.block_size * self.head_dim
     }
 
     /// Index of the (block, kv head) tile's first token in the per-token scale arrays.
     #[inline]
     pub fn scale_tile(&self, block: usize, head: usize) -> usize {
-        (block * self.num_kv_heads + head) * self.block_size
+        (head * self.num_blocks + block) * self.block_size
     }
 
     /// Offset of one token's V row (`head_dim` contiguous values).
@@ -278,16 +281,17 @@ impl KvCache {
     /// shared by parallel samples).
     pub fn copy_block(&mut self, src: usize, dst: usize) {
         let g = self.geometry;
-        let len = g.num_kv_heads * g.block_size * g.head_dim;
-        let (from, to) = (g.tile(src, 0), g.tile(dst, 0));
-        let scale_len = g.num_kv_heads * g.block_size;
-        let (scale_from, scale_to) = (g.scale_tile(src, 0), g.scale_tile(dst, 0));
+        let len = g.block_size * g.head_dim;
         for layer in &mut self.layers {
-            layer.k.copy_within(from, len, to);
-            layer.v.copy_within(from, len, to);
-            for scales in [&mut layer.k_scales, &mut layer.v_scales] {
-                if !scales.is_empty() {
-                    scales.copy_within(scale_from..scale_from + scale_len, scale_to);
+            for h in 0..g.num_kv_heads {
+                let (from, to) = (g.tile(src, h), g.tile(dst, h));
+                layer.k.copy_within(from, len, to);
+                layer.v.copy_within(from, len, to);
+                let (scale_from, scale_to) = (g.scale_tile(src, h), g.scale_tile(dst, h));
+                for scales in [&mut layer.k_scales, &mut layer.v_scales] {
+                    if !scales.is_empty() {
+                        scales.copy_within(scale_from..scale_from + g.block_size, scale_to);
+                    }
                 }
             }
         }
@@ -431,17 +435,22 @@ mod tests {
             }
             kv.copy_block(0, 2);
             let g = kv.geometry;
-            let len = g.num_kv_heads * g.block_size * g.head_dim;
+            let len = g.block_size * g.head_dim;
             for layer in &kv.layers {
-                for i in 0..len {
-                    assert_eq!(layer.k.get(2 * len + i), layer.k.get(i));
-                    assert_eq!(layer.v.get(2 * len + i), layer.v.get(i));
-                    assert_eq!(layer.k.get(len + i), 0.0, "block 1 untouched");
-                }
-                if dtype == KvCacheDtype::Int8 {
-                    assert_eq!(layer.k_scales[8..12], layer.k_scales[..4]);
-                    assert_eq!(layer.v_scales[8..12], layer.v_scales[..4]);
-                    assert!(layer.k_scales[..4].iter().all(|&s| s > 0.0));
+                for h in 0..g.num_kv_heads {
+                    let (src, dst, other) = (g.tile(0, h), g.tile(2, h), g.tile(1, h));
+                    for i in 0..len {
+                        assert_eq!(layer.k.get(dst + i), layer.k.get(src + i));
+                        assert_eq!(layer.v.get(dst + i), layer.v.get(src + i));
+                        assert_eq!(layer.k.get(other + i), 0.0, "block 1 untouched");
+                    }
+                    if dtype == KvCacheDtype::Int8 {
+                        let (src, dst) = (g.scale_tile(0, h), g.scale_tile(2, h));
+                        let bs = g.block_size;
+                        assert_eq!(layer.k_scales[dst..dst + bs], layer.k_scales[src..src + bs]);
+                        assert_eq!(layer.v_scales[dst..dst + bs], layer.v_scales[src..src + bs]);
+                        assert!(layer.k_scales[src..src + bs].iter().all(|&s| s > 0.0));
+                    }
                 }
             }
         }

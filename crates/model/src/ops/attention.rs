@@ -418,26 +418,29 @@ unsafe fn attend<T: Tiles, E: KvElement>(
     while c0 < k_hi {
         let keys_here = chunk_keys.min(k_hi - c0);
         let blocks = &seq.block_table[c0 / bs..(c0 + keys_here).div_ceil(bs)];
-        // Blocks sit anywhere in the pool, so the hardware cannot guess the next tile: the K
-        // pass prefetches the K tile PREFETCH_BLOCKS ahead (and, near its end, the first V
-        // tiles), the V pass the V tile as far ahead.
+        // A KV head's tiles of consecutive blocks are adjacent in the pool (head-major), so
+        // where a sequence's blocks follow each other the hardware prefetchers stream them, and
+        // software prefetches only get in their way. Where a block sits elsewhere the hardware
+        // cannot guess it: the K pass prefetches such a K tile PREFETCH_BLOCKS ahead (and, near
+        // its end, the first V tiles, whose stream starts cold), the V pass such a V tile.
         let tile_of = |block: u32| g.tile(block as usize, item.kv_head);
         let tile_len = bs * hd;
         let ahead = PREFETCH_BLOCKS.min(blocks.len());
+        let jumps = |b: usize| b == 0 || blocks[b] != blocks[b - 1].wrapping_add(1);
         if c0 == k_lo {
-            // The item's first chunk into L2 at once (many misses in flight), the first K tiles
-            // into L1.
-            for &block in blocks {
-                prefetch_l2(&pools.k[tile_of(block)..][..tile_len]);
-                prefetch_l2(&pools.v[tile_of(block)..][..tile_len]);
-            }
-            for &block in &blocks[..ahead] {
-                prefetch(&pools.k[tile_of(block)..][..tile_len]);
+            // The item's first tiles, and the first chunk's scattered ones, into L2 at once
+            // (many misses in flight).
+            for (b, &block) in blocks.iter().enumerate() {
+                if b < ahead || jumps(b) {
+                    prefetch_l2(&pools.k[tile_of(block)..][..tile_len]);
+                    prefetch_l2(&pools.v[tile_of(block)..][..tile_len]);
+                }
             }
         }
         for (b, &block) in blocks.iter().enumerate() {
             match blocks.get(b + ahead) {
-                Some(&next) => prefetch(&pools.k[tile_of(next)..][..tile_len]),
+                Some(&next) if jumps(b + ahead) => prefetch(&pools.k[tile_of(next)..][..tile_len]),
+                Some(_) => {}
                 None => prefetch(&pools.v[tile_of(blocks[b + ahead - blocks.len()])..][..tile_len]),
             }
             let slots = bs.min(keys_here - b * bs);
@@ -478,7 +481,8 @@ unsafe fn attend<T: Tiles, E: KvElement>(
             .min(k_hi.saturating_sub(c0 + keys_here).div_ceil(bs))];
         for (b, &block) in blocks.iter().enumerate() {
             match blocks.get(b + ahead) {
-                Some(&next) => prefetch(&pools.v[tile_of(next)..][..tile_len]),
+                Some(&next) if jumps(b + ahead) => prefetch(&pools.v[tile_of(next)..][..tile_len]),
+                Some(_) => {}
                 None => {
                     if let Some(&next) = next_chunk.get(b + ahead - blocks.len()) {
                         prefetch(&pools.k[tile_of(next)..][..tile_len]);
