@@ -31,6 +31,16 @@ unsafe fn tile_float<const MR: usize, const NV: usize, const BF16: bool>(t: &Til
     for s in 0..t.steps {
         for v in 0..NV {
             let line = t.w.add(v * t.block_stride + s * 64);
+            if BF16 && MR == 1 {
+                // One row: widen and multiply in one pass (no widened copy to keep).
+                let raw = &*(line as *const [u32; 16]);
+                let x = (t.x.add(s * 4) as *const u32).read_unaligned();
+                let (xe, xo) = (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000));
+                for (a, &w) in acc[0][v].iter_mut().zip(raw) {
+                    *a += f32::from_bits(w << 16) * xe + f32::from_bits(w & 0xffff_0000) * xo;
+                }
+                continue;
+            }
             let (mut even, mut odd) = ([0f32; 16], [0f32; 16]);
             if BF16 {
                 // SAFETY (caller): a line is 64 aligned bytes of packed weights.
