@@ -190,7 +190,8 @@ impl Model {
     /// Moves every matrix a step reads (each layer's projections, then the output head) into one
     /// huge-page-backed arena, in the order a step reads them: a small model's matrices are each
     /// too small to get 2 MiB pages of their own, and on 4 KiB pages decode streams them at a
-    /// fraction of the memory bandwidth (measured on the 135M shape: 31 GB/s instead of 36–57).
+    /// fraction of the memory bandwidth (measured on the 135M shape, all matrices, one row:
+    /// 31–40 GB/s allocated one by one, 35–57 GB/s in the arena, depending on the machine's state).
     /// Matrices move one at a time, so the weights are never held twice.
     pub fn consolidate_weights(&mut self) {
         let total: usize = self.step_matrices().map(|w| w.arena_bytes()).sum();

@@ -381,7 +381,7 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
         });
     }
 
-    // Larger m: tasks of (row block, chunk of panels), tiles of ≤ MR_MAX rows × NV_LARGE_M blocks.
+    // Larger m: tasks of (row block, chunk of panels), tiles of ≤ `mr_max` rows × `nv_max` blocks.
     let (nv_max, mr_max) = if isa.has_avx512() {
         let mr = if kind == WeightKind::Q8_0 {
             MR_MAX_Q8
