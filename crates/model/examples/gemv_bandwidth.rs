@@ -5,7 +5,8 @@
 //!
 //! `cargo run --release -p pagoda-model --example gemv_bandwidth -- [bf16|f32|q8_0] [rows]`
 //! (`SPLIT=N` in the environment: one large matrix cut into N instead of the model's shapes;
-//! `ISA=portable|avx2|avx512` forces a kernel family this CPU has)
+//! `ISA=portable|avx2|avx512` forces a kernel family this CPU has; `LAYERS=n` takes n layers and
+//! no head, e.g. 2 to measure the kernels with the weights in cache)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,10 +23,16 @@ fn main() {
     let m: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1);
     // (rows, cols) of one layer's fused matrices, ×30 layers, plus the tied lm_head.
     let mut shapes = Vec::new();
-    for _ in 0..30 {
+    let layers: usize = std::env::var("LAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    for _ in 0..layers {
         shapes.extend([(960, 576), (576, 576), (3072, 576), (576, 1536)]);
     }
-    shapes.push((49152, 576));
+    if layers == 30 {
+        shapes.push((49152, 576));
+    }
     // SPLIT=N: the same bytes as N equal matrices instead (per-matrix overhead).
     if let Some(parts) = std::env::var("SPLIT")
         .ok()
