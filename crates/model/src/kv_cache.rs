@@ -98,15 +98,13 @@ impl KvValues {
 
     /// Asks the CPU to bring `len` values from `offset` on into cache (a hint: never faults).
     fn prefetch(&self, offset: usize, len: usize) {
-        let (base, size) = match self {
-            KvValues::F32(v) => (v.as_ptr() as *const u8, 4),
-            KvValues::Bf16(v) => (v.as_ptr() as *const u8, 2),
-            KvValues::F16(v) => (v.as_ptr() as *const u8, 2),
-            KvValues::Int8(v) => (v.as_ptr() as *const u8, 1),
-        };
-        let start = base.wrapping_add(offset * size);
-        for line in (0..len * size).step_by(64) {
-            crate::ops::simd::prefetch(start.wrapping_add(line));
+        use crate::ops::simd::prefetch;
+        let range = offset..offset + len;
+        match self {
+            KvValues::F32(v) => prefetch(&v[range]),
+            KvValues::Bf16(v) => prefetch(&v[range]),
+            KvValues::F16(v) => prefetch(&v[range]),
+            KvValues::Int8(v) => prefetch(&v[range]),
         }
     }
 

@@ -171,19 +171,8 @@ impl Model {
     /// Replaces every projection and the output head (the embedding, when tied to it) by `f` of
     /// itself.
     pub fn map_matrices(&mut self, f: impl Fn(&PackedLinear) -> PackedLinear) {
-        for layer in &mut self.layers {
-            for w in [
-                &mut layer.qkv,
-                &mut layer.o_proj,
-                &mut layer.gate_up,
-                &mut layer.down,
-            ] {
-                *w = f(w);
-            }
-        }
-        match &mut self.lm_head {
-            Some(head) => *head = f(head),
-            None => self.embed = f(&self.embed),
+        for w in self.step_matrices_mut() {
+            *w = f(w);
         }
     }
 
@@ -194,9 +183,19 @@ impl Model {
     /// 31–40 GB/s allocated one by one, 35–57 GB/s in the arena, depending on the machine's state).
     /// Matrices move one at a time, so the weights are never held twice.
     pub fn consolidate_weights(&mut self) {
-        let total: usize = self.step_matrices().map(|w| w.arena_bytes()).sum();
+        let matrices = self.step_matrices_mut();
+        let total: usize = matrices.iter().map(|w| w.arena_bytes()).sum();
         let arena = Arc::new(HugeArena::new(total));
-        let mut matrices: Vec<&mut PackedLinear> = Vec::with_capacity(4 * self.layers.len() + 1);
+        for w in matrices {
+            let moved = w.move_into(&arena);
+            debug_assert!(moved, "invariant: the arena was sized for every matrix");
+        }
+    }
+
+    /// The matrices one step reads, in reading order: each layer's projections, then the output
+    /// head (the embedding when tied to it).
+    fn step_matrices_mut(&mut self) -> Vec<&mut PackedLinear> {
+        let mut matrices = Vec::with_capacity(4 * self.layers.len() + 1);
         for layer in &mut self.layers {
             matrices.extend([
                 &mut layer.qkv,
@@ -206,13 +205,10 @@ impl Model {
             ]);
         }
         matrices.push(self.lm_head.as_mut().unwrap_or(&mut self.embed));
-        for w in matrices {
-            let moved = w.move_into(&arena);
-            debug_assert!(moved, "invariant: the arena was sized for every matrix");
-        }
+        matrices
     }
 
-    /// The matrices one step reads, in reading order.
+    /// As [`Self::step_matrices_mut`], shared.
     fn step_matrices(&self) -> impl Iterator<Item = &PackedLinear> {
         self.layers
             .iter()

@@ -1,5 +1,5 @@
-//! Locating the workspace's `../shared` directory (models and golden outputs) and reading its
-//! golden files, for tests of every crate.
+//! Locating the workspace's `../shared` directory (models and golden outputs), reading its
+//! golden files, and running greedy generations to compare with them, for tests of every crate.
 //!
 //! CI always has it: with `CI=true` a missing directory is a failure. Elsewhere (a user's fresh
 //! clone) a test that needs it says that it was skipped and why, and passes.
@@ -52,5 +52,42 @@ pub fn token_ids(value: &serde_json::Value) -> Vec<u32> {
         .expect("a list of token ids")
         .iter()
         .map(|x| x.as_u64().expect("a token id") as u32)
+        .collect()
+}
+
+/// Greedy generation (EOS ignored) of `max_tokens` tokens for every prompt, batched in one
+/// [`crate::generate::generate`] call: per prompt, the generated ids and the logits that chose
+/// each of them.
+///
+/// # Panics
+/// When generation fails (a broken fixture).
+pub fn greedy_with_logits(
+    runner: &mut crate::ModelRunner,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    prefill_chunk: usize,
+) -> Vec<(Vec<u32>, Vec<Vec<f32>>)> {
+    use crate::generate::{generate, GenerateOptions, GenerationRequest};
+    let requests: Vec<GenerationRequest> = prompts
+        .iter()
+        .map(|p| GenerationRequest {
+            prompt_ids: p.clone(),
+            params: pagoda_core::SamplingParams {
+                ignore_eos: true,
+                ..pagoda_core::SamplingParams::greedy(max_tokens)
+            },
+        })
+        .collect();
+    let mut logits = vec![Vec::new(); prompts.len()];
+    let out = generate(
+        runner,
+        &requests,
+        &GenerateOptions { prefill_chunk },
+        |ev| logits[ev.seq].push(ev.logits.to_vec()),
+    )
+    .expect("generation runs");
+    out.into_iter()
+        .zip(logits)
+        .map(|(g, l)| (g.output_ids, l))
         .collect()
 }

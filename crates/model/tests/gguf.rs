@@ -6,12 +6,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use pagoda_core::SamplingParams;
-use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
 use pagoda_model::gguf::convert::convert_to_gguf;
 use pagoda_model::gguf::writer::GgufWriter;
 use pagoda_model::gguf::{GgmlType, GgufFile, MetaValue};
-use pagoda_model::test_support::{golden_json, token_ids as ids};
+use pagoda_model::test_support::{golden_json, greedy_with_logits, token_ids as ids};
 use pagoda_model::weights::{TensorSource, WeightData, WeightDtype};
 use pagoda_model::{load_model_dir, LoadedModel, RunnerOptions, Tokenizer};
 
@@ -45,36 +43,6 @@ fn load(path: &Path, dtype: Option<WeightDtype>) -> LoadedModel {
     load_model_dir(path, &options).expect("model loads")
 }
 
-/// Greedy ids and the logits that chose each, one request per prompt, batched.
-fn greedy(
-    loaded: &mut LoadedModel,
-    prompts: &[Vec<u32>],
-    n: usize,
-) -> Vec<(Vec<u32>, Vec<Vec<f32>>)> {
-    let requests: Vec<GenerationRequest> = prompts
-        .iter()
-        .map(|p| GenerationRequest {
-            prompt_ids: p.clone(),
-            params: SamplingParams {
-                ignore_eos: true,
-                ..SamplingParams::greedy(n)
-            },
-        })
-        .collect();
-    let mut logits = vec![Vec::new(); prompts.len()];
-    let out = generate(
-        &mut loaded.runner,
-        &requests,
-        &GenerateOptions::default(),
-        |ev| logits[ev.seq].push(ev.logits.to_vec()),
-    )
-    .expect("generation runs");
-    out.into_iter()
-        .zip(logits)
-        .map(|(g, l)| (g.output_ids, l))
-        .collect()
-}
-
 #[test]
 fn stories260k_f32_gguf_matches_goldens_and_tokenizer_cases() {
     let Some(shared) = common::shared_dir("stories260k_f32_gguf_matches_goldens") else {
@@ -98,7 +66,10 @@ fn stories260k_f32_gguf_matches_goldens_and_tokenizer_cases() {
     let golden = golden_json(&shared, "stories260k_greedy.json");
     let cases = golden["cases"].as_array().unwrap();
     let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_token_ids"])).collect();
-    for (i, (out, _)) in greedy(&mut loaded, &prompts, 64).iter().enumerate() {
+    for (i, (out, _)) in greedy_with_logits(&mut loaded.runner, &prompts, 64, 512)
+        .iter()
+        .enumerate()
+    {
         assert_eq!(
             out,
             &ids(&cases[i]["greedy_token_ids"]),
@@ -209,7 +180,7 @@ fn stories260k_tokenizer_as_llama_cpp_writes_it() {
         .encode(case["prompt"].as_str().unwrap(), true)
         .unwrap();
     assert_eq!(prompt, ids(&case["prompt_token_ids"]));
-    let run = greedy(&mut loaded, &[prompt], 64);
+    let run = greedy_with_logits(&mut loaded.runner, &[prompt], 64, 512);
     assert_eq!(run[0].0, ids(&case["greedy_token_ids"]));
 }
 
@@ -240,7 +211,10 @@ fn stories260k_q8_0_gguf_matches_the_first_32_greedy_tokens() {
     // Dequantized to f32, and to bf16 (what `auto` picks for a quantized file).
     for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
         let mut loaded = load(&file.0, Some(dtype));
-        for (i, (out, _)) in greedy(&mut loaded, &prompts, 32).iter().enumerate() {
+        for (i, (out, _)) in greedy_with_logits(&mut loaded.runner, &prompts, 32, 512)
+            .iter()
+            .enumerate()
+        {
             let want = &ids(&cases[i]["greedy_token_ids"])[..32];
             assert_eq!(
                 out.as_slice(),
@@ -265,7 +239,10 @@ fn check_synthetic(name: &str) {
     );
     let mut loaded = load(&file.0, None);
     let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["input_ids"])).collect();
-    for (i, (out, logits)) in greedy(&mut loaded, &prompts, 32).iter().enumerate() {
+    for (i, (out, logits)) in greedy_with_logits(&mut loaded.runner, &prompts, 32, 512)
+        .iter()
+        .enumerate()
+    {
         let what = format!("{name} case {i} (len {})", prompts[i].len());
         let want: Vec<f64> = cases[i]["last_logits"]
             .as_array()

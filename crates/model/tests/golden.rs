@@ -6,10 +6,8 @@ mod common;
 
 use std::path::Path;
 
-use pagoda_core::SamplingParams;
-use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
 use pagoda_model::kv_cache::KvCacheDtype;
-use pagoda_model::test_support::{golden_json, token_ids as ids};
+use pagoda_model::test_support::{golden_json, greedy_with_logits, token_ids as ids};
 use pagoda_model::{load_model_dir, RunnerOptions, Tokenizer};
 use serde_json::Value;
 
@@ -31,22 +29,14 @@ fn run_greedy(
     block_size: usize,
     chunk: usize,
 ) -> Run {
-    run_greedy_with(model_dir, prompts, max_tokens, block_size, chunk, None)
-}
-
-fn run_greedy_with(
-    model_dir: &Path,
-    prompts: &[Vec<u32>],
-    max_tokens: usize,
-    block_size: usize,
-    chunk: usize,
-    kv_cache_dtype: Option<KvCacheDtype>,
-) -> Run {
-    let options = RunnerOptions {
-        kv_cache_dtype,
-        ..RunnerOptions::default()
-    };
-    run_greedy_options(model_dir, prompts, max_tokens, block_size, chunk, options)
+    run_greedy_options(
+        model_dir,
+        prompts,
+        max_tokens,
+        block_size,
+        chunk,
+        RunnerOptions::default(),
+    )
 }
 
 fn run_greedy_options(
@@ -63,32 +53,7 @@ fn run_greedy_options(
         ..options
     };
     let mut loaded = load_model_dir(model_dir, &options).expect("model loads");
-    let requests: Vec<GenerationRequest> = prompts
-        .iter()
-        .map(|p| GenerationRequest {
-            prompt_ids: p.clone(),
-            params: SamplingParams {
-                ignore_eos: true,
-                ..SamplingParams::greedy(max_tokens)
-            },
-        })
-        .collect();
-    let mut logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
-    let out = generate(
-        &mut loaded.runner,
-        &requests,
-        &GenerateOptions {
-            prefill_chunk: chunk,
-        },
-        |ev| {
-            logits[ev.seq].push(ev.logits.to_vec());
-        },
-    )
-    .expect("generation runs");
-    out.into_iter()
-        .zip(logits)
-        .map(|(g, l)| (g.output_ids, l))
-        .collect()
+    greedy_with_logits(&mut loaded.runner, prompts, max_tokens, chunk)
 }
 
 /// Every way of batching the cases must give the same, golden, results.
@@ -306,38 +271,17 @@ fn q8_0_greedy_matches_the_dequantized_f32_forward() {
             if dequantize {
                 loaded.runner.model.map_matrices(|w| w.to_f32());
             }
-            let requests: Vec<GenerationRequest> = prompts
-                .iter()
-                .map(|p| GenerationRequest {
-                    prompt_ids: p.clone(),
-                    params: SamplingParams {
-                        ignore_eos: true,
-                        ..SamplingParams::greedy(32)
-                    },
-                })
-                .collect();
-            generate(
-                &mut loaded.runner,
-                &requests,
-                &GenerateOptions { prefill_chunk: 512 },
-                |_| {},
-            )
-            .expect("generation runs")
+            greedy_with_logits(&mut loaded.runner, &prompts, 32, 512)
         };
         let (quantized, reference) = (run(false), run(true));
-        for (q, r) in quantized.iter().zip(&reference) {
+        for ((q, _), (r, _)) in quantized.iter().zip(&reference) {
             // Compare up to the first divergence: after it the contexts differ.
-            let same = q
-                .output_ids
-                .iter()
-                .zip(&r.output_ids)
-                .take_while(|(a, b)| a == b)
-                .count();
+            let same = q.iter().zip(r).take_while(|(a, b)| a == b).count();
             agree += same;
-            total += same + usize::from(same < r.output_ids.len());
+            total += same + usize::from(same < r.len());
             println!(
                 "{name}: {same}/{} greedy tokens before any divergence",
-                r.output_ids.len()
+                r.len()
             );
         }
     }
@@ -371,7 +315,11 @@ fn reduced_precision_kv_caches_keep_top1_agreement() {
                     wanted.push(greedy[step]);
                 }
             }
-            let run = run_greedy_with(&model, &prompts, 1, 16, 512, Some(dtype));
+            let options = RunnerOptions {
+                kv_cache_dtype: Some(dtype),
+                ..RunnerOptions::default()
+            };
+            let run = run_greedy_options(&model, &prompts, 1, 16, 512, options);
             for ((out, _), want) in run.iter().zip(&wanted) {
                 agree += usize::from(out[0] == *want);
                 total += 1;

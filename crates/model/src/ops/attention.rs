@@ -29,7 +29,7 @@ use plan::{combine, partial_len, plan_items, Item, Plan, QUERY_TILE};
 
 use super::pool;
 use super::pool::SyncPtr;
-use super::simd::reduce16;
+use super::simd::{prefetch, prefetch_l2, reduce16};
 use crate::kv_cache::{KvGeometry, KvValues, LayerKv};
 
 /// Queries of one sequence in this step.
@@ -525,46 +525,6 @@ unsafe fn attend<T: Tiles, E: KvElement>(
             buf[rows * hd + rows..].copy_from_slice(sums);
         }
     }
-}
-
-/// Asks for every cache line of `values` to be loaded (a hint; no effect on results).
-#[inline(always)]
-fn prefetch<E>(values: &[E]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let start = values.as_ptr() as *const i8;
-        let bytes = std::mem::size_of_val(values);
-        for offset in (0..bytes).step_by(64) {
-            // SAFETY: prefetching is a hint and never faults; the addresses lie inside `values`.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    start.add(offset),
-                )
-            };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = values;
-}
-
-/// As [`prefetch`], into the L2 cache.
-#[inline(always)]
-fn prefetch_l2<E>(values: &[E]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let start = values.as_ptr() as *const i8;
-        let bytes = std::mem::size_of_val(values);
-        for offset in (0..bytes).step_by(64) {
-            // SAFETY: prefetching is a hint and never faults; the addresses lie inside `values`.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
-                    start.add(offset),
-                )
-            };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = values;
 }
 
 #[inline(always)]

@@ -197,15 +197,7 @@ impl PackedLinear {
 
     /// This matrix's values as packed f32 (a dequantized copy of a Q8_0 or bf16 matrix).
     pub fn to_f32(&self) -> Self {
-        let mut values = vec![0f32; self.rows * self.cols];
-        for (r, row) in values.chunks_exact_mut(self.cols.max(1)).enumerate() {
-            self.row_to_f32(r, row);
-        }
-        Self::pack(&Linear {
-            rows: self.rows,
-            cols: self.cols,
-            data: WeightData::F32(values),
-        })
+        Self::pack(&self.to_row_major_f32())
     }
 
     /// This matrix quantized to Q8_0 (from its f32 or bf16 values; a Q8_0 matrix is returned as is).
@@ -213,15 +205,20 @@ impl PackedLinear {
         if self.kind() == WeightKind::Q8_0 {
             return self.clone();
         }
+        Self::quantize_q8_0(&self.to_row_major_f32())
+    }
+
+    /// The values as a row-major f32 matrix.
+    fn to_row_major_f32(&self) -> Linear {
         let mut values = vec![0f32; self.rows * self.cols];
         for (r, row) in values.chunks_exact_mut(self.cols.max(1)).enumerate() {
             self.row_to_f32(r, row);
         }
-        Self::quantize_q8_0(&Linear {
+        Linear {
             rows: self.rows,
             cols: self.cols,
             data: WeightData::F32(values),
-        })
+        }
     }
 
     /// Packs ggml `block_q8_0` rows (`cols / 32` blocks of 34 bytes per row, row-major), as a GGUF
