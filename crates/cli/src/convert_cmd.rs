@@ -16,7 +16,7 @@ pub struct ConvertArgs {
     /// The GGUF file to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// Type of the weight matrices: f32, f16, bf16, q8_0 or q4_0 (norms stay f32).
+    /// Type of the weight matrices: f32, f16, bf16, q8_0, q4_0 or q4_k (norms stay f32).
     #[arg(long = "type", default_value = "f16")]
     pub ty: String,
 }
@@ -31,11 +31,16 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
             args.out.display()
         )
     })?;
-    if !summary.f16_fallbacks.is_empty() {
+    if !summary.fallbacks.is_empty() {
+        let names: Vec<String> = summary
+            .fallbacks
+            .iter()
+            .map(|(name, t)| format!("{name} ({t})"))
+            .collect();
         eprintln!(
-            "pagoda: {} matrices have rows that are not whole {ty} blocks and were written as F16: {}",
-            summary.f16_fallbacks.len(),
-            summary.f16_fallbacks.join(", ")
+            "pagoda: {} matrices have rows that are not whole {ty} blocks and were written in another type: {}",
+            names.len(),
+            names.join(", ")
         );
     }
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);

@@ -21,8 +21,9 @@ pub struct ModelArgs {
     /// smollm2-135m, qwen2.5-0.5b, tinyllama-1.1b; bf16 unless --dtype f32). For benchmarks.
     #[arg(long, value_name = "SHAPE")]
     pub synth: Option<String>,
-    /// Weight precision in memory: auto (as stored; f16 becomes f32; GGUF: f32 for F32 files,
-    /// else bf16), f32 or bf16.
+    /// Weight precision in memory: auto (as stored; f16 becomes f32; GGUF: Q8_0 and Q4_K matrices
+    /// as stored, other quantized types as Q8_0, F16/BF16 as bf16, F32 files as f32), f32 or bf16
+    /// (every weight dequantized to it).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// Tokens per KV-cache block.
@@ -31,7 +32,9 @@ pub struct ModelArgs {
     /// Memory for the KV cache, e.g. 2GiB, 512MiB.
     #[arg(long, default_value = "2GiB")]
     pub kv_cache_memory: String,
-    /// Quantize the weights at load: q8_0 (int8 with a scale per 32 weights, as llama.cpp's Q8_0).
+    /// Quantize the weights at load: q8_0 (int8 with a scale per 32 weights, as llama.cpp's Q8_0)
+    /// or q4_k (llama.cpp's Q4_K: 4-bit, scales and mins per 32; matrices whose input size is not
+    /// a multiple of 256 get q8_0).
     #[arg(long)]
     pub quantization: Option<String>,
     /// KV cache storage: auto (bf16 for bf16 weights, f32 for f32), f32, bf16, f16 or int8

@@ -17,7 +17,9 @@ use crate::ops::attention::{paged_attention, AttentionShape, SeqAttention};
 use crate::ops::gemm::{matmul, PackedLinear};
 use crate::ops::norm::rms_norm;
 use crate::ops::rope::Rope;
-use crate::weights::{Linear, WeightDtype, WeightSource};
+use crate::weights::{WeightDtype, WeightSource};
+
+mod matrices;
 
 struct Layer {
     input_norm: Vec<f32>,
@@ -90,19 +92,23 @@ impl Model {
         };
         let d = c.hidden_size;
         let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let packed = |w: Linear| PackedLinear::pack(&w);
-        let embed = packed(source.linear("model.embed_tokens.weight", c.vocab_size, d, dtype)?);
+        let matrix = |parts: &[(String, usize)], cols: usize| {
+            matrices::load_matrix(source, parts, cols, dtype)
+        };
+        let one = |name: &str, rows: usize| vec![(name.to_string(), rows)];
+        let embed = matrix(&one("model.embed_tokens.weight", c.vocab_size), d)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
-            let attn = |name: &str, rows: usize| {
-                source.linear(&format!("{p}.self_attn.{name}.weight"), rows, d, dtype)
-            };
-            let qkv = packed(Linear::concat_rows(vec![
-                attn("q_proj", q_dim)?,
-                attn("k_proj", kv_dim)?,
-                attn("v_proj", kv_dim)?,
-            ]));
+            let attn = |name: &str, rows: usize| (format!("{p}.self_attn.{name}.weight"), rows);
+            let qkv = matrix(
+                &[
+                    attn("q_proj", q_dim),
+                    attn("k_proj", kv_dim),
+                    attn("v_proj", kv_dim),
+                ],
+                d,
+            )?;
             let qkv_bias = if c.qkv_bias {
                 let bias = |name: &str, n: usize| {
                     source.vector_f32(&format!("{p}.self_attn.{name}.bias"), &[n])
@@ -118,38 +124,23 @@ impl Model {
             } else {
                 None
             };
-            let mlp = |name: &str, rows: usize, cols: usize| {
-                source.linear(&format!("{p}.mlp.{name}.weight"), rows, cols, dtype)
-            };
+            let mlp = |name: &str, rows: usize| (format!("{p}.mlp.{name}.weight"), rows);
             let inter = c.intermediate_size;
             layers.push(Layer {
                 input_norm: source.vector_f32(&format!("{p}.input_layernorm.weight"), &[d])?,
                 qkv,
                 qkv_bias,
-                o_proj: packed(source.linear(
-                    &format!("{p}.self_attn.o_proj.weight"),
-                    d,
-                    q_dim,
-                    dtype,
-                )?),
+                o_proj: matrix(&[attn("o_proj", d)], q_dim)?,
                 post_norm: source
                     .vector_f32(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                gate_up: packed(Linear::concat_rows(vec![
-                    mlp("gate_proj", inter, d)?,
-                    mlp("up_proj", inter, d)?,
-                ])),
-                down: packed(mlp("down_proj", d, inter)?),
+                gate_up: matrix(&[mlp("gate_proj", inter), mlp("up_proj", inter)], d)?,
+                down: matrix(&[mlp("down_proj", d)], inter)?,
             });
         }
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(packed(source.linear(
-                "lm_head.weight",
-                c.vocab_size,
-                d,
-                dtype,
-            )?))
+            Some(matrix(&one("lm_head.weight", c.vocab_size), d)?)
         };
         Ok(Self {
             norm: source.vector_f32("model.norm.weight", &[d])?,
@@ -166,6 +157,12 @@ impl Model {
     /// (`--quantization q8_0`); norms stay f32.
     pub fn quantize_q8_0(&mut self) {
         self.map_matrices(PackedLinear::to_q8_0);
+    }
+
+    /// As [`Self::quantize_q8_0`] to Q4_K (`--quantization q4_k`); matrices whose input size is
+    /// not a multiple of 256 become Q8_0.
+    pub fn quantize_q4_k(&mut self) {
+        self.map_matrices(PackedLinear::to_q4_k);
     }
 
     /// Replaces every projection and the output head (the embedding, when tied to it) by `f` of
@@ -218,11 +215,26 @@ impl Model {
             ))
     }
 
-    /// How the projections are stored (f32, bf16 or q8_0).
+    /// How the weights a step reads are stored (f32, bf16, q8_0, q4_k): the kind holding most
+    /// of their bytes (a Q4_K file keeps some tensors in other types).
     pub fn weight_kind(&self) -> crate::ops::gemm::WeightKind {
-        self.layers
-            .first()
-            .map_or(self.embed.kind(), |l| l.qkv.kind())
+        use crate::ops::gemm::WeightKind;
+        let kinds = [
+            WeightKind::F32,
+            WeightKind::Bf16,
+            WeightKind::Q8_0,
+            WeightKind::Q4K,
+        ];
+        let bytes = |k: WeightKind| -> usize {
+            self.step_matrices()
+                .filter(|w| w.kind() == k)
+                .map(|w| w.size_bytes())
+                .sum()
+        };
+        kinds
+            .into_iter()
+            .max_by_key(|&k| bytes(k))
+            .unwrap_or(WeightKind::F32)
     }
 
     /// Bytes of weights one decode step reads (every matrix once; the embedding only for lookups).

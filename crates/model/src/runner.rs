@@ -31,6 +31,9 @@ pub struct RunnerOptions {
 pub enum Quantization {
     /// ggml's Q8_0: int8 with an f16 scale per 32 weights of a row.
     Q8_0,
+    /// ggml's Q4_K: 4-bit weights with 6-bit scales and mins per 32 and f16 factors per 256
+    /// (matrices whose input size is not a multiple of 256 get Q8_0).
+    Q4K,
 }
 
 impl std::str::FromStr for Quantization {
@@ -38,8 +41,9 @@ impl std::str::FromStr for Quantization {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "q8_0" | "q8" => Ok(Quantization::Q8_0),
+            "q4_k" | "q4k" => Ok(Quantization::Q4K),
             other => Err(crate::error::ModelError::InvalidOption(format!(
-                "quantization {other:?} is not supported (use q8_0, or leave it out)"
+                "quantization {other:?} is not supported (use q8_0 or q4_k, or leave it out)"
             ))),
         }
     }
@@ -66,12 +70,15 @@ pub struct ModelRunner {
 
 impl ModelRunner {
     pub fn new(mut model: Model, options: &RunnerOptions) -> Result<Self> {
-        if options.quantization == Some(Quantization::Q8_0) {
-            model.quantize_q8_0();
+        match options.quantization {
+            Some(Quantization::Q8_0) => model.quantize_q8_0(),
+            Some(Quantization::Q4K) => model.quantize_q4_k(),
+            None => {}
         }
         model.consolidate_weights();
         // auto: the weights' precision; bf16 for quantized weights.
-        let quantized = model.weight_kind() == crate::ops::gemm::WeightKind::Q8_0;
+        use crate::ops::gemm::WeightKind;
+        let quantized = matches!(model.weight_kind(), WeightKind::Q8_0 | WeightKind::Q4K);
         let dtype = options.kv_cache_dtype.unwrap_or(match model.dtype {
             WeightDtype::F32 if !quantized => KvCacheDtype::F32,
             _ => KvCacheDtype::Bf16,

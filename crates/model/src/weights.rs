@@ -137,6 +137,25 @@ pub trait WeightSource {
     fn vector_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
     /// A `[rows, cols]` matrix stored as `dtype`.
     fn linear(&self, name: &str, rows: usize, cols: usize, dtype: WeightDtype) -> Result<Linear>;
+    /// A `[rows, cols]` matrix as quantized ggml blocks the kernels compute on directly, when
+    /// this source serves it that way (a GGUF file's quantized tensors); `None`: use [`Self::linear`].
+    fn quantized_blocks(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<QuantizedBlocks>> {
+        let _ = (name, rows, cols);
+        Ok(None)
+    }
+}
+
+/// Row-major ggml blocks of one matrix (see [`WeightSource::quantized_blocks`]).
+#[derive(Debug, Clone)]
+pub struct QuantizedBlocks {
+    /// [`crate::ops::gemm::WeightKind::Q8_0`] (`block_q8_0` rows) or `Q4K` (`block_q4_K` rows).
+    pub kind: crate::ops::gemm::WeightKind,
+    pub bytes: Vec<u8>,
 }
 
 impl WeightSource for TensorSource {

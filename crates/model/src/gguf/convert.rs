@@ -22,9 +22,9 @@ use crate::ops::rope::Rope;
 use crate::weights::{TensorSource, WeightData, WeightDtype};
 
 /// The tensor types `convert-gguf` writes.
-pub const OUTPUT_TYPES: &str = "f32, f16, bf16, q8_0, q4_0";
+pub const OUTPUT_TYPES: &str = "f32, f16, bf16, q8_0, q4_0, q4_k";
 
-/// Parses an output type name (`f32`, `f16`, `bf16`, `q8_0`, `q4_0`).
+/// Parses an output type name (`f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_k`).
 pub fn parse_output_type(name: &str) -> Result<GgmlType> {
     Ok(match name.to_ascii_lowercase().as_str() {
         "f32" => GgmlType::F32,
@@ -32,6 +32,7 @@ pub fn parse_output_type(name: &str) -> Result<GgmlType> {
         "bf16" => GgmlType::Bf16,
         "q8_0" => GgmlType::Q8_0,
         "q4_0" => GgmlType::Q4_0,
+        "q4_k" => GgmlType::Q4K,
         other => {
             return Err(ModelError::InvalidOption(format!(
                 "output type {other:?} is not supported (supported: {OUTPUT_TYPES})"
@@ -46,6 +47,7 @@ fn file_type(ty: GgmlType) -> u32 {
         GgmlType::F16 => 1,
         GgmlType::Q4_0 => 2,
         GgmlType::Q8_0 => 7,
+        GgmlType::Q4K => 14,
         GgmlType::Bf16 => 32,
         _ => 0,
     }
@@ -55,8 +57,9 @@ fn file_type(ty: GgmlType) -> u32 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvertSummary {
     pub num_tensors: usize,
-    /// Matrices written as F16 because their rows do not fill whole blocks of the requested type.
-    pub f16_fallbacks: Vec<String>,
+    /// Matrices written in another type because their rows do not fill whole blocks of the
+    /// requested one (Q8_0 for a Q4_K file where rows fill Q8_0 blocks, else F16), with that type.
+    pub fallbacks: Vec<(String, GgmlType)>,
 }
 
 /// Llama 3 scaling as llama.cpp's converter stores it: one divisor per rotary frequency.
@@ -222,14 +225,19 @@ pub fn convert_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<ConvertSu
         })?;
         num_tensors += 1;
     }
-    let mut f16_fallbacks = Vec::new();
+    let mut fallbacks = Vec::new();
     for (hf, rows, cols) in matrices {
         let name = gguf_name(&hf)?;
         let tensor_ty = if ty.row_bytes(cols).is_some() {
             ty
         } else {
-            f16_fallbacks.push(name.clone());
-            GgmlType::F16
+            let other = if ty == GgmlType::Q4K && GgmlType::Q8_0.row_bytes(cols).is_some() {
+                GgmlType::Q8_0
+            } else {
+                GgmlType::F16
+            };
+            fallbacks.push((name.clone(), other));
+            other
         };
         writer.add_tensor(&name, vec![cols, rows], tensor_ty, move || {
             let values = match source.linear(&hf, rows, cols, WeightDtype::F32)?.data {
@@ -246,6 +254,6 @@ pub fn convert_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<ConvertSu
     writer.write_file(out)?;
     Ok(ConvertSummary {
         num_tensors,
-        f16_fallbacks,
+        fallbacks,
     })
 }

@@ -39,32 +39,17 @@ pub fn is_gguf_file(path: &Path) -> bool {
         && &magic == b"GGUF"
 }
 
-/// Loads a GGUF file: config and tokenizer from its metadata, weights dequantized to
-/// `options.dtype` (auto: f32 for F32 files, bf16 otherwise).
+/// Loads a GGUF file: config and tokenizer from its metadata; with `options.dtype` auto, Q8_0
+/// and Q4_K matrices as stored, other quantized ones as Q8_0, F16/BF16 ones as bf16 (F32 files
+/// as f32); with a dtype, every weight dequantized to it.
 pub fn load_gguf(path: &Path, options: &RunnerOptions) -> Result<LoadedModel> {
     let file = GgufFile::open(path)?;
     let config = config::model_config(&file)?;
     let tokenizer = tokenizer::load_tokenizer(&file)?;
-    // A Q8_0 file runs on the Q8_0 kernels: its blocks go through f32 (exact: d·q) and are
-    // quantized again, which gives back the same scales and values (ggml's quantizer maps each
-    // group's largest value to ±127), so no precision is lost.
-    let q8_0_file = file
-        .tensor_info("blk.0.attn_q.weight")
-        .is_some_and(|t| t.ty == types::GgmlType::Q8_0);
-    let native_q8 = q8_0_file && options.dtype.is_none();
-    let dtype = if native_q8 {
-        Some(crate::weights::WeightDtype::F32)
-    } else {
-        options.dtype
-    };
-    let source = GgufSource::new(file, &config);
-    let model = Model::load(config, &source, dtype)?;
-    let options = &RunnerOptions {
-        quantization: options
-            .quantization
-            .or(native_q8.then_some(crate::Quantization::Q8_0)),
-        ..options.clone()
-    };
+    // Quantized tensors run on the quantized kernels unless a dtype was asked for (then every
+    // tensor is dequantized to it).
+    let source = GgufSource::new(file, &config).serving_quantized(options.dtype.is_none());
+    let model = Model::load(config, &source, options.dtype)?;
     let name = path
         .file_stem()
         .map(|n| n.to_string_lossy().into_owned())

@@ -1,7 +1,8 @@
 //! ggml block formats: dequantization of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and
 //! Q6_K rows to f32,
 //! and quantization of f32 rows to F16, BF16, Q8_0 and Q4_0 with ggml's reference rounding
-//! (`quantize_row_*_ref` in ggml-quants.c), so files written here match what llama.cpp writes.
+//! (`quantize_row_*_ref` in ggml-quants.c), so files written here match what llama.cpp writes,
+//! and to Q4_K with a least-squares search of our own (`quantize_k`), which llama.cpp decodes.
 //!
 //! Block layouts (little endian, `d`/`dmin` are IEEE half floats):
 //! - Q8_0, 32 values in 34 bytes: `d`, then 32 `i8`; `x = d·q`.
@@ -19,6 +20,8 @@
 use half::{bf16, f16};
 
 use super::types::{GgmlType, QK_K};
+
+mod quantize_k;
 
 /// Why a row could not be converted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,7 +158,7 @@ fn dequantize_q5_block(qh: u32, qs: &[u8], y: &mut [f32], value: impl Fn(u8) -> 
 
 /// The 6-bit scale and min of sub-block `j` (0..8) from Q4_K's 12 packed bytes
 /// (ggml's `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -208,7 +211,7 @@ fn dequantize_q6_k_block(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Encodes f32 `values` as type `ty` (F32, F16, BF16, Q8_0 or Q4_0), appending to `out`.
+/// Encodes f32 `values` as type `ty` (F32, F16, BF16, Q8_0, Q4_0 or Q4_K), appending to `out`.
 pub fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> Result<(), QuantError> {
     let (block, _) = ty.block_geometry();
     if !values.len().is_multiple_of(block) {
@@ -256,6 +259,9 @@ pub fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> Result<(), Q
                 out.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
             }
         }
+        GgmlType::Q4K => values
+            .chunks_exact(QK_K)
+            .for_each(|x| quantize_k::quantize_q4_k_block(x, out)),
         other => return Err(QuantError::Unsupported(other)),
     }
     Ok(())
@@ -569,7 +575,7 @@ mod tests {
             dequantize(GgmlType::Iq2Xxs, &[], &mut []),
             Err(QuantError::Unsupported(GgmlType::Iq2Xxs))
         );
-        assert!(quantize(GgmlType::Q4K, &[0.0; 256], &mut Vec::new()).is_err());
+        assert!(quantize(GgmlType::Q6K, &[0.0; 256], &mut Vec::new()).is_err());
         assert!(quantize(GgmlType::Q8_0, &[0.0; 31], &mut Vec::new()).is_err());
     }
 }

@@ -12,13 +12,14 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::quants::dequantize;
+use super::quants::{dequantize, quantize};
 use super::reader::{GgufFile, TensorInfo};
 use super::types::{GgmlType, SUPPORTED_TYPES};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::hugepages::huge_vec;
-use crate::weights::{Linear, WeightData, WeightDtype, WeightSource};
+use crate::ops::gemm::WeightKind;
+use crate::weights::{Linear, QuantizedBlocks, WeightData, WeightDtype, WeightSource};
 
 /// The GGUF (llama.cpp) name of a Hugging Face Llama/Qwen2 tensor name.
 pub fn gguf_tensor_name(hf: &str) -> Option<String> {
@@ -85,6 +86,8 @@ pub struct RawTensor<'a> {
 pub struct GgufSource {
     file: GgufFile,
     config: ModelConfig,
+    /// Serve quantized matrices as blocks for the quantized kernels ([`Self::serving_quantized`]).
+    quantized: bool,
 }
 
 impl GgufSource {
@@ -92,7 +95,16 @@ impl GgufSource {
         Self {
             file,
             config: config.clone(),
+            quantized: false,
         }
+    }
+
+    /// With `on`, quantized matrices load for the quantized kernels instead of dequantized to the
+    /// runner's dtype: Q8_0 and Q4_K as stored, the other quantized types (Q6_K, Q4_0, Q4_1,
+    /// Q5_0, Q5_1) requantized to Q8_0 (within half a Q8_0 step of their values).
+    pub fn serving_quantized(mut self, on: bool) -> Self {
+        self.quantized = on;
+        self
     }
 
     pub fn file(&self) -> &GgufFile {
@@ -176,6 +188,55 @@ impl GgufSource {
 }
 
 impl WeightSource for GgufSource {
+    fn quantized_blocks(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<QuantizedBlocks>> {
+        if !self.quantized {
+            return Ok(None);
+        }
+        let (info, bytes) = self.checked(name, &[rows, cols])?;
+        let kind = match info.ty {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => return Ok(None),
+            GgmlType::Q4K => WeightKind::Q4K,
+            _ => WeightKind::Q8_0,
+        };
+        let order = self.row_order(name, rows)?;
+        let row_bytes = info.n_bytes / rows.max(1);
+        let row = |r: usize| {
+            let src = order.as_ref().map_or(r, |o| o[r]);
+            &bytes[src * row_bytes..(src + 1) * row_bytes]
+        };
+        let out = if matches!(info.ty, GgmlType::Q4K | GgmlType::Q8_0) {
+            (0..rows).flat_map(row).copied().collect()
+        } else {
+            let out_row = GgmlType::Q8_0.row_bytes(cols).ok_or_else(|| {
+                self.file.error(format!(
+                    "{}: {cols} columns are not whole Q8_0 blocks",
+                    info.name
+                ))
+            })?;
+            let mut out = vec![0u8; rows * out_row];
+            out.par_chunks_mut(out_row.max(1))
+                .enumerate()
+                .try_for_each_init(
+                    || (vec![0f32; cols], Vec::with_capacity(out_row)),
+                    |(values, encoded), (r, dst)| {
+                        dequantize(info.ty, row(r), values)?;
+                        encoded.clear();
+                        quantize(GgmlType::Q8_0, values, encoded)?;
+                        dst.copy_from_slice(encoded);
+                        Ok(())
+                    },
+                )
+                .map_err(|e| self.convert_err(info, e))?;
+            out
+        };
+        Ok(Some(QuantizedBlocks { kind, bytes: out }))
+    }
+
     fn contains(&self, name: &str) -> bool {
         gguf_tensor_name(name).is_some_and(|n| self.file.tensor_info(&n).is_some())
     }

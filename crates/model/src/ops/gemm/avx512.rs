@@ -11,10 +11,14 @@
 //! - f32 weights: `vfmadd` with the broadcast activation;
 //! - bf16 weights on CPUs with AVX512_BF16: one `vdpbf16ps` per line (two multiply-adds per lane);
 //! - bf16 weights without it: both halves of the pair widened with a shift / mask, then two `vfmadd`.
+//!
+//! The Q8_0 and Q4_K kernels (AVX512_VNNI) sum byte products per 32-weight group with `vpdpbusd`
+//! (Q4_K: each line's low and high nibbles masked out as two operands) and apply the group's
+//! scales in f32.
 
 use std::arch::x86_64::*;
 
-use super::TileArgs;
+use super::{packed, TileArgs};
 
 #[inline(always)]
 unsafe fn store_tile<const MR: usize, const NV: usize>(acc: &[[__m512; NV]; MR], t: &TileArgs) {
@@ -280,6 +284,167 @@ pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
             for i in 0..MR {
                 let dot = _mm512_add_epi32(even[i], odd[i]);
                 acc[i][0] = q8_group_finish(acc[i][0], dot, scales, t, i, g);
+            }
+        }
+        let block = TileArgs {
+            out: t.out.add(b * 16),
+            cols: t.cols.saturating_sub(b * 16),
+            ..*t
+        };
+        store_tile(&acc, &block);
+    }
+}
+
+/// Steps (cache lines of weights) per Q4_K group of 32.
+const Q4K_STEPS: usize = 4;
+
+/// One Q4_K super-block's `d` and `dmin` of the 16 rows, as f32.
+#[inline(always)]
+unsafe fn q4k_super(rec: *const u8) -> (__m512, __m512) {
+    (
+        _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)),
+        _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(32) as *const __m256i)),
+    )
+}
+
+/// Group `j` of a super-block: the 16 rows' effective scale `d·sc` and min `dmin·m`.
+#[inline(always)]
+unsafe fn q4k_group_scales(rec: *const u8, j: usize, d: __m512, dmin: __m512) -> (__m512, __m512) {
+    let byte_lanes = |at: usize| {
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+            rec.add(at) as *const __m128i
+        )))
+    };
+    (
+        _mm512_mul_ps(d, byte_lanes(64 + j * 16)),
+        _mm512_mul_ps(dmin, byte_lanes(192 + j * 16)),
+    )
+}
+
+/// Applies one Q4_K group's integer dot product: `acc += x_scale · (scale·dot − min·Σx)`.
+#[inline(always)]
+unsafe fn q4k_group_finish(
+    acc: __m512,
+    dot: __m512i,
+    (scale, min): (__m512, __m512),
+    t: &TileArgs,
+    row: usize,
+    g: usize,
+) -> __m512 {
+    let at = row * t.groups + g;
+    let x_sum = _mm512_set1_ps(*t.x_sums.add(at) as f32);
+    let v = _mm512_fmsub_ps(scale, _mm512_cvtepi32_ps(dot), _mm512_mul_ps(min, x_sum));
+    _mm512_fmadd_ps(v, _mm512_set1_ps(*t.x_scales.add(at)), acc)
+}
+
+/// A Q4_K line's two `vpdpbusd` operands: low nibbles (`k = 4s..4s+4` of each row) and high
+/// nibbles (`k = 16 + 4s..`).
+#[inline(always)]
+unsafe fn q4k_unpack(line: *const u8) -> (__m512i, __m512i) {
+    let w = _mm512_load_si512(line as *const __m512i);
+    let low = _mm512_set1_epi8(0x0F);
+    (
+        _mm512_and_si512(w, low),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(w), low),
+    )
+}
+
+/// Q4_K weights (unsigned nibbles) against Q8_0 activations (signed): `vpdpbusd` per group of 32,
+/// then the group's scale and min applied in f32.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/VNNI; `t` describes valid memory, including the Q4_K fields.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn tile_q4k<const MR: usize, const NV: usize>(t: &TileArgs) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    for sb in 0..t.groups / 8 {
+        let records: [*const u8; NV] = std::array::from_fn(|v| {
+            t.scales
+                .add(v * t.scale_stride + sb * packed::Q4K_META_BYTES)
+        });
+        let supers: [(__m512, __m512); NV] = std::array::from_fn(|v| q4k_super(records[v]));
+        for j in 0..8 {
+            let g = sb * 8 + j;
+            let mut dot = [[_mm512_setzero_si512(); NV]; MR];
+            for s in 0..Q4K_STEPS {
+                let w: [(__m512i, __m512i); NV] = std::array::from_fn(|v| {
+                    q4k_unpack(t.w.add(v * t.block_stride + (g * Q4K_STEPS + s) * 64))
+                });
+                for (i, row) in dot.iter_mut().enumerate() {
+                    let x = t.x.add(i * t.x_stride + g * 32 + s * 4);
+                    let lo = _mm512_set1_epi32((x as *const i32).read_unaligned());
+                    let hi = _mm512_set1_epi32((x.add(16) as *const i32).read_unaligned());
+                    for (d, &(wl, wh)) in row.iter_mut().zip(&w) {
+                        *d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*d, wl, lo), wh, hi);
+                    }
+                }
+            }
+            let scales: [(__m512, __m512); NV] =
+                std::array::from_fn(|v| q4k_group_scales(records[v], j, supers[v].0, supers[v].1));
+            for (i, (a, d)) in acc.iter_mut().zip(&dot).enumerate() {
+                for v in 0..NV {
+                    a[v] = q4k_group_finish(a[v], d[v], scales[v], t, i, g);
+                }
+            }
+        }
+    }
+    store_tile(&acc, t);
+}
+
+/// The Q4_K stream kernel (decode): consecutive blocks one at a time, separate integer
+/// accumulators for the low and high nibbles, weights and scale records prefetched ahead.
+///
+/// # Safety
+/// As [`tile_q4k`]; `t.w` starts `blocks` consecutive blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn stream_q4k<const MR: usize>(t: &TileArgs, blocks: usize) {
+    for offset in (0..STREAM_PREFETCH_BYTES).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(t.w.wrapping_add(offset) as *const i8);
+    }
+    let supers = t.groups / 8;
+    for b in 0..blocks {
+        let w = t.w.add(b * t.block_stride);
+        let mut acc = [[_mm512_setzero_ps(); 1]; MR];
+        for sb in 0..supers {
+            let rec = t
+                .scales
+                .add(b * t.scale_stride + sb * packed::Q4K_META_BYTES);
+            // Two records (4 KiB of weights) ahead, like the weights.
+            for line in 0..packed::Q4K_META_BYTES / 64 {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    rec.wrapping_add(2 * packed::Q4K_META_BYTES + line * 64) as *const i8,
+                );
+            }
+            let (d, dmin) = q4k_super(rec);
+            for j in 0..8 {
+                let g = sb * 8 + j;
+                let mut lo_dot = [_mm512_setzero_si512(); MR];
+                let mut hi_dot = [_mm512_setzero_si512(); MR];
+                for s in 0..Q4K_STEPS {
+                    let line = w.add((g * Q4K_STEPS + s) * 64);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        line.wrapping_add(STREAM_PREFETCH_BYTES) as *const i8
+                    );
+                    let (wl, wh) = q4k_unpack(line);
+                    for i in 0..MR {
+                        let x = t.x.add(i * t.x_stride + g * 32 + s * 4);
+                        lo_dot[i] = _mm512_dpbusd_epi32(
+                            lo_dot[i],
+                            wl,
+                            _mm512_set1_epi32((x as *const i32).read_unaligned()),
+                        );
+                        hi_dot[i] = _mm512_dpbusd_epi32(
+                            hi_dot[i],
+                            wh,
+                            _mm512_set1_epi32((x.add(16) as *const i32).read_unaligned()),
+                        );
+                    }
+                }
+                let scales = q4k_group_scales(rec, j, d, dmin);
+                for i in 0..MR {
+                    let dot = _mm512_add_epi32(lo_dot[i], hi_dot[i]);
+                    acc[i][0] = q4k_group_finish(acc[i][0], dot, scales, t, i, g);
+                }
             }
         }
         let block = TileArgs {

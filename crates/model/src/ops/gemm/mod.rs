@@ -1,5 +1,5 @@
 //! `out = x · Wᵀ` for row-major f32 activations `x [m, k]` and a packed weight matrix `W [n, k]`
-//! (f32, bf16 or Q8_0, see [`packed`]): every projection of the forward pass.
+//! (f32, bf16, Q8_0 or Q4_K, see [`packed`]): every projection of the forward pass.
 //!
 //! One micro-kernel design serves decode (m = 1…16) and prefill (m in the thousands): a tile of
 //! `MR` activation rows × `NV` blocks of 16 weight rows accumulates in registers over the whole
@@ -11,8 +11,8 @@
 //! rows.
 //!
 //! bf16 weights are multiplied with activations rounded to bf16 (as PyTorch's bf16 matmul and
-//! llama.cpp do), Q8_0 weights with activations quantized to Q8_0 per 32 values (as llama.cpp's
-//! `vec_dot_q8_0_q8_0`), with f32 accumulation, whatever the batch size: a request's numbers do
+//! llama.cpp do), Q8_0 and Q4_K weights with activations quantized to Q8_0 per 32 values (as
+//! llama.cpp's `vec_dot_q8_0_q8_0`; its Q4_K dot product uses 256-value groups), with f32 accumulation, whatever the batch size: a request's numbers do
 //! not depend on which kernel its step happened to use beyond summation order.
 //!
 //! Kernels are chosen at run time: AVX-512 (with AVX512_BF16's `vdpbf16ps` and AVX512_VNNI's
@@ -50,8 +50,9 @@ pub(crate) struct TileArgs {
     pub out: *mut f32,
     pub out_stride: usize,
     pub cols: usize,
-    /// Q8_0 only: the first block's scales (`scale_stride` bytes between blocks), and per
-    /// activation row (`groups` apart) its groups' f32 scales and sums of quantized values.
+    /// Q8_0 and Q4_K only: the first block's scales (Q4_K: scale records; `scale_stride` bytes
+    /// between blocks), and per activation row (`groups` apart) its groups' f32 scales and sums
+    /// of quantized values.
     pub scales: *const u8,
     pub scale_stride: usize,
     pub x_scales: *const f32,
@@ -66,6 +67,8 @@ pub enum WeightKind {
     Bf16,
     /// ggml's Q8_0: int8 with an f16 scale per 32 weights of a row.
     Q8_0,
+    /// ggml's Q4_K: 4-bit weights, a 6-bit scale and min per 32 and an f16 `d`, `dmin` per 256.
+    Q4K,
 }
 
 impl WeightKind {
@@ -74,6 +77,7 @@ impl WeightKind {
             WeightKind::F32 => "f32",
             WeightKind::Bf16 => "bf16",
             WeightKind::Q8_0 => "q8_0",
+            WeightKind::Q4K => "q4_k",
         }
     }
 }
@@ -216,7 +220,7 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
             };
             run(isa, a, m, w, out)
         }),
-        WeightKind::Q8_0 => Q8_ACTIVATIONS.with(|buf| {
+        WeightKind::Q8_0 | WeightKind::Q4K => Q8_ACTIVATIONS.with(|buf| {
             let (q, scales, sums) = &mut *buf.borrow_mut();
             let groups = w.groups();
             let kp = groups * packed::Q8_GROUP;
@@ -333,7 +337,7 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
     let (x_scales, x_sums) = (SyncPtr(a.scales as *mut f32), SyncPtr(a.sums as *mut i32));
     let groups = w.groups();
     let scale_base = SyncPtr(w.scales_base() as *mut u8);
-    let scale_stride = groups * packed::BLOCK_ROWS * 2;
+    let scale_stride = w.scale_stride_bytes();
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let base = SyncPtr(w.base() as *mut u8);
     let (steps, block_stride) = (w.steps(), w.block_stride_bytes());
@@ -383,7 +387,7 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
 
     // Larger m: tasks of (row block, chunk of panels), tiles of ≤ `mr_max` rows × `nv_max` blocks.
     let (nv_max, mr_max) = if isa.has_avx512() {
-        let mr = if kind == WeightKind::Q8_0 {
+        let mr = if matches!(kind, WeightKind::Q8_0 | WeightKind::Q4K) {
             MR_MAX_Q8
         } else {
             MR_MAX
@@ -447,6 +451,9 @@ unsafe fn run_stream(isa: Isa, kind: WeightKind, m: usize, blocks: usize, t: &Ti
             (Isa::Avx512, WeightKind::Bf16) => return by_rows!(stream_bf16_widen),
             (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::Q8_0) if has_vnni() => {
                 return by_rows!(stream_q8)
+            }
+            (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::Q4K) if has_vnni() => {
+                return by_rows!(stream_q4k)
             }
             _ => {}
         }
@@ -521,6 +528,11 @@ unsafe fn run_tile(isa: Isa, kind: WeightKind, mr: usize, nv: usize, t: &TileArg
                 avx512::tile_q8::<$mr, $nv>(t)
             };
         }
+        macro_rules! q4k {
+            ($mr:literal, $nv:literal) => {
+                avx512::tile_q4k::<$mr, $nv>(t)
+            };
+        }
         macro_rules! avx2 {
             ($mr:literal, $nv:literal) => {
                 avx2_tile::<$mr, $nv>(kind, t)
@@ -533,6 +545,9 @@ unsafe fn run_tile(isa: Isa, kind: WeightKind, mr: usize, nv: usize, t: &TileArg
             (Isa::Avx512, WeightKind::Bf16) => return shapes!(bf16_widen, mr, nv),
             (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::Q8_0) if has_vnni() => {
                 return shapes!(q8, mr, nv)
+            }
+            (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::Q4K) if has_vnni() => {
+                return shapes!(q4k, mr, nv)
             }
             _ => {}
         }

@@ -12,10 +12,19 @@
 //! a step is 4 consecutive `k` of each of the 16 rows (the operand layout of `vpdpbusd`), stored
 //! as `q + 128` (unsigned, so the activations can be the signed operand), 8 steps per group; the
 //! 16 scales of a (block, group) sit in a separate array. `k` is padded to a multiple of 32.
+//!
+//! Q4_K (ggml's `block_q4_K`: super-blocks of 256 weights with an f16 `d` and `dmin`, and per
+//! 32-weight sub-block a 6-bit scale and min; weight = `d·sc·q − dmin·m`, `q` in 0..16) keeps the
+//! same blocks with 4 steps per 32-weight group: byte `i` of row `r` in step `s` holds `k = 4s + i`
+//! in its low nibble and `k = 16 + 4s + i` in its high nibble, so one line unpacks (mask, shift)
+//! into two `vpdpbusd` operands. Per (block, super-block) a 320-byte record holds the 16 rows'
+//! `d`, then their `dmin` (f16), then the 8 sub-blocks' scales and the 8 mins (one byte per row):
+//! exactly the file's numbers, unpacked. `k` must be a multiple of 256.
 
 use std::sync::Arc;
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 use super::WeightKind;
 use crate::hugepages::{huge_vec, HugeArena};
@@ -25,6 +34,14 @@ use crate::weights::{Linear, WeightData};
 pub const Q8_GROUP: usize = 32;
 /// Bytes of one ggml `block_q8_0`: an f16 scale and 32 signed bytes.
 pub const Q8_0_BLOCK_BYTES: usize = 34;
+
+/// Weights per Q4_K super-block (one `d` and `dmin` each).
+pub const Q4K_SUPER: usize = 256;
+/// Bytes of one ggml `block_q4_K`.
+pub const Q4K_BLOCK_BYTES: usize = 144;
+/// Bytes of one (block, super-block) record of unpacked Q4_K scales: 16 `d`, 16 `dmin` (f16),
+/// 8 × 16 scales and 8 × 16 mins (u8).
+pub const Q4K_META_BYTES: usize = 320;
 
 /// Output rows per packed block (one 512-bit register of f32 results).
 pub const BLOCK_ROWS: usize = 16;
@@ -118,6 +135,11 @@ enum PackedData {
         q: Aligned<u8>,
         scales: Aligned<f16>,
     },
+    /// Nibble pairs per weight line, and one [`Q4K_META_BYTES`] record per (block, super-block).
+    Q4K {
+        q: Aligned<u8>,
+        meta: Aligned<u8>,
+    },
 }
 
 /// A weight matrix in the packed block layout (see the module docs).
@@ -208,6 +230,40 @@ impl PackedLinear {
         Self::quantize_q8_0(&self.to_row_major_f32())
     }
 
+    /// Quantizes a row-major matrix to Q4_K as a GGUF file would store it (see
+    /// [`crate::gguf::quants::quantize`]); a matrix whose `k` is not a multiple of 256 becomes
+    /// Q8_0 instead (as llama.cpp's quantizer falls back for such tensors).
+    pub fn quantize_q4_k(w: &Linear) -> Self {
+        let (n, k) = (w.rows, w.cols);
+        if k == 0 || !k.is_multiple_of(Q4K_SUPER) {
+            return Self::quantize_q8_0(w);
+        }
+        // The least-squares search is slow (~7 M values/s per thread): rows go in parallel.
+        let row_bytes = k / Q4K_SUPER * Q4K_BLOCK_BYTES;
+        let mut blocks = vec![0u8; n * row_bytes];
+        blocks.par_chunks_mut(row_bytes).enumerate().for_each_init(
+            || (vec![0f32; k], Vec::with_capacity(row_bytes)),
+            |(row, encoded), (r, dst)| {
+                w.row_to_f32(r, row);
+                encoded.clear();
+                crate::gguf::quants::quantize(crate::gguf::GgmlType::Q4K, row, encoded)
+                    .expect("invariant: rows are whole super-blocks");
+                dst.copy_from_slice(encoded);
+            },
+        );
+        Self::from_q4_k_blocks(n, k, &blocks)
+            .expect("invariant: the blocks were made for this shape")
+    }
+
+    /// This matrix quantized to Q4_K (a Q4_K matrix is returned as is; see
+    /// [`Self::quantize_q4_k`] for shapes that become Q8_0).
+    pub fn to_q4_k(&self) -> Self {
+        if self.kind() == WeightKind::Q4K {
+            return self.clone();
+        }
+        Self::quantize_q4_k(&self.to_row_major_f32())
+    }
+
     /// The values as a row-major f32 matrix.
     fn to_row_major_f32(&self) -> Linear {
         let mut values = vec![0f32; self.rows * self.cols];
@@ -254,12 +310,67 @@ impl PackedLinear {
         })
     }
 
+    /// Packs ggml `block_q4_K` rows (`cols / 256` blocks of 144 bytes per row, row-major), as a
+    /// GGUF file stores them. `None` when `cols` is not a multiple of 256 or the bytes do not match.
+    pub fn from_q4_k_blocks(rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
+        let supers = cols / Q4K_SUPER;
+        if !cols.is_multiple_of(Q4K_SUPER) || bytes.len() != rows * supers * Q4K_BLOCK_BYTES {
+            return None;
+        }
+        let groups = cols / Q8_GROUP;
+        let blocks = rows.div_ceil(BLOCK_ROWS);
+        let group_bytes = Q8_GROUP / 2 * BLOCK_ROWS;
+        let mut q = Aligned::<u8>::zeroed(blocks * groups * group_bytes);
+        let mut meta = Aligned::<u8>::zeroed(blocks * supers * Q4K_META_BYTES);
+        let (qs, ms) = (q.as_mut_slice(), meta.as_mut_slice());
+        let mut values = [0u8; Q4K_SUPER];
+        for r in 0..rows {
+            let (b, lane) = (r / BLOCK_ROWS, r % BLOCK_ROWS);
+            for sb in 0..supers {
+                let src = &bytes[(r * supers + sb) * Q4K_BLOCK_BYTES..][..Q4K_BLOCK_BYTES];
+                let rec = &mut ms[(b * supers + sb) * Q4K_META_BYTES..][..Q4K_META_BYTES];
+                rec[lane * 2..lane * 2 + 2].copy_from_slice(&src[0..2]);
+                rec[32 + lane * 2..32 + lane * 2 + 2].copy_from_slice(&src[2..4]);
+                for j in 0..8 {
+                    let (sc, m) = crate::gguf::quants::scale_min_k4(j, &src[4..16]);
+                    rec[64 + j * BLOCK_ROWS + lane] = sc;
+                    rec[192 + j * BLOCK_ROWS + lane] = m;
+                }
+                // The file's 32-byte chunk c holds values 64c..64c+32 (low nibbles) and
+                // 64c+32..64c+64 (high nibbles).
+                for (c, chunk) in src[16..].chunks_exact(32).enumerate() {
+                    for (l, &byte) in chunk.iter().enumerate() {
+                        values[64 * c + l] = byte & 0x0F;
+                        values[64 * c + 32 + l] = byte >> 4;
+                    }
+                }
+                for j in 0..8 {
+                    let g = sb * 8 + j;
+                    let v = &values[j * Q8_GROUP..][..Q8_GROUP];
+                    let base = (b * groups + g) * group_bytes;
+                    for s in 0..4 {
+                        for i in 0..4 {
+                            qs[base + s * 64 + lane * 4 + i] =
+                                v[4 * s + i] | (v[16 + 4 * s + i] << 4);
+                        }
+                    }
+                }
+            }
+        }
+        Some(Self {
+            rows,
+            cols,
+            data: PackedData::Q4K { q, meta },
+        })
+    }
+
     /// Bytes [`Self::move_into`] takes from an arena.
     pub fn arena_bytes(&self) -> usize {
         match &self.data {
             PackedData::F32(d) => d.arena_bytes(),
             PackedData::Bf16(d) => d.arena_bytes(),
             PackedData::Q8_0 { q, scales } => q.arena_bytes() + scales.arena_bytes(),
+            PackedData::Q4K { q, meta } => q.arena_bytes() + meta.arena_bytes(),
         }
     }
 
@@ -274,6 +385,7 @@ impl PackedLinear {
             PackedData::F32(d) => d.move_into(arena),
             PackedData::Bf16(d) => d.move_into(arena),
             PackedData::Q8_0 { q, scales } => q.move_into(arena) && scales.move_into(arena),
+            PackedData::Q4K { q, meta } => q.move_into(arena) && meta.move_into(arena),
         }
     }
 
@@ -283,6 +395,7 @@ impl PackedLinear {
             PackedData::F32(_) => WeightKind::F32,
             PackedData::Bf16(_) => WeightKind::Bf16,
             PackedData::Q8_0 { .. } => WeightKind::Q8_0,
+            PackedData::Q4K { .. } => WeightKind::Q4K,
         }
     }
 
@@ -293,23 +406,34 @@ impl PackedLinear {
             PackedData::F32(_) => values * 4,
             PackedData::Bf16(_) => values * 2,
             PackedData::Q8_0 { .. } => values / Q8_GROUP * Q8_0_BLOCK_BYTES,
+            PackedData::Q4K { .. } => values / Q4K_SUPER * Q4K_BLOCK_BYTES,
         }
     }
 
-    /// Q8_0 groups per row (`k` / 32 rounded up); 0 for other kinds.
+    /// Q8_0 or Q4_K groups of 32 weights per row (`k` / 32 rounded up); 0 for other kinds.
     pub fn groups(&self) -> usize {
         match self.data {
-            PackedData::Q8_0 { .. } => self.cols.div_ceil(Q8_GROUP),
+            PackedData::Q8_0 { .. } | PackedData::Q4K { .. } => self.cols.div_ceil(Q8_GROUP),
             _ => 0,
         }
     }
 
-    /// Pointer to the first Q8_0 scale (null for other kinds); a block's scales are
-    /// `groups() * 16` values.
+    /// Pointer to the first Q8_0 scale or Q4_K scale record (null for other kinds).
     pub(crate) fn scales_base(&self) -> *const u8 {
         match &self.data {
             PackedData::Q8_0 { scales, .. } => scales.as_slice().as_ptr() as *const u8,
+            PackedData::Q4K { meta, .. } => meta.as_slice().as_ptr(),
             _ => std::ptr::null(),
+        }
+    }
+
+    /// Bytes between consecutive blocks' scales: `groups() * 16` f16 for Q8_0, one
+    /// [`Q4K_META_BYTES`] record per super-block for Q4_K; 0 for other kinds.
+    pub(crate) fn scale_stride_bytes(&self) -> usize {
+        match self.data {
+            PackedData::Q8_0 { .. } => self.groups() * BLOCK_ROWS * 2,
+            PackedData::Q4K { .. } => self.cols / Q4K_SUPER * Q4K_META_BYTES,
+            _ => 0,
         }
     }
 
@@ -325,6 +449,7 @@ impl PackedLinear {
             PackedData::F32(_) => self.cols,
             PackedData::Bf16(_) => self.cols.div_ceil(2),
             PackedData::Q8_0 { .. } => self.groups() * Q8_GROUP / 4,
+            PackedData::Q4K { .. } => self.groups() * Q8_GROUP / 8,
         }
     }
 
@@ -338,7 +463,7 @@ impl PackedLinear {
         match &self.data {
             PackedData::F32(d) => d.as_slice().as_ptr() as *const u8,
             PackedData::Bf16(d) => d.as_slice().as_ptr() as *const u8,
-            PackedData::Q8_0 { q, .. } => q.as_slice().as_ptr(),
+            PackedData::Q8_0 { q, .. } | PackedData::Q4K { q, .. } => q.as_slice().as_ptr(),
         }
     }
 
@@ -372,6 +497,29 @@ impl PackedLinear {
                         + lane * 4
                         + i % 4;
                     *o = (q[at] as i16 - 128) as f32 * d;
+                }
+            }
+            PackedData::Q4K { q, meta } => {
+                let (groups, supers) = (self.groups(), k / Q4K_SUPER);
+                let (q, meta) = (q.as_slice(), meta.as_slice());
+                let half = |at: usize| f16::from_le_bytes([meta[at], meta[at + 1]]).to_f32();
+                for (i, o) in out[..k].iter_mut().enumerate() {
+                    let (g, within) = (i / Q8_GROUP, i % Q8_GROUP);
+                    let (sb, j) = (g / 8, g % 8);
+                    let rec = (b * supers + sb) * Q4K_META_BYTES;
+                    let (d, dmin) = (half(rec + lane * 2), half(rec + 32 + lane * 2));
+                    let sc = meta[rec + 64 + j * BLOCK_ROWS + lane] as f32;
+                    let m = meta[rec + 192 + j * BLOCK_ROWS + lane] as f32;
+                    let at = (b * groups + g) * Q8_GROUP / 2 * BLOCK_ROWS
+                        + (within % 16 / 4) * 64
+                        + lane * 4
+                        + within % 4;
+                    let nibble = if within < 16 {
+                        q[at] & 0x0F
+                    } else {
+                        q[at] >> 4
+                    };
+                    *o = d * sc * nibble as f32 - dmin * m;
                 }
             }
         }
@@ -421,6 +569,47 @@ mod tests {
         }
         assert!(PackedLinear::from_q8_0_blocks(2, 33, &[0; 68]).is_none());
         assert!(PackedLinear::from_q8_0_blocks(2, 32, &[0; 67]).is_none());
+    }
+
+    /// Packed Q4_K rows decode to exactly what the file format's dequantizer gives, for every
+    /// nibble, scale and min pattern (random bytes), including a partial last block of rows.
+    #[test]
+    fn q4_k_rows_dequantize_like_the_file_format() {
+        use crate::gguf::{quants::dequantize, GgmlType};
+        let (n, k) = (19, 512);
+        let mut state = 0x1234_5678u32;
+        let mut bytes: Vec<u8> = (0..n * k / Q4K_SUPER * Q4K_BLOCK_BYTES)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state >> 7) as u8
+            })
+            .collect();
+        for (b, block) in bytes.chunks_exact_mut(Q4K_BLOCK_BYTES).enumerate() {
+            block[0..2].copy_from_slice(&f16::from_f32(0.01 + b as f32 * 1e-3).to_le_bytes());
+            block[2..4].copy_from_slice(&f16::from_f32(0.02 - b as f32 * 1e-4).to_le_bytes());
+        }
+        let p = PackedLinear::from_q4_k_blocks(n, k, &bytes).expect("whole super-blocks");
+        assert_eq!(
+            (p.kind(), p.steps(), p.groups()),
+            (WeightKind::Q4K, k / 8, k / 32)
+        );
+        assert_eq!(p.size_bytes(), bytes.len());
+        let row_bytes = k / Q4K_SUPER * Q4K_BLOCK_BYTES;
+        let (mut got, mut want) = (vec![0f32; k], vec![0f32; k]);
+        for r in 0..n {
+            p.row_to_f32(r, &mut got);
+            dequantize(
+                GgmlType::Q4K,
+                &bytes[r * row_bytes..][..row_bytes],
+                &mut want,
+            )
+            .unwrap();
+            assert_eq!(got, want, "row {r}");
+        }
+        assert!(PackedLinear::from_q4_k_blocks(2, 320, &[0; 2 * 180]).is_none());
+        assert!(PackedLinear::from_q4_k_blocks(2, 256, &[0; 287]).is_none());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::{TileArgs, WeightKind};
 pub(super) unsafe fn tile<const MR: usize, const NV: usize>(kind: WeightKind, t: &TileArgs) {
     match kind {
         WeightKind::Q8_0 => tile_q8::<MR, NV>(t),
+        WeightKind::Q4K => tile_q4k::<MR, NV>(t),
         WeightKind::Bf16 => tile_float::<MR, NV, true>(t),
         WeightKind::F32 => tile_float::<MR, NV, false>(t),
     }
@@ -124,6 +125,55 @@ unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
                 let (corr, x_scale) = (128 * *t.x_sums.add(at), *t.x_scales.add(at));
                 for (lane, a) in row[v].iter_mut().enumerate() {
                     *a += (dot[lane] - corr) as f32 * (scales[lane].to_f32() * x_scale);
+                }
+            }
+        }
+    }
+    store::<MR, NV>(&acc, t);
+}
+
+/// The Q4_K tile: per group, integer dot products of the nibbles (low: `k = 4s..4s+4`, high:
+/// `k = 16 + 4s..`) with signed activations, then `x_scale · (d·sc·dot − dmin·m·Σx)`.
+///
+/// # Safety
+/// `t` describes valid memory, including the Q4_K fields.
+#[inline(always)]
+unsafe fn tile_q4k<const MR: usize, const NV: usize>(t: &TileArgs) {
+    use super::packed::Q4K_META_BYTES;
+    let mut acc = [[[0f32; 16]; NV]; MR];
+    for g in 0..t.groups {
+        let (sb, j) = (g / 8, g % 8);
+        for v in 0..NV {
+            let rec = std::slice::from_raw_parts(
+                t.scales.add(v * t.scale_stride + sb * Q4K_META_BYTES),
+                Q4K_META_BYTES,
+            );
+            let half = |at: usize| half::f16::from_le_bytes([rec[at], rec[at + 1]]).to_f32();
+            let scale: [f32; 16] =
+                std::array::from_fn(|l| half(l * 2) * rec[64 + j * 16 + l] as f32);
+            let min: [f32; 16] =
+                std::array::from_fn(|l| half(32 + l * 2) * rec[192 + j * 16 + l] as f32);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let mut dot = [0i32; 16];
+                for s in 0..4 {
+                    let line =
+                        &*(t.w.add(v * t.block_stride + (g * 4 + s) * 64) as *const [u32; 16]);
+                    let x = t.x.add(i * t.x_stride + g * 32 + s * 4);
+                    let lo = (x as *const [i8; 4]).read_unaligned().map(|v| v as i32);
+                    let hi = (x.add(16) as *const [i8; 4])
+                        .read_unaligned()
+                        .map(|v| v as i32);
+                    for (d, &w) in dot.iter_mut().zip(line) {
+                        let w = u32::from_le(w);
+                        let nib = |shift: u32| ((w >> shift) & 0x0F) as i32;
+                        *d += nib(0) * lo[0] + nib(8) * lo[1] + nib(16) * lo[2] + nib(24) * lo[3];
+                        *d += nib(4) * hi[0] + nib(12) * hi[1] + nib(20) * hi[2] + nib(28) * hi[3];
+                    }
+                }
+                let at = i * t.groups + g;
+                let (x_sum, x_scale) = (*t.x_sums.add(at) as f32, *t.x_scales.add(at));
+                for (lane, a) in row[v].iter_mut().enumerate() {
+                    *a += (scale[lane] * dot[lane] as f32 - min[lane] * x_sum) * x_scale;
                 }
             }
         }

@@ -136,29 +136,7 @@ fn q8_0_kernels_match_the_quantized_reference() {
             });
             let mut out = vec![f32::NAN; m * n];
             matmul_with(isa, &x, m, &packed, &mut out);
-            // Reference: dequantized weights (row_to_f32) times activations quantized like the
-            // kernels do it.
-            let groups = k.div_ceil(32);
-            let mut want = vec![0f32; m * n];
-            let mut wrow = vec![0f32; k];
-            for i in 0..m {
-                let mut q = vec![0i8; groups * 32];
-                let mut scales = vec![0f32; groups];
-                let mut sums = vec![0i32; groups];
-                quantize_row_q8(
-                    Isa::Portable,
-                    &x[i * k..(i + 1) * k],
-                    &mut q,
-                    &mut scales,
-                    &mut sums,
-                );
-                for j in 0..n {
-                    packed.row_to_f32(j, &mut wrow);
-                    want[i * n + j] = (0..k)
-                        .map(|t| wrow[t] as f64 * q[t] as f64 * scales[t / 32] as f64)
-                        .sum::<f64>() as f32;
-                }
-            }
+            let want = quantized_reference(&packed, &x, m);
             let what = format!("{isa:?} q8_0 m={m} n={n} k={k}");
             assert_close(&out, &want, k, &what);
             // And the quantized product stays near the exact one.
@@ -171,6 +149,111 @@ fn q8_0_kernels_match_the_quantized_reference() {
             }
         }
     }
+}
+
+/// Dequantized weights (`row_to_f32`) times activations quantized as the kernels do it, summed
+/// in f64.
+fn quantized_reference(packed: &PackedLinear, x: &[f32], m: usize) -> Vec<f32> {
+    let (n, k) = (packed.rows, packed.cols);
+    let groups = k.div_ceil(32);
+    let mut want = vec![0f32; m * n];
+    let mut wrow = vec![0f32; k];
+    for i in 0..m {
+        let mut q = vec![0i8; groups * 32];
+        let mut scales = vec![0f32; groups];
+        let mut sums = vec![0i32; groups];
+        quantize_row_q8(
+            Isa::Portable,
+            &x[i * k..(i + 1) * k],
+            &mut q,
+            &mut scales,
+            &mut sums,
+        );
+        for j in 0..n {
+            packed.row_to_f32(j, &mut wrow);
+            want[i * n + j] = (0..k)
+                .map(|t| wrow[t] as f64 * q[t] as f64 * scales[t / 32] as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    want
+}
+
+/// ggml `block_q4_K` rows of random content: every nibble, scale and min pattern, with `d` and
+/// `dmin` of a trained model's magnitude.
+fn random_q4_k_blocks(n: usize, k: usize, seed: u32) -> Vec<u8> {
+    let bytes = pseudo(n * k / 256 * 144, seed);
+    let mut out: Vec<u8> = bytes.iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
+    for (b, block) in out.chunks_exact_mut(144).enumerate() {
+        let d = half::f16::from_f32(0.001 + 0.0005 * (b % 7) as f32);
+        let dmin = half::f16::from_f32(0.002 + 0.0003 * (b % 5) as f32);
+        block[0..2].copy_from_slice(&d.to_le_bytes());
+        block[2..4].copy_from_slice(&dmin.to_le_bytes());
+    }
+    out
+}
+
+/// Q4_K (packed from the file format) against the same reference, on every kernel family: the
+/// nibble unpacking, the per-group scales and mins and the super-block records.
+#[test]
+fn q4_k_kernels_match_the_quantized_reference() {
+    let shapes = [
+        (1, 7, 256),
+        (1, 200, 512),
+        (2, 33, 256),
+        (3, 300, 768),
+        (4, 40, 256),
+        (5, 33, 512),
+        (13, 70, 256),
+        (40, 100, 512),
+    ];
+    for isa in supported_isas() {
+        for &(m, n, k) in &shapes {
+            let x = pseudo(m * k, 15);
+            let packed = PackedLinear::from_q4_k_blocks(n, k, &random_q4_k_blocks(n, k, 16))
+                .expect("whole super-blocks");
+            let mut out = vec![f32::NAN; m * n];
+            matmul_with(isa, &x, m, &packed, &mut out);
+            let want = quantized_reference(&packed, &x, m);
+            assert_close(&out, &want, k, &format!("{isa:?} q4_k m={m} n={n} k={k}"));
+        }
+    }
+}
+
+/// `--quantization q4_k`: the product stays near the exact one (4-bit weights), and matrices
+/// whose `k` is not a multiple of 256 fall back to Q8_0.
+#[test]
+fn q4_k_quantized_products_stay_near_exact() {
+    for &(m, n, k) in &[(1, 64, 256), (3, 48, 512), (20, 40, 768)] {
+        let (x, w) = (pseudo(m * k, 21), pseudo(n * k, 22));
+        let linear = Linear {
+            rows: n,
+            cols: k,
+            data: WeightData::F32(w.clone()),
+        };
+        let packed = PackedLinear::quantize_q4_k(&linear);
+        assert_eq!(packed.kind(), WeightKind::Q4K);
+        let mut out = vec![f32::NAN; m * n];
+        matmul(&x, m, &packed, &mut out);
+        let exact = naive(&x, m, &w, n, k);
+        let rms = |v: &mut dyn Iterator<Item = f32>| {
+            let (sum, count) = v.fold((0f64, 0usize), |(s, c), e| (s + (e * e) as f64, c + 1));
+            (sum / count as f64).sqrt()
+        };
+        let err = rms(&mut out.iter().zip(&exact).map(|(g, e)| g - e));
+        let scale = rms(&mut exact.iter().copied());
+        // Uniform weights in [-1, 1] on 16 levels per sub-block: about 4% relative error.
+        assert!(
+            err <= 0.08 * scale,
+            "m={m} n={n} k={k}: rms error {err} vs {scale}"
+        );
+    }
+    let odd = Linear {
+        rows: 16,
+        cols: 576,
+        data: WeightData::F32(pseudo(16 * 576, 23)),
+    };
+    assert_eq!(PackedLinear::quantize_q4_k(&odd).kind(), WeightKind::Q8_0);
 }
 
 /// The vector activation quantizer gives exactly the portable one's values, scales and sums.
@@ -224,14 +307,14 @@ fn bf16_rounding_matches_half_including_ties_and_nan() {
     }
 }
 
-/// Matrices moved into a shared arena give bit-identical products (f32, bf16, Q8_0, with odd
+/// Matrices moved into a shared arena give bit-identical products (f32, bf16, Q8_0, Q4_K, with odd
 /// shapes so ranges end mid-line); one that does not fit is refused and stays usable.
 #[test]
 fn matrices_moved_into_an_arena_give_identical_products() {
     use crate::hugepages::HugeArena;
     use std::sync::Arc;
 
-    let shapes = [(37, 70), (64, 576), (200, 33)];
+    let shapes = [(37, 70), (64, 576), (200, 33), (21, 512)];
     let mut mats = Vec::new();
     for (i, &(n, k)) in shapes.iter().enumerate() {
         let values = pseudo(n * k, 40 + i as u32);
@@ -253,6 +336,9 @@ fn matrices_moved_into_an_arena_give_identical_products() {
         mats.push(PackedLinear::pack(&f32_linear));
         mats.push(PackedLinear::pack(&bf16_linear));
         mats.push(PackedLinear::quantize_q8_0(&f32_linear));
+        if k.is_multiple_of(256) {
+            mats.push(PackedLinear::from_q4_k_blocks(n, k, &random_q4_k_blocks(n, k, 3)).unwrap());
+        }
     }
     let products = |mats: &[PackedLinear]| -> Vec<Vec<f32>> {
         mats.iter()
