@@ -101,4 +101,6 @@ fn main() {
     run("prefill 512", &[(512, 512)]);
     run("decode 64 x 340", &vec![(340, 1); 64]);
     run("decode 1 x 600", &[(600, 1)]);
+    run("decode 1 x 300", &[(300, 1)]);
+    run("decode 1 x 150", &[(150, 1)]);
 }

@@ -195,8 +195,11 @@ fn run<E: KvElement>(
             .map(|s| s.num_queries * s.context_len)
             .sum::<usize>()
             * out_stride;
-        // Small batches (tiny models, short decodes) are cheaper without a fork.
-        if work < 200_000 || items.len() == 1 || pool::global().threads() == 1 {
+        // Small batches (tiny models, very short decodes) are cheaper without a fork. Measured on
+        // the 135M shape (`attention_speed`, one sequence): at 150 and 300 tokens of context the
+        // split items take 5 and 8–10 µs against 7 and 14 µs serial (the old bound, 200_000,
+        // kept contexts up to 347 tokens serial).
+        if work < 50_000 || items.len() == 1 || pool::global().threads() == 1 {
             (0..items.len()).for_each(run);
         } else {
             pool::global().parallel_for(items.len(), &run);
