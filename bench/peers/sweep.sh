@@ -6,6 +6,9 @@
 #
 #   PEER=llama-cpp-python PEER_VENV=/path/to/venv MODEL_DIR=... GGUF=... OUT=... bench/peers/sweep.sh
 #   PEER=llama-server LLAMA_SERVER=/path/to/llama-server SLOTS=16 AXIS="--max-concurrencies 1,4,16" ...
+#
+# PAGODA_MODEL (default MODEL_DIR) is what pagoda serves, e.g. the same GGUF file as the peer;
+# the client's tokenizer always comes from MODEL_DIR.
 set -euo pipefail
 PAGODA=${PAGODA:-target/release/pagoda}
 MODEL_DIR=${MODEL_DIR:?MODEL_DIR: the HF model directory}
@@ -17,6 +20,7 @@ NUM_PROMPTS=${NUM_PROMPTS:-32}
 INPUT_LEN=${INPUT_LEN:-128}
 OUTPUT_LEN=${OUTPUT_LEN:-128}
 PAGODA_ARGS=${PAGODA_ARGS:-}
+PAGODA_MODEL=${PAGODA_MODEL:-$MODEL_DIR}
 mkdir -p "$OUT"
 
 wait_ready() { # url
@@ -34,7 +38,7 @@ sweep() { # name url extra-args...
 }
 
 # shellcheck disable=SC2086
-"$PAGODA" serve --model "$MODEL_DIR" --host 127.0.0.1 --port 8100 $PAGODA_ARGS \
+"$PAGODA" serve --model "$PAGODA_MODEL" --host 127.0.0.1 --port 8100 $PAGODA_ARGS \
   >"$OUT/pagoda-server.log" 2>&1 &
 PAGODA_PID=$!
 trap 'kill $PAGODA_PID 2>/dev/null || true' EXIT
