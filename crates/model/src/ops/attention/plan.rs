@@ -74,7 +74,26 @@ pub(super) fn plan_items(
         return;
     }
     let unit = MIN_SPLIT_KEYS.div_ceil(g.block_size) * g.block_size;
-    let want = (threads * ITEMS_PER_THREAD).div_ceil(plan.items.len());
+    let n = plan.items.len();
+    let longest = plan
+        .items
+        .iter()
+        .map(|it| it.keys.1 / unit)
+        .max()
+        .unwrap_or(1);
+    let mut want = (threads * ITEMS_PER_THREAD).div_ceil(n).min(longest.max(1));
+    // A whole number of items per thread (the threads finish together): fewer, longer parts
+    // where that still gives every thread an item. Measured on the 135M shape (3 KV heads, 2
+    // threads), interleaving the two plans step by step in one decode: 6 items of ~300 keys took
+    // 2% less time per step (median of 8 windows of 128 steps) than 9 of ~200; 12 items of ~150
+    // took 5% more.
+    let mut whole_per_thread = want;
+    while whole_per_thread > 1 && !(n * whole_per_thread).is_multiple_of(threads) {
+        whole_per_thread -= 1;
+    }
+    if (n * whole_per_thread).is_multiple_of(threads) && n * whole_per_thread >= threads {
+        want = whole_per_thread;
+    }
     let whole = std::mem::take(&mut plan.items);
     let mut slot = 0;
     for item in whole {
@@ -142,5 +161,55 @@ pub(super) fn combine(
         }
         let inv = 1.0 / sum;
         dst.iter_mut().for_each(|d| *d *= inv);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_plan(kv_heads: usize, context: usize, threads: usize) -> Plan {
+        let g = KvGeometry {
+            block_size: 16,
+            num_blocks: 64,
+            num_kv_heads: kv_heads,
+            head_dim: 64,
+        };
+        let table: Vec<u32> = (0..context.div_ceil(16) as u32).collect();
+        let seq = SeqAttention {
+            query_start: 0,
+            num_queries: 1,
+            context_len: context,
+            block_table: &table,
+        };
+        let mut plan = Plan::default();
+        plan_items(&mut plan, &[seq], g, threads);
+        plan
+    }
+
+    /// One decoding sequence splits into a whole number of items per thread, near-equal parts on
+    /// block boundaries that cover its keys once.
+    #[test]
+    fn decode_splits_give_every_thread_the_same_number_of_items() {
+        for (kv_heads, threads, want_items) in
+            [(3, 2, 6), (4, 2, 8), (1, 2, 4), (3, 4, 12), (5, 2, 10)]
+        {
+            let plan = decode_plan(kv_heads, 600, threads);
+            assert_eq!(
+                plan.items.len(),
+                want_items,
+                "{kv_heads} KV heads, {threads} threads"
+            );
+            for (item, parts) in &plan.splits {
+                let parts = &plan.items[parts.clone()];
+                let covered: usize = parts.iter().map(|p| p.keys.1 - p.keys.0).sum();
+                assert_eq!(covered, item.keys.1);
+                assert!(parts.iter().all(|p| p.keys.0 % 16 == 0));
+            }
+        }
+        // 3 parts of ≥ 128 keys fit 400 keys, but 9 items do not split evenly over 2 threads.
+        assert_eq!(decode_plan(3, 400, 2).items.len(), 6);
+        // Too short to split: one item per KV head.
+        assert_eq!(decode_plan(3, 100, 2).items.len(), 3);
     }
 }
