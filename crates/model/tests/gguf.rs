@@ -426,3 +426,29 @@ fn q4_k_gguf_runs_on_the_q4_k_kernels_near_the_dequantized_forward() {
     assert!(worst < 0.05, "relative logit gap {worst}");
     assert_eq!(agree, total);
 }
+
+/// Quantized types without kernels of their own (here Q4_0, as Q6_K in a Q4_K_M file) are
+/// requantized to Q8_0 at load: the file runs on the Q8_0 kernels, with logits near those of the
+/// same file dequantized to f32.
+#[test]
+fn q4_0_gguf_runs_on_the_q8_0_kernels_near_the_dequantized_forward() {
+    use pagoda_model::ops::gemm::WeightKind;
+    let dir = TempModelDir::q4_k_friendly("q40-model");
+    let gguf = TempGguf::convert(&dir.0, GgmlType::Q4_0, "q40");
+    let prompts: Vec<Vec<u32>> = (0..4)
+        .map(|i| (0..24).map(|t| 3 + (t * 11 + i * 17) % 250).collect())
+        .collect();
+    let mut native = load(&gguf.0, None);
+    assert_eq!(native.runner.model.weight_kind(), WeightKind::Q8_0);
+    let mut dequantized = load(&gguf.0, Some(WeightDtype::F32));
+    let runs = [&mut native, &mut dequantized]
+        .map(|m| greedy_with_logits(&mut m.runner, &prompts, 4, 512));
+    let mut worst = 0f64;
+    for (q, f) in runs[0].iter().zip(&runs[1]) {
+        let (gap, same) = logit_gap(&q.1[0], &f.1[0]);
+        worst = worst.max(gap);
+        assert!(same, "top-1 differs");
+    }
+    println!("q4_0 as q8_0 vs dequantized f32: worst relative logit gap {worst:.4}");
+    assert!(worst < 0.05, "relative logit gap {worst}");
+}
