@@ -18,6 +18,7 @@
 //!   `i8` scales (one per 16 values), `d`; `x = d·scale·(q − 32)`.
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 use super::types::{GgmlType, QK_K};
 
@@ -209,6 +210,37 @@ fn dequantize_q6_k_block(b: &[u8], y: &mut [f32]) {
             out[l + 96] = d * sc[is + 6] as i8 as f32 * q4 as f32;
         }
     }
+}
+
+/// `rows` rows of type `ty` (`row(r)`: row `r`'s bytes, `cols` values) requantized to Q8_0 rows
+/// through f32, in parallel: ggml's Q8_0 rounding of the dequantized values.
+pub fn rows_to_q8_0<'a>(
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row: impl Fn(usize) -> &'a [u8] + Sync,
+) -> Result<Vec<u8>, QuantError> {
+    let out_row = GgmlType::Q8_0
+        .row_bytes(cols)
+        .ok_or(QuantError::PartialBlock {
+            ty: GgmlType::Q8_0,
+            values: cols,
+            block: 32,
+        })?;
+    let mut out = vec![0u8; rows * out_row];
+    out.par_chunks_mut(out_row.max(1))
+        .enumerate()
+        .try_for_each_init(
+            || (vec![0f32; cols], Vec::with_capacity(out_row)),
+            |(values, encoded), (r, dst)| {
+                dequantize(ty, row(r), values)?;
+                encoded.clear();
+                quantize(GgmlType::Q8_0, values, encoded)?;
+                dst.copy_from_slice(encoded);
+                Ok(())
+            },
+        )?;
+    Ok(out)
 }
 
 /// Encodes f32 `values` as type `ty` (F32, F16, BF16, Q8_0, Q4_0 or Q4_K), appending to `out`.

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::quants::{dequantize, quantize};
+use super::quants::{dequantize, rows_to_q8_0};
 use super::reader::{GgufFile, TensorInfo};
 use super::types::{GgmlType, SUPPORTED_TYPES};
 use crate::config::{Architecture, ModelConfig};
@@ -212,27 +212,7 @@ impl WeightSource for GgufSource {
         let out = if matches!(info.ty, GgmlType::Q4K | GgmlType::Q8_0) {
             (0..rows).flat_map(row).copied().collect()
         } else {
-            let out_row = GgmlType::Q8_0.row_bytes(cols).ok_or_else(|| {
-                self.file.error(format!(
-                    "{}: {cols} columns are not whole Q8_0 blocks",
-                    info.name
-                ))
-            })?;
-            let mut out = vec![0u8; rows * out_row];
-            out.par_chunks_mut(out_row.max(1))
-                .enumerate()
-                .try_for_each_init(
-                    || (vec![0f32; cols], Vec::with_capacity(out_row)),
-                    |(values, encoded), (r, dst)| {
-                        dequantize(info.ty, row(r), values)?;
-                        encoded.clear();
-                        quantize(GgmlType::Q8_0, values, encoded)?;
-                        dst.copy_from_slice(encoded);
-                        Ok(())
-                    },
-                )
-                .map_err(|e| self.convert_err(info, e))?;
-            out
+            rows_to_q8_0(info.ty, rows, cols, row).map_err(|e| self.convert_err(info, e))?
         };
         Ok(Some(QuantizedBlocks { kind, bytes: out }))
     }

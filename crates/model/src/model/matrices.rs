@@ -6,8 +6,6 @@
 //! which the source serves as Q8_0), the Q4_K parts are requantized to Q8_0 so the fused matrix
 //! has one format: Q8_0 keeps them within half a Q8_0 step of their Q4_K values.
 
-use rayon::prelude::*;
-
 use crate::error::{ModelError, Result};
 use crate::gguf::{quants, GgmlType};
 use crate::ops::gemm::{packed, PackedLinear, WeightKind};
@@ -68,22 +66,10 @@ pub(super) fn load_matrix(
 /// Q4_K rows requantized to Q8_0 rows (through f32).
 fn q4_k_to_q8_0(name: &str, rows: usize, cols: usize, b: &QuantizedBlocks) -> Result<Vec<u8>> {
     let row_in = cols / packed::Q4K_SUPER * packed::Q4K_BLOCK_BYTES;
-    let row_out = cols / packed::Q8_GROUP * packed::Q8_0_BLOCK_BYTES;
-    let mut out = vec![0u8; rows * row_out];
-    out.par_chunks_mut(row_out.max(1))
-        .zip(b.bytes.par_chunks(row_in.max(1)))
-        .try_for_each_init(
-            || (vec![0f32; cols], Vec::with_capacity(row_out)),
-            |(values, encoded), (dst, src)| {
-                quants::dequantize(GgmlType::Q4K, src, values)?;
-                encoded.clear();
-                quants::quantize(GgmlType::Q8_0, values, encoded)?;
-                dst.copy_from_slice(encoded);
-                Ok(())
-            },
-        )
-        .map_err(|e: quants::QuantError| ModelError::InvalidOption(format!("{name}: {e}")))?;
-    Ok(out)
+    quants::rows_to_q8_0(GgmlType::Q4K, rows, cols, |r| {
+        &b.bytes[r * row_in..(r + 1) * row_in]
+    })
+    .map_err(|e| ModelError::InvalidOption(format!("{name}: {e}")))
 }
 
 #[cfg(test)]

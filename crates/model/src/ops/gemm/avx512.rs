@@ -303,7 +303,9 @@ const Q4K_STEPS: usize = 4;
 unsafe fn q4k_super(rec: *const u8) -> (__m512, __m512) {
     (
         _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)),
-        _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(32) as *const __m256i)),
+        _mm512_cvtph_ps(_mm256_loadu_si256(
+            rec.add(packed::Q4K_DMIN_AT) as *const __m256i
+        )),
     )
 }
 
@@ -316,8 +318,8 @@ unsafe fn q4k_group_scales(rec: *const u8, j: usize, d: __m512, dmin: __m512) ->
         )))
     };
     (
-        _mm512_mul_ps(d, byte_lanes(64 + j * 16)),
-        _mm512_mul_ps(dmin, byte_lanes(192 + j * 16)),
+        _mm512_mul_ps(d, byte_lanes(packed::Q4K_SCALES_AT + j * 16)),
+        _mm512_mul_ps(dmin, byte_lanes(packed::Q4K_MINS_AT + j * 16)),
     )
 }
 

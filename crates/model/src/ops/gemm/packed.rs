@@ -40,8 +40,11 @@ pub const Q4K_SUPER: usize = 256;
 /// Bytes of one ggml `block_q4_K`.
 pub const Q4K_BLOCK_BYTES: usize = 144;
 /// Bytes of one (block, super-block) record of unpacked Q4_K scales: 16 `d`, 16 `dmin` (f16),
-/// 8 × 16 scales and 8 × 16 mins (u8).
+/// 8 × 16 scales and 8 × 16 mins (u8), at these offsets.
 pub const Q4K_META_BYTES: usize = 320;
+pub const Q4K_DMIN_AT: usize = 32;
+pub const Q4K_SCALES_AT: usize = 64;
+pub const Q4K_MINS_AT: usize = 192;
 
 /// Output rows per packed block (one 512-bit register of f32 results).
 pub const BLOCK_ROWS: usize = 16;
@@ -330,11 +333,11 @@ impl PackedLinear {
                 let src = &bytes[(r * supers + sb) * Q4K_BLOCK_BYTES..][..Q4K_BLOCK_BYTES];
                 let rec = &mut ms[(b * supers + sb) * Q4K_META_BYTES..][..Q4K_META_BYTES];
                 rec[lane * 2..lane * 2 + 2].copy_from_slice(&src[0..2]);
-                rec[32 + lane * 2..32 + lane * 2 + 2].copy_from_slice(&src[2..4]);
+                rec[Q4K_DMIN_AT + lane * 2..][..2].copy_from_slice(&src[2..4]);
                 for j in 0..8 {
                     let (sc, m) = crate::gguf::quants::scale_min_k4(j, &src[4..16]);
-                    rec[64 + j * BLOCK_ROWS + lane] = sc;
-                    rec[192 + j * BLOCK_ROWS + lane] = m;
+                    rec[Q4K_SCALES_AT + j * BLOCK_ROWS + lane] = sc;
+                    rec[Q4K_MINS_AT + j * BLOCK_ROWS + lane] = m;
                 }
                 // The file's 32-byte chunk c holds values 64c..64c+32 (low nibbles) and
                 // 64c+32..64c+64 (high nibbles).
@@ -507,9 +510,9 @@ impl PackedLinear {
                     let (g, within) = (i / Q8_GROUP, i % Q8_GROUP);
                     let (sb, j) = (g / 8, g % 8);
                     let rec = (b * supers + sb) * Q4K_META_BYTES;
-                    let (d, dmin) = (half(rec + lane * 2), half(rec + 32 + lane * 2));
-                    let sc = meta[rec + 64 + j * BLOCK_ROWS + lane] as f32;
-                    let m = meta[rec + 192 + j * BLOCK_ROWS + lane] as f32;
+                    let (d, dmin) = (half(rec + lane * 2), half(rec + Q4K_DMIN_AT + lane * 2));
+                    let sc = meta[rec + Q4K_SCALES_AT + j * BLOCK_ROWS + lane] as f32;
+                    let m = meta[rec + Q4K_MINS_AT + j * BLOCK_ROWS + lane] as f32;
                     let at = (b * groups + g) * Q8_GROUP / 2 * BLOCK_ROWS
                         + (within % 16 / 4) * 64
                         + lane * 4

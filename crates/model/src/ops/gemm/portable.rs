@@ -139,7 +139,7 @@ unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
 /// `t` describes valid memory, including the Q4_K fields.
 #[inline(always)]
 unsafe fn tile_q4k<const MR: usize, const NV: usize>(t: &TileArgs) {
-    use super::packed::Q4K_META_BYTES;
+    use super::packed::{Q4K_DMIN_AT, Q4K_META_BYTES, Q4K_MINS_AT, Q4K_SCALES_AT};
     let mut acc = [[[0f32; 16]; NV]; MR];
     for g in 0..t.groups {
         let (sb, j) = (g / 8, g % 8);
@@ -150,9 +150,10 @@ unsafe fn tile_q4k<const MR: usize, const NV: usize>(t: &TileArgs) {
             );
             let half = |at: usize| half::f16::from_le_bytes([rec[at], rec[at + 1]]).to_f32();
             let scale: [f32; 16] =
-                std::array::from_fn(|l| half(l * 2) * rec[64 + j * 16 + l] as f32);
-            let min: [f32; 16] =
-                std::array::from_fn(|l| half(32 + l * 2) * rec[192 + j * 16 + l] as f32);
+                std::array::from_fn(|l| half(l * 2) * rec[Q4K_SCALES_AT + j * 16 + l] as f32);
+            let min: [f32; 16] = std::array::from_fn(|l| {
+                half(Q4K_DMIN_AT + l * 2) * rec[Q4K_MINS_AT + j * 16 + l] as f32
+            });
             for (i, row) in acc.iter_mut().enumerate() {
                 let mut dot = [0i32; 16];
                 for s in 0..4 {
