@@ -77,8 +77,7 @@ impl ModelRunner {
         }
         model.consolidate_weights();
         // auto: the weights' precision; bf16 for quantized weights.
-        use crate::ops::gemm::WeightKind;
-        let quantized = matches!(model.weight_kind(), WeightKind::Q8_0 | WeightKind::Q4K);
+        let quantized = model.weight_kind().is_quantized();
         let dtype = options.kv_cache_dtype.unwrap_or(match model.dtype {
             WeightDtype::F32 if !quantized => KvCacheDtype::F32,
             _ => KvCacheDtype::Bf16,

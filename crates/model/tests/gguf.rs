@@ -384,6 +384,18 @@ fn logit_gap(a: &[f32], b: &[f32]) -> (f64, bool) {
     ((diff / norm).sqrt(), argmax(a) == argmax(b))
 }
 
+/// Over two runs of the same prompts, the worst [`logit_gap`] of the first step (the same
+/// context in both) and how many prompts' top-1 tokens agree there.
+fn first_step_gaps(
+    a: &[(Vec<u32>, Vec<Vec<f32>>)],
+    b: &[(Vec<u32>, Vec<Vec<f32>>)],
+) -> (f64, usize) {
+    a.iter().zip(b).fold((0f64, 0), |(worst, agree), (x, y)| {
+        let (gap, same) = logit_gap(&x.1[0], &y.1[0]);
+        (worst.max(gap), agree + usize::from(same))
+    })
+}
+
 /// Q4_K end to end: the model converted to a Q4_K GGUF runs on the Q4_K kernels (nibbles through
 /// `vpdpbusd`, activations quantized per 32) when loaded as stored; its logits stay near those of
 /// the same file dequantized to f32 (what separates them is the activations' quantization), and
@@ -411,13 +423,9 @@ fn q4_k_gguf_runs_on_the_q4_k_kernels_near_the_dequantized_forward() {
     .expect("model loads");
     let runs = [&mut native, &mut dequantized, &mut from_dir]
         .map(|m| greedy_with_logits(&mut m.runner, &prompts, 8, 512));
-    let (mut worst, mut agree, mut total) = (0f64, 0, 0);
-    for ((q, f), d) in runs[0].iter().zip(&runs[1]).zip(&runs[2]) {
-        // The first step sees the same context in every run.
-        let (gap, same) = logit_gap(&q.1[0], &f.1[0]);
-        worst = worst.max(gap);
-        agree += usize::from(same);
-        total += 1;
+    let (worst, agree) = first_step_gaps(&runs[0], &runs[1]);
+    let total = prompts.len();
+    for (q, d) in runs[0].iter().zip(&runs[2]) {
         // Quantizing the f32 weights here gives the bytes the converter wrote: same numbers.
         assert_eq!(q.0, d.0, "q4_k GGUF vs --quantization q4_k");
         assert_eq!(q.1, d.1);
@@ -443,12 +451,8 @@ fn q4_0_gguf_runs_on_the_q8_0_kernels_near_the_dequantized_forward() {
     let mut dequantized = load(&gguf.0, Some(WeightDtype::F32));
     let runs = [&mut native, &mut dequantized]
         .map(|m| greedy_with_logits(&mut m.runner, &prompts, 4, 512));
-    let mut worst = 0f64;
-    for (q, f) in runs[0].iter().zip(&runs[1]) {
-        let (gap, same) = logit_gap(&q.1[0], &f.1[0]);
-        worst = worst.max(gap);
-        assert!(same, "top-1 differs");
-    }
+    let (worst, agree) = first_step_gaps(&runs[0], &runs[1]);
+    assert_eq!(agree, prompts.len(), "top-1 differs");
     println!("q4_0 as q8_0 vs dequantized f32: worst relative logit gap {worst:.4}");
     assert!(worst < 0.05, "relative logit gap {worst}");
 }

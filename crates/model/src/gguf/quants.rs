@@ -170,20 +170,32 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// The 256 4-bit levels of a Q4_K block's 128 `qs` bytes, in value order: 32-byte chunk `c`
+/// holds values `64c..64c+32` in its low nibbles and `64c+32..64c+64` in its high nibbles.
+pub(crate) fn q4_k_levels(qs: &[u8], out: &mut [u8; QK_K]) {
+    for (c, chunk) in qs.chunks_exact(32).enumerate() {
+        for (l, &byte) in chunk.iter().enumerate() {
+            out[64 * c + l] = byte & 0x0F;
+            out[64 * c + 32 + l] = byte >> 4;
+        }
+    }
+}
+
 fn dequantize_q4_k_block(b: &[u8], y: &mut [f32]) {
     let d = half(&b[0..2]);
     let dmin = half(&b[2..4]);
     let scales = &b[4..16];
-    let qs = &b[16..144];
-    for (c, (chunk, out)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * c, scales);
-        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
-        let (d1, min1) = (d * sc1 as f32, dmin * m1 as f32);
-        let (d2, min2) = (d * sc2 as f32, dmin * m2 as f32);
-        let (lo, hi) = out.split_at_mut(32);
-        for (l, &q) in chunk.iter().enumerate() {
-            lo[l] = d1 * (q & 0x0F) as f32 - min1;
-            hi[l] = d2 * (q >> 4) as f32 - min2;
+    let mut levels = [0u8; QK_K];
+    q4_k_levels(&b[16..144], &mut levels);
+    for (j, (sub, out)) in levels
+        .chunks_exact(32)
+        .zip(y.chunks_exact_mut(32))
+        .enumerate()
+    {
+        let (sc, m) = scale_min_k4(j, scales);
+        let (dj, min) = (d * sc as f32, dmin * m as f32);
+        for (o, &q) in out.iter_mut().zip(sub) {
+            *o = dj * q as f32 - min;
         }
     }
 }
@@ -212,35 +224,46 @@ fn dequantize_q6_k_block(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// `rows` rows of `cols` values encoded as type `ty`, in parallel; `values(r, buf)` fills `buf`
+/// with row `r`.
+pub fn encode_rows(
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    values: impl Fn(usize, &mut [f32]) -> Result<(), QuantError> + Sync,
+) -> Result<Vec<u8>, QuantError> {
+    let out_row = ty.row_bytes(cols).ok_or(QuantError::PartialBlock {
+        ty,
+        values: cols,
+        block: ty.block_geometry().0,
+    })?;
+    let mut out = vec![0u8; rows * out_row];
+    out.par_chunks_mut(out_row.max(1))
+        .enumerate()
+        .try_for_each_init(
+            || (vec![0f32; cols], Vec::with_capacity(out_row)),
+            |(row, encoded), (r, dst)| {
+                values(r, row)?;
+                encoded.clear();
+                quantize(ty, row, encoded)?;
+                dst.copy_from_slice(encoded);
+                Ok(())
+            },
+        )?;
+    Ok(out)
+}
+
 /// `rows` rows of type `ty` (`row(r)`: row `r`'s bytes, `cols` values) requantized to Q8_0 rows
-/// through f32, in parallel: ggml's Q8_0 rounding of the dequantized values.
+/// through f32: ggml's Q8_0 rounding of the dequantized values.
 pub fn rows_to_q8_0<'a>(
     ty: GgmlType,
     rows: usize,
     cols: usize,
     row: impl Fn(usize) -> &'a [u8] + Sync,
 ) -> Result<Vec<u8>, QuantError> {
-    let out_row = GgmlType::Q8_0
-        .row_bytes(cols)
-        .ok_or(QuantError::PartialBlock {
-            ty: GgmlType::Q8_0,
-            values: cols,
-            block: 32,
-        })?;
-    let mut out = vec![0u8; rows * out_row];
-    out.par_chunks_mut(out_row.max(1))
-        .enumerate()
-        .try_for_each_init(
-            || (vec![0f32; cols], Vec::with_capacity(out_row)),
-            |(values, encoded), (r, dst)| {
-                dequantize(ty, row(r), values)?;
-                encoded.clear();
-                quantize(GgmlType::Q8_0, values, encoded)?;
-                dst.copy_from_slice(encoded);
-                Ok(())
-            },
-        )?;
-    Ok(out)
+    encode_rows(GgmlType::Q8_0, rows, cols, |r, values| {
+        dequantize(ty, row(r), values)
+    })
 }
 
 /// Encodes f32 `values` as type `ty` (F32, F16, BF16, Q8_0, Q4_0 or Q4_K), appending to `out`.

@@ -35,6 +35,25 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(acc: &[[__m512; NV]; MR],
     }
 }
 
+/// A stream kernel's first [`STREAM_PREFETCH_BYTES`] at once; its loop then keeps that far ahead.
+#[inline(always)]
+unsafe fn prefetch_stream_start(w: *const u8) {
+    for offset in (0..STREAM_PREFETCH_BYTES).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(offset) as *const i8);
+    }
+}
+
+/// Stores a stream kernel's results for block `b` of its range (16 columns of each row).
+#[inline(always)]
+unsafe fn store_block<const MR: usize>(acc: &[[__m512; 1]; MR], t: &TileArgs, b: usize) {
+    let block = TileArgs {
+        out: t.out.add(b * 16),
+        cols: t.cols.saturating_sub(b * 16),
+        ..*t
+    };
+    store_tile(acc, &block);
+}
+
 macro_rules! tile_kernel {
     ($(#[$doc:meta])* $name:ident, $features:literal, |$acc:ident, $w:ident, $x:ident| $op:expr) => {
         $(#[$doc])*
@@ -100,10 +119,7 @@ macro_rules! stream_kernel {
         /// `t.cols` counts the valid columns from the first, `t.x` holds `MR` rows.
         #[target_feature(enable = $features)]
         pub(super) unsafe fn $name<const MR: usize>(t: &TileArgs, blocks: usize) {
-            // The stream's first lines at once; the loop then keeps STREAM_PREFETCH_BYTES ahead.
-            for offset in (0..STREAM_PREFETCH_BYTES).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(t.w.wrapping_add(offset) as *const i8);
-            }
+            prefetch_stream_start(t.w);
             for b in 0..blocks {
                 let w = t.w.add(b * t.block_stride);
                 let mut acc = [[_mm512_setzero_ps(); STREAM_UNROLL]; MR];
@@ -133,12 +149,7 @@ macro_rules! stream_kernel {
                     let a = &acc[i];
                     [_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]))]
                 });
-                let block = TileArgs {
-                    out: t.out.add(b * 16),
-                    cols: t.cols.saturating_sub(b * 16),
-                    ..*t
-                };
-                store_tile(&sums, &block);
+                store_block(&sums, t, b);
             }
         }
     };
@@ -247,9 +258,7 @@ pub(super) unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
 /// As [`tile_q8`]; `t.w` starts `blocks` consecutive blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
-    for offset in (0..STREAM_PREFETCH_BYTES).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(t.w.wrapping_add(offset) as *const i8);
-    }
+    prefetch_stream_start(t.w);
     for b in 0..blocks {
         let w = t.w.add(b * t.block_stride);
         let mut acc = [[_mm512_setzero_ps(); 1]; MR];
@@ -286,12 +295,7 @@ pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
                 acc[i][0] = q8_group_finish(acc[i][0], dot, scales, t, i, g);
             }
         }
-        let block = TileArgs {
-            out: t.out.add(b * 16),
-            cols: t.cols.saturating_sub(b * 16),
-            ..*t
-        };
-        store_tile(&acc, &block);
+        store_block(&acc, t, b);
     }
 }
 
@@ -400,9 +404,7 @@ pub(super) unsafe fn tile_q4k<const MR: usize, const NV: usize>(t: &TileArgs) {
 /// As [`tile_q4k`]; `t.w` starts `blocks` consecutive blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn stream_q4k<const MR: usize>(t: &TileArgs, blocks: usize) {
-    for offset in (0..STREAM_PREFETCH_BYTES).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(t.w.wrapping_add(offset) as *const i8);
-    }
+    prefetch_stream_start(t.w);
     let supers = t.groups / 8;
     for b in 0..blocks {
         let w = t.w.add(b * t.block_stride);
@@ -449,12 +451,7 @@ pub(super) unsafe fn stream_q4k<const MR: usize>(t: &TileArgs, blocks: usize) {
                 }
             }
         }
-        let block = TileArgs {
-            out: t.out.add(b * 16),
-            cols: t.cols.saturating_sub(b * 16),
-            ..*t
-        };
-        store_tile(&acc, &block);
+        store_block(&acc, t, b);
     }
 }
 

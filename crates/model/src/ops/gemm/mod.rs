@@ -12,8 +12,9 @@
 //!
 //! bf16 weights are multiplied with activations rounded to bf16 (as PyTorch's bf16 matmul and
 //! llama.cpp do), Q8_0 and Q4_K weights with activations quantized to Q8_0 per 32 values (as
-//! llama.cpp's `vec_dot_q8_0_q8_0`; its Q4_K dot product uses 256-value groups), with f32 accumulation, whatever the batch size: a request's numbers do
-//! not depend on which kernel its step happened to use beyond summation order.
+//! llama.cpp's `vec_dot_q8_0_q8_0`; its Q4_K dot product uses 256-value groups), with f32
+//! accumulation, whatever the batch size: a request's numbers do not depend on which kernel its
+//! step happened to use beyond summation order.
 //!
 //! Kernels are chosen at run time: AVX-512 (with AVX512_BF16's `vdpbf16ps` and AVX512_VNNI's
 //! `vpdpbusd` when present), else the portable kernel compiled for AVX2 + FMA, else the portable
@@ -79,6 +80,11 @@ impl WeightKind {
             WeightKind::Q8_0 => "q8_0",
             WeightKind::Q4K => "q4_k",
         }
+    }
+
+    /// Integer weights (Q8_0, Q4_K), multiplied with activations quantized to Q8_0.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, WeightKind::Q8_0 | WeightKind::Q4K)
     }
 }
 
@@ -387,7 +393,7 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
 
     // Larger m: tasks of (row block, chunk of panels), tiles of ≤ `mr_max` rows × `nv_max` blocks.
     let (nv_max, mr_max) = if isa.has_avx512() {
-        let mr = if matches!(kind, WeightKind::Q8_0 | WeightKind::Q4K) {
+        let mr = if kind.is_quantized() {
             MR_MAX_Q8
         } else {
             MR_MAX
@@ -409,7 +415,7 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
     for_tasks(row_blocks * chunks, &|t| {
         let (rb, c) = (t / chunks, t % chunks);
         let rows = rb * row_block..((rb + 1) * row_block).min(m);
-        // Near-equal tiles of at most `mr_max` rows (fewer for Q8_0, which also keeps integer
+        // Near-equal tiles of at most `mr_max` rows (fewer for Q8_0/Q4_K, which also keep integer
         // accumulators in registers).
         let tiles = rows.len().div_ceil(mr_max);
         for p in c * chunk..((c + 1) * chunk).min(panels) {

@@ -24,7 +24,6 @@
 use std::sync::Arc;
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use super::WeightKind;
 use crate::hugepages::{huge_vec, HugeArena};
@@ -242,18 +241,12 @@ impl PackedLinear {
             return Self::quantize_q8_0(w);
         }
         // The least-squares search is slow (~7 M values/s per thread): rows go in parallel.
-        let row_bytes = k / Q4K_SUPER * Q4K_BLOCK_BYTES;
-        let mut blocks = vec![0u8; n * row_bytes];
-        blocks.par_chunks_mut(row_bytes).enumerate().for_each_init(
-            || (vec![0f32; k], Vec::with_capacity(row_bytes)),
-            |(row, encoded), (r, dst)| {
+        let blocks =
+            crate::gguf::quants::encode_rows(crate::gguf::GgmlType::Q4K, n, k, |r, row| {
                 w.row_to_f32(r, row);
-                encoded.clear();
-                crate::gguf::quants::quantize(crate::gguf::GgmlType::Q4K, row, encoded)
-                    .expect("invariant: rows are whole super-blocks");
-                dst.copy_from_slice(encoded);
-            },
-        );
+                Ok(())
+            })
+            .expect("invariant: rows are whole super-blocks");
         Self::from_q4_k_blocks(n, k, &blocks)
             .expect("invariant: the blocks were made for this shape")
     }
@@ -339,14 +332,7 @@ impl PackedLinear {
                     rec[Q4K_SCALES_AT + j * BLOCK_ROWS + lane] = sc;
                     rec[Q4K_MINS_AT + j * BLOCK_ROWS + lane] = m;
                 }
-                // The file's 32-byte chunk c holds values 64c..64c+32 (low nibbles) and
-                // 64c+32..64c+64 (high nibbles).
-                for (c, chunk) in src[16..].chunks_exact(32).enumerate() {
-                    for (l, &byte) in chunk.iter().enumerate() {
-                        values[64 * c + l] = byte & 0x0F;
-                        values[64 * c + 32 + l] = byte >> 4;
-                    }
-                }
+                crate::gguf::quants::q4_k_levels(&src[16..], &mut values);
                 for j in 0..8 {
                     let g = sb * 8 + j;
                     let v = &values[j * Q8_GROUP..][..Q8_GROUP];
