@@ -4,8 +4,9 @@
 //! One micro-kernel design serves decode (m = 1…16) and prefill (m in the thousands): a tile of
 //! `MR` activation rows × `NV` blocks of 16 weight rows accumulates in registers over the whole
 //! reduction, one weight cache line and one broadcast activation per step and row. For m ≤ 4
-//! (decode) each task instead streams a contiguous range of blocks once for all rows (one
-//! sequential stream per thread, which the memory system serves fastest); for larger m, tiles of
+//! (decode) each thread instead streams its contiguous range of blocks once for all rows (one
+//! sequential stream per thread, which the memory system serves fastest; a thread that finishes
+//! first takes the rest of another's range from its end, see [`ranges`]); for larger m, tiles of
 //! up to 12 rows × 2 blocks (24 accumulators, the weight lines reused from L1 across the rows)
 //! over (row block, weight panel chunk) tasks. Every task writes its own output columns of its own
 //! rows.
@@ -25,6 +26,7 @@
 mod avx512;
 pub mod packed;
 mod portable;
+mod ranges;
 #[cfg(test)]
 mod tests;
 
@@ -141,9 +143,9 @@ const MR_MAX_PORTABLE: usize = 4;
 const NV_PORTABLE: usize = 1;
 /// `m` up to this uses the stream kernels.
 const STREAM_M_MAX: usize = 4;
-/// Stream tasks per thread: few, so each thread reads long sequential ranges, but more than one
-/// so a thread slowed by the machine does not hold the others back.
-const STREAM_TASKS_PER_THREAD: usize = 2;
+/// Largest piece of a thread's decode range taken at once (see [`ranges`]): long enough that
+/// taking it costs nothing next to streaming it, short enough to share out the end.
+const STREAM_CHUNK_BYTES: usize = 64 << 10;
 /// Activation rows per task when `m` is large (a tile multiple whose bf16 rows stay in L2).
 const ROW_BLOCK: usize = 8 * MR_MAX;
 
@@ -163,6 +165,8 @@ fn has_vnni() -> bool {
 }
 
 thread_local! {
+    /// The calling thread's split of its current decode product.
+    static RANGES: RefCell<ranges::Ranges> = RefCell::new(ranges::Ranges::default());
     /// The calling thread's bf16 copy of the activations.
     static BF16_ACTIVATIONS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's Q8_0 activations: quantized values, and per group scale and sum.
@@ -374,20 +378,21 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
     };
 
     if m <= STREAM_M_MAX {
-        // Decode: each task streams a contiguous range of blocks once for all rows.
-        let wanted = if parallel {
-            threads * STREAM_TASKS_PER_THREAD
-        } else {
-            1
-        };
-        let per = blocks.div_ceil(wanted);
-        return for_tasks(blocks.div_ceil(per), &|t| {
-            let block0 = t * per;
-            let count = per.min(blocks - block0);
+        // Decode: every weight block is streamed once for all rows.
+        let stream = |block0: usize, count: usize| {
             let a = args(block0, 0, count * packed::BLOCK_ROWS);
-            // SAFETY: the task owns output columns of blocks block0..block0+count of every row;
-            // `isa` is supported by the caller's contract.
+            // SAFETY: the caller hands each block range to one call only, so it alone writes
+            // those output columns of every row; `isa` is supported by the caller's contract.
             unsafe { run_stream(isa, kind, m, count, &a) }
+        };
+        if !parallel {
+            return stream(0, blocks);
+        }
+        return RANGES.with(|ranges| {
+            let mut ranges = ranges.borrow_mut();
+            ranges.reset(blocks, threads, STREAM_CHUNK_BYTES / block_stride);
+            let ranges = &*ranges;
+            pool::global().parallel_for(threads, &|me| ranges.run(me, stream));
         });
     }
 
