@@ -134,7 +134,7 @@ mod tests {
     fn a_lone_thread_finishes_every_range() {
         let mut ranges = Ranges::default();
         ranges.reset(50, 4, 3);
-        let mut seen = vec![0; 50];
+        let mut seen = [0; 50];
         ranges.run(2, |first, count| {
             seen[first..first + count].iter_mut().for_each(|s| *s += 1)
         });
