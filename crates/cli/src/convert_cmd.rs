@@ -16,7 +16,7 @@ pub struct ConvertArgs {
     /// The GGUF file to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// Type of the weight matrices: f32, f16, bf16, q8_0, q4_0 or q4_k (norms stay f32).
+    /// Type of the weight matrices: f32, f16, bf16, q8_0, q4_0, q4_k or q6_k (norms stay f32).
     #[arg(long = "type", default_value = "f16")]
     pub ty: String,
 }

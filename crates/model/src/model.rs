@@ -215,7 +215,7 @@ impl Model {
             ))
     }
 
-    /// How the weights a step reads are stored (f32, bf16, q8_0, q4_k): the kind holding most
+    /// How the weights a step reads are stored (f32, bf16, q8_0, q4_k, q6_k): the kind holding most
     /// of their bytes (a Q4_K file keeps some tensors in other types).
     pub fn weight_kind(&self) -> crate::ops::gemm::WeightKind {
         use crate::ops::gemm::WeightKind;
@@ -224,6 +224,7 @@ impl Model {
             WeightKind::Bf16,
             WeightKind::Q8_0,
             WeightKind::Q4K,
+            WeightKind::Q6K,
         ];
         let bytes = |k: WeightKind| -> usize {
             self.step_matrices()

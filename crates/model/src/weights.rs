@@ -153,7 +153,8 @@ pub trait WeightSource {
 /// Row-major ggml blocks of one matrix (see [`WeightSource::quantized_blocks`]).
 #[derive(Debug, Clone)]
 pub struct QuantizedBlocks {
-    /// [`crate::ops::gemm::WeightKind::Q8_0`] (`block_q8_0` rows) or `Q4K` (`block_q4_K` rows).
+    /// [`crate::ops::gemm::WeightKind::Q8_0`] (`block_q8_0` rows), `Q4K` (`block_q4_K` rows) or
+    /// `Q6K` (`block_q6_K` rows).
     pub kind: crate::ops::gemm::WeightKind,
     pub bytes: Vec<u8>,
 }

@@ -435,7 +435,7 @@ fn q4_k_gguf_runs_on_the_q4_k_kernels_near_the_dequantized_forward() {
     assert_eq!(agree, total);
 }
 
-/// Quantized types without kernels of their own (here Q4_0, as Q6_K in a Q4_K_M file) are
+/// Quantized types without kernels of their own (here Q4_0; also Q4_1, Q5_0, Q5_1) are
 /// requantized to Q8_0 at load: the file runs on the Q8_0 kernels, with logits near those of the
 /// same file dequantized to f32.
 #[test]
@@ -454,5 +454,27 @@ fn q4_0_gguf_runs_on_the_q8_0_kernels_near_the_dequantized_forward() {
     let (worst, agree) = first_step_gaps(&runs[0], &runs[1]);
     assert_eq!(agree, prompts.len(), "top-1 differs");
     println!("q4_0 as q8_0 vs dequantized f32: worst relative logit gap {worst:.4}");
+    assert!(worst < 0.05, "relative logit gap {worst}");
+}
+
+/// Q6_K end to end (as a Q4_K_M file keeps its output and some `ffn_down` matrices): the model
+/// converted to a Q6_K GGUF runs on the Q6_K kernels as stored, with logits near those of the same
+/// file dequantized to f32.
+#[test]
+fn q6_k_gguf_runs_on_the_q6_k_kernels_near_the_dequantized_forward() {
+    use pagoda_model::ops::gemm::WeightKind;
+    let dir = TempModelDir::q4_k_friendly("q6k-model");
+    let gguf = TempGguf::convert(&dir.0, GgmlType::Q6K, "q6k");
+    let prompts: Vec<Vec<u32>> = (0..4)
+        .map(|i| (0..24).map(|t| 3 + (t * 5 + i * 19) % 250).collect())
+        .collect();
+    let mut native = load(&gguf.0, None);
+    assert_eq!(native.runner.model.weight_kind(), WeightKind::Q6K);
+    let mut dequantized = load(&gguf.0, Some(WeightDtype::F32));
+    let runs = [&mut native, &mut dequantized]
+        .map(|m| greedy_with_logits(&mut m.runner, &prompts, 4, 512));
+    let (worst, agree) = first_step_gaps(&runs[0], &runs[1]);
+    assert_eq!(agree, prompts.len(), "top-1 differs");
+    println!("q6_k vs dequantized f32: worst relative logit gap {worst:.4}");
     assert!(worst < 0.05, "relative logit gap {worst}");
 }

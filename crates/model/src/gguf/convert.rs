@@ -22,9 +22,9 @@ use crate::ops::rope::Rope;
 use crate::weights::{TensorSource, WeightData, WeightDtype};
 
 /// The tensor types `convert-gguf` writes.
-pub const OUTPUT_TYPES: &str = "f32, f16, bf16, q8_0, q4_0, q4_k";
+pub const OUTPUT_TYPES: &str = "f32, f16, bf16, q8_0, q4_0, q4_k, q6_k";
 
-/// Parses an output type name (`f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_k`).
+/// Parses an output type name (`f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_k`, `q6_k`).
 pub fn parse_output_type(name: &str) -> Result<GgmlType> {
     Ok(match name.to_ascii_lowercase().as_str() {
         "f32" => GgmlType::F32,
@@ -33,6 +33,7 @@ pub fn parse_output_type(name: &str) -> Result<GgmlType> {
         "q8_0" => GgmlType::Q8_0,
         "q4_0" => GgmlType::Q4_0,
         "q4_k" => GgmlType::Q4K,
+        "q6_k" => GgmlType::Q6K,
         other => {
             return Err(ModelError::InvalidOption(format!(
                 "output type {other:?} is not supported (supported: {OUTPUT_TYPES})"
@@ -48,6 +49,7 @@ fn file_type(ty: GgmlType) -> u32 {
         GgmlType::Q4_0 => 2,
         GgmlType::Q8_0 => 7,
         GgmlType::Q4K => 14,
+        GgmlType::Q6K => 18,
         GgmlType::Bf16 => 32,
         _ => 0,
     }
@@ -231,7 +233,8 @@ pub fn convert_to_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<ConvertSu
         let tensor_ty = if ty.row_bytes(cols).is_some() {
             ty
         } else {
-            let other = if ty == GgmlType::Q4K && GgmlType::Q8_0.row_bytes(cols).is_some() {
+            let k_quant = matches!(ty, GgmlType::Q4K | GgmlType::Q6K);
+            let other = if k_quant && GgmlType::Q8_0.row_bytes(cols).is_some() {
                 GgmlType::Q8_0
             } else {
                 GgmlType::F16

@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use super::types::{GgmlType, QK_K};
 
 mod quantize_k;
+mod quantize_q6k;
 
 /// Why a row could not be converted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,27 +201,30 @@ fn dequantize_q4_k_block(b: &[u8], y: &mut [f32]) {
     }
 }
 
-fn dequantize_q6_k_block(b: &[u8], y: &mut [f32]) {
-    let (ql_all, rest) = b.split_at(128);
-    let (qh_all, rest) = rest.split_at(64);
-    let (scales, d) = rest.split_at(16);
-    let d = half(d);
-    // Two halves of 128 values, each from 64 bytes of `ql`, 32 of `qh` and 8 scales.
-    for (n, out) in y.chunks_exact_mut(128).enumerate() {
+/// The 256 6-bit levels (0..63, the value is `d · scale · (level − 32)`) of a Q6_K block's 128
+/// `ql` and 64 `qh` bytes, in value order (ggml's `dequantize_row_q6_K` layout: each half of 128
+/// values takes 64 `ql` bytes, low then high nibbles, and 32 `qh` bytes, two bits per value).
+pub(crate) fn q6_k_levels(b: &[u8], out: &mut [u8; QK_K]) {
+    let (ql_all, qh_all) = (&b[..128], &b[128..192]);
+    for (n, out) in out.chunks_exact_mut(128).enumerate() {
         let ql = &ql_all[64 * n..64 * (n + 1)];
         let qh = &qh_all[32 * n..32 * (n + 1)];
-        let sc = &scales[8 * n..8 * (n + 1)];
         for l in 0..32 {
-            let is = l / 16;
-            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            out[l] = d * sc[is] as i8 as f32 * q1 as f32;
-            out[l + 32] = d * sc[is + 2] as i8 as f32 * q2 as f32;
-            out[l + 64] = d * sc[is + 4] as i8 as f32 * q3 as f32;
-            out[l + 96] = d * sc[is + 6] as i8 as f32 * q4 as f32;
+            out[l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
+            out[l + 32] = (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4);
+            out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
         }
+    }
+}
+
+fn dequantize_q6_k_block(b: &[u8], y: &mut [f32]) {
+    let scales = &b[192..208];
+    let d = half(&b[208..210]);
+    let mut levels = [0u8; QK_K];
+    q6_k_levels(b, &mut levels);
+    for (i, (o, &q)) in y.iter_mut().zip(&levels).enumerate() {
+        *o = d * scales[i / 16] as i8 as f32 * (q as i32 - 32) as f32;
     }
 }
 
@@ -266,7 +270,8 @@ pub fn rows_to_q8_0<'a>(
     })
 }
 
-/// Encodes f32 `values` as type `ty` (F32, F16, BF16, Q8_0, Q4_0 or Q4_K), appending to `out`.
+/// Encodes f32 `values` as type `ty` (F32, F16, BF16, Q8_0, Q4_0, Q4_K or Q6_K), appending to
+/// `out`.
 pub fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> Result<(), QuantError> {
     let (block, _) = ty.block_geometry();
     if !values.len().is_multiple_of(block) {
@@ -317,6 +322,9 @@ pub fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> Result<(), Q
         GgmlType::Q4K => values
             .chunks_exact(QK_K)
             .for_each(|x| quantize_k::quantize_q4_k_block(x, out)),
+        GgmlType::Q6K => values
+            .chunks_exact(QK_K)
+            .for_each(|x| quantize_q6k::quantize_q6_k_block(x, out)),
         other => return Err(QuantError::Unsupported(other)),
     }
     Ok(())
@@ -630,7 +638,7 @@ mod tests {
             dequantize(GgmlType::Iq2Xxs, &[], &mut []),
             Err(QuantError::Unsupported(GgmlType::Iq2Xxs))
         );
-        assert!(quantize(GgmlType::Q6K, &[0.0; 256], &mut Vec::new()).is_err());
+        assert!(quantize(GgmlType::Q5K, &[0.0; 256], &mut Vec::new()).is_err());
         assert!(quantize(GgmlType::Q8_0, &[0.0; 31], &mut Vec::new()).is_err());
     }
 }

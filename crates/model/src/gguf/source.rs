@@ -100,7 +100,7 @@ impl GgufSource {
     }
 
     /// With `on`, quantized matrices load for the quantized kernels instead of dequantized to the
-    /// runner's dtype: Q8_0 and Q4_K as stored, the other quantized types (Q6_K, Q4_0, Q4_1,
+    /// runner's dtype: Q8_0, Q4_K and Q6_K as stored, the other quantized types (Q4_0, Q4_1,
     /// Q5_0, Q5_1) requantized to Q8_0 (within half a Q8_0 step of their values).
     pub fn serving_quantized(mut self, on: bool) -> Self {
         self.quantized = on;
@@ -201,6 +201,7 @@ impl WeightSource for GgufSource {
         let kind = match info.ty {
             GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => return Ok(None),
             GgmlType::Q4K => WeightKind::Q4K,
+            GgmlType::Q6K => WeightKind::Q6K,
             _ => WeightKind::Q8_0,
         };
         let order = self.row_order(name, rows)?;
@@ -209,7 +210,7 @@ impl WeightSource for GgufSource {
             let src = order.as_ref().map_or(r, |o| o[r]);
             &bytes[src * row_bytes..(src + 1) * row_bytes]
         };
-        let out = if matches!(info.ty, GgmlType::Q4K | GgmlType::Q8_0) {
+        let out = if matches!(info.ty, GgmlType::Q4K | GgmlType::Q6K | GgmlType::Q8_0) {
             (0..rows).flat_map(row).copied().collect()
         } else {
             rows_to_q8_0(info.ty, rows, cols, row).map_err(|e| self.convert_err(info, e))?

@@ -1,10 +1,10 @@
 //! Builds one packed matrix of the forward pass from a weight source: the fused projections
 //! (q/k/v, gate/up) stack several tensors' rows, and a GGUF file's quantized tensors go to the
-//! quantized kernels as they are stored (Q8_0, Q4_K) instead of through bf16.
+//! quantized kernels as they are stored (Q8_0, Q4_K, Q6_K) instead of through bf16.
 //!
-//! When the stacked tensors are stored differently (a Q4_K_M file keeps some `attn_v` in Q6_K,
-//! which the source serves as Q8_0), the Q4_K parts are requantized to Q8_0 so the fused matrix
-//! has one format: Q8_0 keeps them within half a Q8_0 step of their Q4_K values.
+//! When the stacked tensors are stored differently (a Q4_K_M file keeps some `attn_v` in Q6_K
+//! beside Q4_K `attn_q`/`attn_k`), the parts not in Q8_0 are requantized to it so the fused matrix
+//! has one format: Q8_0 keeps them within half a Q8_0 step of their values.
 
 use crate::error::{ModelError, Result};
 use crate::gguf::{quants, GgmlType};
@@ -38,8 +38,9 @@ pub(super) fn load_matrix(
         };
         return Ok(PackedLinear::pack(&linear));
     }
-    let kind = if blocks.iter().all(|b| b.2.kind == WeightKind::Q4K) {
-        WeightKind::Q4K
+    let first = blocks.first().map_or(WeightKind::Q8_0, |b| b.2.kind);
+    let kind = if blocks.iter().all(|b| b.2.kind == first) {
+        first
     } else {
         WeightKind::Q8_0
     };
@@ -48,11 +49,12 @@ pub(super) fn load_matrix(
         if b.kind == kind {
             bytes.extend_from_slice(&b.bytes);
         } else {
-            bytes.extend(q4_k_to_q8_0(name, r, cols, &b)?);
+            bytes.extend(to_q8_0(name, r, cols, &b)?);
         }
     }
     let packed = match kind {
         WeightKind::Q4K => PackedLinear::from_q4_k_blocks(rows, cols, &bytes),
+        WeightKind::Q6K => PackedLinear::from_q6_k_blocks(rows, cols, &bytes),
         _ => PackedLinear::from_q8_0_blocks(rows, cols, &bytes),
     };
     packed.ok_or_else(|| {
@@ -63,13 +65,20 @@ pub(super) fn load_matrix(
     })
 }
 
-/// Q4_K rows requantized to Q8_0 rows (through f32).
-fn q4_k_to_q8_0(name: &str, rows: usize, cols: usize, b: &QuantizedBlocks) -> Result<Vec<u8>> {
-    let row_in = cols / packed::Q4K_SUPER * packed::Q4K_BLOCK_BYTES;
-    quants::rows_to_q8_0(GgmlType::Q4K, rows, cols, |r| {
-        &b.bytes[r * row_in..(r + 1) * row_in]
-    })
-    .map_err(|e| ModelError::InvalidOption(format!("{name}: {e}")))
+/// Q4_K or Q6_K rows requantized to Q8_0 rows (through f32).
+fn to_q8_0(name: &str, rows: usize, cols: usize, b: &QuantizedBlocks) -> Result<Vec<u8>> {
+    let (ty, row_in) = match b.kind {
+        WeightKind::Q6K => (
+            GgmlType::Q6K,
+            cols / packed::Q6K_SUPER * packed::Q6K_BLOCK_BYTES,
+        ),
+        _ => (
+            GgmlType::Q4K,
+            cols / packed::Q4K_SUPER * packed::Q4K_BLOCK_BYTES,
+        ),
+    };
+    quants::rows_to_q8_0(ty, rows, cols, |r| &b.bytes[r * row_in..(r + 1) * row_in])
+        .map_err(|e| ModelError::InvalidOption(format!("{name}: {e}")))
 }
 
 #[cfg(test)]
@@ -78,10 +87,12 @@ mod tests {
     use crate::error::Result;
     use crate::weights::Linear;
 
-    /// Serves two quantized tensors: `a` in Q4_K, `b` in Q8_0 (as a Q4_K_M file's q and v).
+    /// Serves quantized tensors: `a` in Q4_K, `b` in Q8_0, `c` in Q6_K (as a Q4_K_M file's q and
+    /// v).
     struct Mixed {
         a: Vec<u8>,
         b: Vec<u8>,
+        c: Vec<u8>,
     }
 
     impl WeightSource for Mixed {
@@ -107,6 +118,10 @@ mod tests {
                 "a" => QuantizedBlocks {
                     kind: WeightKind::Q4K,
                     bytes: self.a.clone(),
+                },
+                "c" => QuantizedBlocks {
+                    kind: WeightKind::Q6K,
+                    bytes: self.c.clone(),
                 },
                 _ => QuantizedBlocks {
                     kind: WeightKind::Q8_0,
@@ -135,7 +150,11 @@ mod tests {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         quants::quantize(GgmlType::Q4K, &va, &mut a).unwrap();
         quants::quantize(GgmlType::Q8_0, &vb, &mut b).unwrap();
-        let source = Mixed { a, b };
+        let source = Mixed {
+            a,
+            b,
+            c: Vec::new(),
+        };
         let parts = [("a".to_string(), rows_a), ("b".to_string(), rows_b)];
         let mixed = load_matrix(&source, &parts, k, WeightDtype::Bf16).unwrap();
         assert_eq!(
@@ -164,6 +183,45 @@ mod tests {
             quants::dequantize(GgmlType::Q8_0, &source.b[r * 272..(r + 1) * 272], &mut want)
                 .unwrap();
             assert_eq!(got, want, "Q8_0 row {r}");
+        }
+    }
+
+    /// Q6_K parts stay Q6_K (the file's numbers exactly); beside Q4_K parts they become Q8_0,
+    /// within half a Q8_0 step of their values.
+    #[test]
+    fn q6_k_parts_stay_q6_k_and_mixed_with_q4_k_become_q8_0() {
+        let (k, rows_a, rows_c) = (256, 5, 9);
+        let (va, vc) = (values(rows_a * k, 3), values(rows_c * k, 4));
+        let (mut a, mut c) = (Vec::new(), Vec::new());
+        quants::quantize(GgmlType::Q4K, &va, &mut a).unwrap();
+        quants::quantize(GgmlType::Q6K, &vc, &mut c).unwrap();
+        let source = Mixed {
+            a,
+            b: Vec::new(),
+            c,
+        };
+        let alone =
+            load_matrix(&source, &[("c".to_string(), rows_c)], k, WeightDtype::Bf16).unwrap();
+        assert_eq!(alone.kind(), WeightKind::Q6K);
+        let parts = [("a".to_string(), rows_a), ("c".to_string(), rows_c)];
+        let mixed = load_matrix(&source, &parts, k, WeightDtype::Bf16).unwrap();
+        assert_eq!(mixed.kind(), WeightKind::Q8_0);
+        let (mut got, mut want, mut file) = (vec![0f32; k], vec![0f32; k], vec![0f32; k]);
+        for r in 0..rows_c {
+            alone.row_to_f32(r, &mut want);
+            quants::dequantize(GgmlType::Q6K, &source.c[r * 210..(r + 1) * 210], &mut file)
+                .unwrap();
+            assert_eq!(want, file, "Q6_K row {r} as stored");
+            mixed.row_to_f32(rows_a + r, &mut got);
+            for (group_got, group_want) in got.chunks(32).zip(want.chunks(32)) {
+                let amax = group_want.iter().fold(0f32, |m, x| m.max(x.abs()));
+                for (g, w) in group_got.iter().zip(group_want) {
+                    assert!(
+                        (g - w).abs() <= amax / 127.0 * 0.5 + amax * 1e-3,
+                        "{g} vs {w}"
+                    );
+                }
+            }
         }
     }
 }

@@ -60,6 +60,8 @@ pub(crate) struct TileArgs {
     pub scale_stride: usize,
     pub x_scales: *const f32,
     pub x_sums: *const i32,
+    /// Q6_K only: per activation row (`2 * groups` apart) the sums of each 16 quantized values.
+    pub x_sums16: *const i32,
     pub groups: usize,
 }
 
@@ -72,6 +74,8 @@ pub enum WeightKind {
     Q8_0,
     /// ggml's Q4_K: 4-bit weights, a 6-bit scale and min per 32 and an f16 `d`, `dmin` per 256.
     Q4K,
+    /// ggml's Q6_K: 6-bit weights, an 8-bit scale per 16 and an f16 `d` per 256.
+    Q6K,
 }
 
 impl WeightKind {
@@ -81,12 +85,13 @@ impl WeightKind {
             WeightKind::Bf16 => "bf16",
             WeightKind::Q8_0 => "q8_0",
             WeightKind::Q4K => "q4_k",
+            WeightKind::Q6K => "q6_k",
         }
     }
 
-    /// Integer weights (Q8_0, Q4_K), multiplied with activations quantized to Q8_0.
+    /// Integer weights (Q8_0, Q4_K, Q6_K), multiplied with activations quantized to Q8_0.
     pub fn is_quantized(self) -> bool {
-        matches!(self, WeightKind::Q8_0 | WeightKind::Q4K)
+        matches!(self, WeightKind::Q8_0 | WeightKind::Q4K | WeightKind::Q6K)
     }
 }
 
@@ -167,11 +172,14 @@ fn has_vnni() -> bool {
 thread_local! {
     /// The calling thread's split of its current decode product.
     static RANGES: RefCell<ranges::Ranges> = RefCell::new(ranges::Ranges::default());
+    /// The calling thread's unpacked copy of a Q6_K panel (see `run`).
+    static Q6K_PANEL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's bf16 copy of the activations.
     static BF16_ACTIVATIONS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
-    /// The calling thread's Q8_0 activations: quantized values, and per group scale and sum.
-    static Q8_ACTIVATIONS: RefCell<(Vec<i8>, Vec<f32>, Vec<i32>)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    /// The calling thread's Q8_0 activations (see [`Q8Activations`]).
+    static Q8_ACTIVATIONS: RefCell<Q8Activations> = const {
+        RefCell::new(Q8Activations { q: Vec::new(), scales: Vec::new(), sums: Vec::new(), sums16: Vec::new() })
+    };
 }
 
 /// `out[i*n + j] = Σ_k x[i*k + k'] · W[j, k']` with `n = w.rows`, `k = w.cols`.
@@ -202,6 +210,7 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
         stride: 0,
         scales: std::ptr::null(),
         sums: std::ptr::null(),
+        sums16: std::ptr::null(),
     };
     match w.kind() {
         WeightKind::F32 => run(
@@ -230,18 +239,26 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
             };
             run(isa, a, m, w, out)
         }),
-        WeightKind::Q8_0 | WeightKind::Q4K => Q8_ACTIVATIONS.with(|buf| {
-            let (q, scales, sums) = &mut *buf.borrow_mut();
+        WeightKind::Q8_0 | WeightKind::Q4K | WeightKind::Q6K => Q8_ACTIVATIONS.with(|buf| {
+            let Q8Activations {
+                q,
+                scales,
+                sums,
+                sums16,
+            } = &mut *buf.borrow_mut();
             let groups = w.groups();
             let kp = groups * packed::Q8_GROUP;
             q.resize(m * kp, 0);
             scales.resize(m * groups, 0.0);
             sums.resize(m * groups, 0);
+            let halves = if w.kind() == WeightKind::Q6K { 2 } else { 0 };
+            sums16.resize(m * groups * halves, 0);
             let (qp, sp, up) = (
                 SyncPtr(q.as_mut_ptr()),
                 SyncPtr(scales.as_mut_ptr()),
                 SyncPtr(sums.as_mut_ptr()),
             );
+            let hp = SyncPtr(sums16.as_mut_ptr());
             let rows_per_task = if m >= 64 {
                 m.div_ceil(pool::global().threads() * 2)
             } else {
@@ -259,6 +276,16 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
                         )
                     };
                     quantize_row_q8(isa, &x[i * k..(i + 1) * k], q, scales, sums);
+                    // SAFETY: as above (empty unless the weights are Q6_K).
+                    let half_sums = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            hp.get().add(i * groups * halves),
+                            groups * halves,
+                        )
+                    };
+                    for (h, values) in half_sums.iter_mut().zip(q.chunks_exact(16)) {
+                        *h = values.iter().map(|&v| v as i32).sum();
+                    }
                 }
             };
             pool::global().parallel_for(m.div_ceil(rows_per_task), &quantize_rows);
@@ -267,6 +294,7 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
                 stride: kp,
                 scales: scales.as_ptr(),
                 sums: sums.as_ptr(),
+                sums16: sums16.as_ptr(),
             };
             run(isa, a, m, w, out)
         }),
@@ -280,6 +308,16 @@ struct Activations {
     stride: usize,
     scales: *const f32,
     sums: *const i32,
+    sums16: *const i32,
+}
+
+/// The calling thread's Q8_0 activations: quantized values, per group scale and sum, and (for
+/// Q6_K weights) per 16 values their sum.
+struct Q8Activations {
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+    sums16: Vec<i32>,
 }
 
 /// Quantizes one activation row to Q8_0 groups (ggml's `quantize_row_q8_0`), padding `k` with
@@ -345,6 +383,7 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
     let parallel = threads > 1 && m * n * w.cols >= 65_536;
     let (x, x_stride) = (SyncPtr(a.x as *mut u8), a.stride);
     let (x_scales, x_sums) = (SyncPtr(a.scales as *mut f32), SyncPtr(a.sums as *mut i32));
+    let x_sums16 = SyncPtr(a.sums16 as *mut i32);
     let groups = w.groups();
     let scale_base = SyncPtr(w.scales_base() as *mut u8);
     let scale_stride = w.scale_stride_bytes();
@@ -367,6 +406,7 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
         scale_stride,
         x_scales: x_scales.get().wrapping_add(row * groups),
         x_sums: x_sums.get().wrapping_add(row * groups),
+        x_sums16: x_sums16.get().wrapping_add(row * 2 * groups),
         groups,
     };
     let for_tasks = |tasks: usize, task: &(dyn Fn(usize) + Sync)| {
@@ -397,6 +437,9 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
     }
 
     // Larger m: tasks of (row block, chunk of panels), tiles of ≤ `mr_max` rows × `nv_max` blocks.
+    // Q6_K on AVX-512 VNNI: a task rebuilds each panel's 6-bit values into bytes once and runs
+    // its row tiles on them as on Q8_0 lines (unpacking per tile made them 1.3× slower).
+    let q6k_unpacked = kind == WeightKind::Q6K && isa.has_avx512() && has_vnni();
     let (nv_max, mr_max) = if isa.has_avx512() {
         let mr = if kind.is_quantized() {
             MR_MAX_Q8
@@ -426,15 +469,43 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
         for p in c * chunk..((c + 1) * chunk).min(panels) {
             let block0 = p * nv_max;
             let nv = nv_max.min(blocks - block0);
+            let panel = args(block0, 0, 0);
             let mut row = rows.start;
-            for tile in 0..tiles {
-                let mr = (rows.end - row).div_ceil(tiles - tile);
-                let a = args(block0, row, nv * packed::BLOCK_ROWS);
-                // SAFETY: the arguments describe this task's own rows and columns inside `x`,
-                // the packed weights and `out`; `isa` is supported by the caller's contract.
-                unsafe { run_tile(isa, kind, mr, nv, &a) };
-                row += mr;
+            let mut run_tiles = |unpacked: Option<*const u8>| {
+                for tile in 0..tiles {
+                    let mr = (rows.end - row).div_ceil(tiles - tile);
+                    let mut a = args(block0, row, nv * packed::BLOCK_ROWS);
+                    // SAFETY: the arguments describe this task's own rows and columns inside
+                    // `x`, the packed weights (or their unpacked copy) and `out`; `isa` is
+                    // supported by the caller's contract.
+                    unsafe {
+                        match unpacked {
+                            Some(w) => {
+                                a.w = w;
+                                a.block_stride = groups * Q6K_UNPACKED_GROUP_BYTES;
+                                run_q6k_unpacked(mr, nv, &a)
+                            }
+                            None => run_tile(isa, kind, mr, nv, &a),
+                        }
+                    }
+                    row += mr;
+                }
+            };
+            if !q6k_unpacked {
+                run_tiles(None);
+                continue;
             }
+            Q6K_PANEL.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                buf.resize(nv * groups * Q6K_UNPACKED_GROUP_BYTES, 0);
+                // SAFETY: the panel's blocks lie inside the packed weights, `buf` holds their
+                // unpacked lines; `q6k_unpacked` implies AVX-512 BW.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::unpack_q6k(panel.w, block_stride, nv, groups, buf.as_mut_ptr())
+                };
+                run_tiles(Some(buf.as_ptr()));
+            });
         }
     })
 }
@@ -465,6 +536,9 @@ unsafe fn run_stream(isa: Isa, kind: WeightKind, m: usize, blocks: usize, t: &Ti
             }
             (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::Q4K) if has_vnni() => {
                 return by_rows!(stream_q4k)
+            }
+            (Isa::Avx512 | Isa::Avx512Bf16, WeightKind::Q6K) if has_vnni() => {
+                return by_rows!(stream_q6k)
             }
             _ => {}
         }
@@ -570,6 +644,30 @@ unsafe fn run_tile(isa: Isa, kind: WeightKind, mr: usize, nv: usize, t: &TileArg
         };
     }
     shapes!(portable, mr, nv)
+}
+
+/// Bytes of one Q6_K group rebuilt into Q8_0's line order (8 lines).
+const Q6K_UNPACKED_GROUP_BYTES: usize = packed::Q8_GROUP / 4 * packed::STEP_BYTES;
+
+/// Calls the `mr × nv` instantiation of the tile over unpacked Q6_K lines.
+///
+/// # Safety
+/// As [`avx512::tile_q6k_unpacked`]; only called where the CPU has AVX-512 VNNI.
+unsafe fn run_q6k_unpacked(mr: usize, nv: usize, t: &TileArgs) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! q6k {
+            ($mr:literal, $nv:literal) => {
+                avx512::tile_q6k_unpacked::<$mr, $nv>(t)
+            };
+        }
+        shapes!(q6k, mr, nv)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (mr, nv, t);
+        unreachable!("invariant: Q6_K panels are unpacked only on AVX-512")
+    }
 }
 
 /// The portable tile compiled for AVX2 + FMA (the compiler vectorizes its 16-lane loops 8 wide).

@@ -20,10 +20,18 @@
 //! into two `vpdpbusd` operands. Per (block, super-block) a 320-byte record holds the 16 rows'
 //! `d`, then their `dmin` (f16), then the 8 sub-blocks' scales and the 8 mins (one byte per row):
 //! exactly the file's numbers, unpacked. `k` must be a multiple of 256.
+//!
+//! Q6_K extends the Q4_K lines with two lines of high bits per group; see [`q6k`].
+
+mod q6k;
 
 use std::sync::Arc;
 
 use half::{bf16, f16};
+
+#[cfg(test)]
+pub(crate) use q6k::random_q6_k_blocks;
+pub use q6k::{Q6K_BLOCK_BYTES, Q6K_META_BYTES, Q6K_SCALES_AT, Q6K_STEPS, Q6K_SUPER};
 
 use super::WeightKind;
 use crate::hugepages::{huge_vec, HugeArena};
@@ -139,6 +147,11 @@ enum PackedData {
     },
     /// Nibble pairs per weight line, and one [`Q4K_META_BYTES`] record per (block, super-block).
     Q4K {
+        q: Aligned<u8>,
+        meta: Aligned<u8>,
+    },
+    /// Nibble lines and high-bit lines, one [`Q6K_META_BYTES`] record per (block, super-block).
+    Q6K {
         q: Aligned<u8>,
         meta: Aligned<u8>,
     },
@@ -359,7 +372,9 @@ impl PackedLinear {
             PackedData::F32(d) => d.arena_bytes(),
             PackedData::Bf16(d) => d.arena_bytes(),
             PackedData::Q8_0 { q, scales } => q.arena_bytes() + scales.arena_bytes(),
-            PackedData::Q4K { q, meta } => q.arena_bytes() + meta.arena_bytes(),
+            PackedData::Q4K { q, meta } | PackedData::Q6K { q, meta } => {
+                q.arena_bytes() + meta.arena_bytes()
+            }
         }
     }
 
@@ -374,7 +389,9 @@ impl PackedLinear {
             PackedData::F32(d) => d.move_into(arena),
             PackedData::Bf16(d) => d.move_into(arena),
             PackedData::Q8_0 { q, scales } => q.move_into(arena) && scales.move_into(arena),
-            PackedData::Q4K { q, meta } => q.move_into(arena) && meta.move_into(arena),
+            PackedData::Q4K { q, meta } | PackedData::Q6K { q, meta } => {
+                q.move_into(arena) && meta.move_into(arena)
+            }
         }
     }
 
@@ -385,6 +402,7 @@ impl PackedLinear {
             PackedData::Bf16(_) => WeightKind::Bf16,
             PackedData::Q8_0 { .. } => WeightKind::Q8_0,
             PackedData::Q4K { .. } => WeightKind::Q4K,
+            PackedData::Q6K { .. } => WeightKind::Q6K,
         }
     }
 
@@ -396,13 +414,16 @@ impl PackedLinear {
             PackedData::Bf16(_) => values * 2,
             PackedData::Q8_0 { .. } => values / Q8_GROUP * Q8_0_BLOCK_BYTES,
             PackedData::Q4K { .. } => values / Q4K_SUPER * Q4K_BLOCK_BYTES,
+            PackedData::Q6K { .. } => values / Q6K_SUPER * Q6K_BLOCK_BYTES,
         }
     }
 
     /// Q8_0 or Q4_K groups of 32 weights per row (`k` / 32 rounded up); 0 for other kinds.
     pub fn groups(&self) -> usize {
         match self.data {
-            PackedData::Q8_0 { .. } | PackedData::Q4K { .. } => self.cols.div_ceil(Q8_GROUP),
+            PackedData::Q8_0 { .. } | PackedData::Q4K { .. } | PackedData::Q6K { .. } => {
+                self.cols.div_ceil(Q8_GROUP)
+            }
             _ => 0,
         }
     }
@@ -411,7 +432,7 @@ impl PackedLinear {
     pub(crate) fn scales_base(&self) -> *const u8 {
         match &self.data {
             PackedData::Q8_0 { scales, .. } => scales.as_slice().as_ptr() as *const u8,
-            PackedData::Q4K { meta, .. } => meta.as_slice().as_ptr(),
+            PackedData::Q4K { meta, .. } | PackedData::Q6K { meta, .. } => meta.as_slice().as_ptr(),
             _ => std::ptr::null(),
         }
     }
@@ -422,6 +443,7 @@ impl PackedLinear {
         match self.data {
             PackedData::Q8_0 { .. } => self.groups() * BLOCK_ROWS * 2,
             PackedData::Q4K { .. } => self.cols / Q4K_SUPER * Q4K_META_BYTES,
+            PackedData::Q6K { .. } => self.cols / Q6K_SUPER * Q6K_META_BYTES,
             _ => 0,
         }
     }
@@ -431,7 +453,8 @@ impl PackedLinear {
         self.rows.div_ceil(BLOCK_ROWS)
     }
 
-    /// Steps per block: `k` for f32, `k / 2` rounded up for bf16, 8 per group for Q8_0. Each
+    /// Steps per block: `k` for f32, `k / 2` rounded up for bf16, per 32-weight group 8 for Q8_0,
+    /// 4 for Q4_K and 6 for Q6_K. Each
     /// step is [`STEP_BYTES`].
     pub fn steps(&self) -> usize {
         match self.data {
@@ -439,6 +462,7 @@ impl PackedLinear {
             PackedData::Bf16(_) => self.cols.div_ceil(2),
             PackedData::Q8_0 { .. } => self.groups() * Q8_GROUP / 4,
             PackedData::Q4K { .. } => self.groups() * Q8_GROUP / 8,
+            PackedData::Q6K { .. } => self.groups() * Q6K_STEPS,
         }
     }
 
@@ -452,7 +476,9 @@ impl PackedLinear {
         match &self.data {
             PackedData::F32(d) => d.as_slice().as_ptr() as *const u8,
             PackedData::Bf16(d) => d.as_slice().as_ptr() as *const u8,
-            PackedData::Q8_0 { q, .. } | PackedData::Q4K { q, .. } => q.as_slice().as_ptr(),
+            PackedData::Q8_0 { q, .. } | PackedData::Q4K { q, .. } | PackedData::Q6K { q, .. } => {
+                q.as_slice().as_ptr()
+            }
         }
     }
 
@@ -509,6 +535,13 @@ impl PackedLinear {
                         q[at] >> 4
                     };
                     *o = d * sc * nibble as f32 - dmin * m;
+                }
+            }
+            PackedData::Q6K { q, meta } => {
+                let (groups, supers) = (self.groups(), k / Q6K_SUPER);
+                let (q, meta) = (q.as_slice(), meta.as_slice());
+                for (i, o) in out[..k].iter_mut().enumerate() {
+                    *o = q6k::weight(q, meta, (b, lane), (groups, supers), i);
                 }
             }
         }

@@ -16,6 +16,7 @@ pub(super) unsafe fn tile<const MR: usize, const NV: usize>(kind: WeightKind, t:
     match kind {
         WeightKind::Q8_0 => tile_q8::<MR, NV>(t),
         WeightKind::Q4K => tile_q4k::<MR, NV>(t),
+        WeightKind::Q6K => tile_q6k::<MR, NV>(t),
         WeightKind::Bf16 => tile_float::<MR, NV, true>(t),
         WeightKind::F32 => tile_float::<MR, NV, false>(t),
     }
@@ -175,6 +176,65 @@ unsafe fn tile_q4k<const MR: usize, const NV: usize>(t: &TileArgs) {
                 let (x_sum, x_scale) = (*t.x_sums.add(at) as f32, *t.x_scales.add(at));
                 for (lane, a) in row[v].iter_mut().enumerate() {
                     *a += (scale[lane] * dot[lane] as f32 - min[lane] * x_sum) * x_scale;
+                }
+            }
+        }
+    }
+    store::<MR, NV>(&acc, t);
+}
+
+/// The Q6_K tile: per group, integer dot products of the 6-bit values (rebuilt from a nibble line
+/// and two bits of a high-bit line, see `packed::q6k`) of each 16-weight sub-block with signed
+/// activations, then `x_scale · Σ d·sc·(dot − 32·Σx)`.
+///
+/// # Safety
+/// `t` describes valid memory, including the Q6_K fields.
+#[inline(always)]
+unsafe fn tile_q6k<const MR: usize, const NV: usize>(t: &TileArgs) {
+    use super::packed::{Q6K_META_BYTES, Q6K_SCALES_AT, Q6K_STEPS};
+    let mut acc = [[[0f32; 16]; NV]; MR];
+    for g in 0..t.groups {
+        let (sb, j) = (g / 8, g % 8);
+        for v in 0..NV {
+            let rec = std::slice::from_raw_parts(
+                t.scales.add(v * t.scale_stride + sb * Q6K_META_BYTES),
+                Q6K_META_BYTES,
+            );
+            let d = |l: usize| half::f16::from_le_bytes([rec[2 * l], rec[2 * l + 1]]).to_f32();
+            let scale = |sub: usize| -> [f32; 16] {
+                std::array::from_fn(|l| d(l) * rec[Q6K_SCALES_AT + sub * 16 + l] as i8 as f32)
+            };
+            let (scale_lo, scale_hi) = (scale(2 * j), scale(2 * j + 1));
+            let lines = t.w.add(v * t.block_stride + g * Q6K_STEPS * 64);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let (mut lo_dot, mut hi_dot) = ([0i32; 16], [0i32; 16]);
+                for s in 0..4 {
+                    let line = &*(lines.add(s * 64) as *const [u32; 16]);
+                    let high = &*(lines.add((4 + s / 2) * 64) as *const [u32; 16]);
+                    let x = t.x.add(i * t.x_stride + g * 32 + s * 4);
+                    let lo = (x as *const [i8; 4]).read_unaligned().map(|v| v as i32);
+                    let hi = (x.add(16) as *const [i8; 4])
+                        .read_unaligned()
+                        .map(|v| v as i32);
+                    for lane in 0..16 {
+                        let (w, h) = (u32::from_le(line[lane]), u32::from_le(high[lane]));
+                        for c in 0..4 {
+                            let byte = (w >> (8 * c)) & 0xFF;
+                            let bits = ((h >> (8 * c)) & 0xFF) >> (4 * (s % 2));
+                            let q_lo = (byte & 0x0F) | ((bits & 3) << 4);
+                            let q_hi = (byte >> 4) | (((bits >> 2) & 3) << 4);
+                            lo_dot[lane] += q_lo as i32 * lo[c];
+                            hi_dot[lane] += q_hi as i32 * hi[c];
+                        }
+                    }
+                }
+                let at = i * t.groups + g;
+                let (sum_lo, sum_hi) = (*t.x_sums16.add(2 * at), *t.x_sums16.add(2 * at + 1));
+                let x_scale = *t.x_scales.add(at);
+                for (lane, a) in row[v].iter_mut().enumerate() {
+                    *a += (scale_lo[lane] * (lo_dot[lane] - 32 * sum_lo) as f32
+                        + scale_hi[lane] * (hi_dot[lane] - 32 * sum_hi) as f32)
+                        * x_scale;
                 }
             }
         }

@@ -1,5 +1,6 @@
 use half::bf16;
 
+use super::packed::random_q6_k_blocks;
 use super::*;
 use crate::weights::{Linear, WeightData};
 
@@ -220,6 +221,33 @@ fn q4_k_kernels_match_the_quantized_reference() {
     }
 }
 
+/// Q6_K (packed from the file format) against the same reference, on every kernel family: the
+/// 6-bit values rebuilt from nibble and high-bit lines, the per-16 scales and the `−32` offset.
+#[test]
+fn q6_k_kernels_match_the_quantized_reference() {
+    let shapes = [
+        (1, 7, 256),
+        (1, 200, 512),
+        (2, 33, 256),
+        (3, 300, 768),
+        (4, 40, 256),
+        (5, 33, 512),
+        (13, 70, 256),
+        (40, 100, 512),
+    ];
+    for isa in supported_isas() {
+        for &(m, n, k) in &shapes {
+            let x = pseudo(m * k, 17);
+            let packed = PackedLinear::from_q6_k_blocks(n, k, &random_q6_k_blocks(n, k, 18))
+                .expect("whole super-blocks");
+            let mut out = vec![f32::NAN; m * n];
+            matmul_with(isa, &x, m, &packed, &mut out);
+            let want = quantized_reference(&packed, &x, m);
+            assert_close(&out, &want, k, &format!("{isa:?} q6_k m={m} n={n} k={k}"));
+        }
+    }
+}
+
 /// `--quantization q4_k`: the product stays near the exact one (4-bit weights), and matrices
 /// whose `k` is not a multiple of 256 fall back to Q8_0.
 #[test]
@@ -307,8 +335,8 @@ fn bf16_rounding_matches_half_including_ties_and_nan() {
     }
 }
 
-/// Matrices moved into a shared arena give bit-identical products (f32, bf16, Q8_0, Q4_K, with odd
-/// shapes so ranges end mid-line); one that does not fit is refused and stays usable.
+/// Matrices moved into a shared arena give bit-identical products (f32, bf16, Q8_0, Q4_K, Q6_K,
+/// with odd shapes so ranges end mid-line); one that does not fit is refused and stays usable.
 #[test]
 fn matrices_moved_into_an_arena_give_identical_products() {
     use crate::hugepages::HugeArena;
@@ -338,6 +366,7 @@ fn matrices_moved_into_an_arena_give_identical_products() {
         mats.push(PackedLinear::quantize_q8_0(&f32_linear));
         if k.is_multiple_of(256) {
             mats.push(PackedLinear::from_q4_k_blocks(n, k, &random_q4_k_blocks(n, k, 3)).unwrap());
+            mats.push(PackedLinear::from_q6_k_blocks(n, k, &random_q6_k_blocks(n, k, 4)).unwrap());
         }
     }
     let products = |mats: &[PackedLinear]| -> Vec<Vec<f32>> {
