@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use pagoda_model::gguf::convert::convert_to_gguf;
 use pagoda_model::gguf::writer::GgufWriter;
 use pagoda_model::gguf::{GgmlType, GgufFile, MetaValue};
+use pagoda_model::ops::gemm::WeightKind;
 use pagoda_model::test_support::{golden_json, greedy_with_logits, token_ids as ids};
 use pagoda_model::weights::{TensorSource, WeightData, WeightDtype};
 use pagoda_model::{load_model_dir, LoadedModel, RunnerOptions, Tokenizer};
@@ -402,7 +403,6 @@ fn first_step_gaps(
 /// `--quantization q4_k` on the safetensors directory gives the same weights as the file.
 #[test]
 fn q4_k_gguf_runs_on_the_q4_k_kernels_near_the_dequantized_forward() {
-    use pagoda_model::ops::gemm::WeightKind;
     let dir = TempModelDir::q4_k_friendly("q4k-model");
     let gguf = TempGguf::convert(&dir.0, GgmlType::Q4K, "q4k");
     let prompts: Vec<Vec<u32>> = (0..4)
@@ -435,46 +435,37 @@ fn q4_k_gguf_runs_on_the_q4_k_kernels_near_the_dequantized_forward() {
     assert_eq!(agree, total);
 }
 
-/// Quantized types without kernels of their own (here Q4_0; also Q4_1, Q5_0, Q5_1) are
-/// requantized to Q8_0 at load: the file runs on the Q8_0 kernels, with logits near those of the
-/// same file dequantized to f32.
-#[test]
-fn q4_0_gguf_runs_on_the_q8_0_kernels_near_the_dequantized_forward() {
-    use pagoda_model::ops::gemm::WeightKind;
-    let dir = TempModelDir::q4_k_friendly("q40-model");
-    let gguf = TempGguf::convert(&dir.0, GgmlType::Q4_0, "q40");
+/// The model converted to a `ty` GGUF loads (as stored) with weights of `kind`, and its
+/// first-step logits stay near those of the same file dequantized to f32 (within 5% relative
+/// RMS, top-1 equal on every prompt); returns the worst gap.
+fn quantized_gguf_near_the_dequantized_forward(ty: GgmlType, kind: WeightKind, tag: &str) -> f64 {
+    let dir = TempModelDir::q4_k_friendly(&format!("{tag}-model"));
+    let gguf = TempGguf::convert(&dir.0, ty, tag);
     let prompts: Vec<Vec<u32>> = (0..4)
         .map(|i| (0..24).map(|t| 3 + (t * 11 + i * 17) % 250).collect())
         .collect();
     let mut native = load(&gguf.0, None);
-    assert_eq!(native.runner.model.weight_kind(), WeightKind::Q8_0);
+    assert_eq!(native.runner.model.weight_kind(), kind);
     let mut dequantized = load(&gguf.0, Some(WeightDtype::F32));
     let runs = [&mut native, &mut dequantized]
         .map(|m| greedy_with_logits(&mut m.runner, &prompts, 4, 512));
     let (worst, agree) = first_step_gaps(&runs[0], &runs[1]);
-    assert_eq!(agree, prompts.len(), "top-1 differs");
-    println!("q4_0 as q8_0 vs dequantized f32: worst relative logit gap {worst:.4}");
-    assert!(worst < 0.05, "relative logit gap {worst}");
+    assert_eq!(agree, prompts.len(), "{ty}: top-1 differs");
+    println!("{ty} as {kind:?} vs dequantized f32: worst relative logit gap {worst:.4}");
+    assert!(worst < 0.05, "{ty}: relative logit gap {worst}");
+    worst
 }
 
-/// Q6_K end to end (as a Q4_K_M file keeps its output and some `ffn_down` matrices): the model
-/// converted to a Q6_K GGUF runs on the Q6_K kernels as stored, with logits near those of the same
-/// file dequantized to f32.
+/// Quantized types without kernels of their own (here Q4_0; also Q4_1, Q5_0, Q5_1) are
+/// requantized to Q8_0 at load: the file runs on the Q8_0 kernels.
+#[test]
+fn q4_0_gguf_runs_on_the_q8_0_kernels_near_the_dequantized_forward() {
+    quantized_gguf_near_the_dequantized_forward(GgmlType::Q4_0, WeightKind::Q8_0, "q40");
+}
+
+/// Q6_K (as a Q4_K_M file keeps its output and some `ffn_down` matrices) runs on the Q6_K
+/// kernels as stored.
 #[test]
 fn q6_k_gguf_runs_on_the_q6_k_kernels_near_the_dequantized_forward() {
-    use pagoda_model::ops::gemm::WeightKind;
-    let dir = TempModelDir::q4_k_friendly("q6k-model");
-    let gguf = TempGguf::convert(&dir.0, GgmlType::Q6K, "q6k");
-    let prompts: Vec<Vec<u32>> = (0..4)
-        .map(|i| (0..24).map(|t| 3 + (t * 5 + i * 19) % 250).collect())
-        .collect();
-    let mut native = load(&gguf.0, None);
-    assert_eq!(native.runner.model.weight_kind(), WeightKind::Q6K);
-    let mut dequantized = load(&gguf.0, Some(WeightDtype::F32));
-    let runs = [&mut native, &mut dequantized]
-        .map(|m| greedy_with_logits(&mut m.runner, &prompts, 4, 512));
-    let (worst, agree) = first_step_gaps(&runs[0], &runs[1]);
-    assert_eq!(agree, prompts.len(), "top-1 differs");
-    println!("q6_k vs dequantized f32: worst relative logit gap {worst:.4}");
-    assert!(worst < 0.05, "relative logit gap {worst}");
+    quantized_gguf_near_the_dequantized_forward(GgmlType::Q6K, WeightKind::Q6K, "q6k");
 }

@@ -131,6 +131,20 @@ mod tests {
         }
     }
 
+    /// `got` (a row requantized to Q8_0) is within half a Q8_0 step of `want` in every group
+    /// of 32 (plus the f16 rounding of the scale).
+    fn assert_within_half_a_q8_0_step(got: &[f32], want: &[f32]) {
+        for (group_got, group_want) in got.chunks(32).zip(want.chunks(32)) {
+            let amax = group_want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            for (g, w) in group_got.iter().zip(group_want) {
+                assert!(
+                    (g - w).abs() <= amax / 127.0 * 0.5 + amax * 1e-3,
+                    "{g} vs {w}"
+                );
+            }
+        }
+    }
+
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..n)
@@ -168,15 +182,7 @@ mod tests {
         for r in 0..rows_a {
             mixed.row_to_f32(r, &mut got);
             alone.row_to_f32(r, &mut want);
-            for (group_got, group_want) in got.chunks(32).zip(want.chunks(32)) {
-                let amax = group_want.iter().fold(0f32, |m, x| m.max(x.abs()));
-                for (g, w) in group_got.iter().zip(group_want) {
-                    assert!(
-                        (g - w).abs() <= amax / 127.0 * 0.5 + amax * 1e-3,
-                        "{g} vs {w}"
-                    );
-                }
-            }
+            assert_within_half_a_q8_0_step(&got, &want);
         }
         for r in 0..rows_b {
             mixed.row_to_f32(rows_a + r, &mut got);
@@ -213,15 +219,7 @@ mod tests {
                 .unwrap();
             assert_eq!(want, file, "Q6_K row {r} as stored");
             mixed.row_to_f32(rows_a + r, &mut got);
-            for (group_got, group_want) in got.chunks(32).zip(want.chunks(32)) {
-                let amax = group_want.iter().fold(0f32, |m, x| m.max(x.abs()));
-                for (g, w) in group_got.iter().zip(group_want) {
-                    assert!(
-                        (g - w).abs() <= amax / 127.0 * 0.5 + amax * 1e-3,
-                        "{g} vs {w}"
-                    );
-                }
-            }
+            assert_within_half_a_q8_0_step(&got, &want);
         }
     }
 }

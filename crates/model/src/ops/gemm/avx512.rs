@@ -43,6 +43,15 @@ unsafe fn prefetch_stream_start(w: *const u8) {
     }
 }
 
+/// A stream kernel's scale record two records ahead of `rec` (4 KiB of Q4_K weights, 6 KiB of
+/// Q6_K), like the weights.
+#[inline(always)]
+unsafe fn prefetch_record_ahead(rec: *const u8, record_bytes: usize) {
+    for line in 0..record_bytes / 64 {
+        _mm_prefetch::<_MM_HINT_T0>(rec.wrapping_add(2 * record_bytes + line * 64) as *const i8);
+    }
+}
+
 /// Stores a stream kernel's results for block `b` of its range (16 columns of each row).
 #[inline(always)]
 unsafe fn store_block<const MR: usize>(acc: &[[__m512; 1]; MR], t: &TileArgs, b: usize) {
@@ -413,12 +422,7 @@ pub(super) unsafe fn stream_q4k<const MR: usize>(t: &TileArgs, blocks: usize) {
             let rec = t
                 .scales
                 .add(b * t.scale_stride + sb * packed::Q4K_META_BYTES);
-            // Two records (4 KiB of weights) ahead, like the weights.
-            for line in 0..packed::Q4K_META_BYTES / 64 {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    rec.wrapping_add(2 * packed::Q4K_META_BYTES + line * 64) as *const i8,
-                );
-            }
+            prefetch_record_ahead(rec, packed::Q4K_META_BYTES);
             let (d, dmin) = q4k_super(rec);
             for j in 0..8 {
                 let g = sb * 8 + j;
@@ -613,11 +617,7 @@ pub(super) unsafe fn stream_q6k<const MR: usize>(t: &TileArgs, blocks: usize) {
             let rec = t
                 .scales
                 .add(b * t.scale_stride + sb * packed::Q6K_META_BYTES);
-            for line in 0..packed::Q6K_META_BYTES / 64 {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    rec.wrapping_add(2 * packed::Q6K_META_BYTES + line * 64) as *const i8,
-                );
-            }
+            prefetch_record_ahead(rec, packed::Q6K_META_BYTES);
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i));
             for j in 0..8 {
                 let g = sb * 8 + j;

@@ -33,6 +33,39 @@ use half::{bf16, f16};
 pub(crate) use q6k::random_q6_k_blocks;
 pub use q6k::{Q6K_BLOCK_BYTES, Q6K_META_BYTES, Q6K_SCALES_AT, Q6K_STEPS, Q6K_SUPER};
 
+/// Pseudo-random bytes (xorshift), for file-format blocks in tests.
+#[cfg(test)]
+pub(crate) fn random_bytes(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed.max(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 7) as u8
+        })
+        .collect()
+}
+
+/// Every row of `p` decodes (`row_to_f32`) to exactly what the file format's dequantizer gives
+/// for its `ty` blocks in `bytes`, and `p` reads as many bytes per pass as the file holds.
+#[cfg(test)]
+pub(crate) fn assert_rows_decode_like_the_file(
+    p: &PackedLinear,
+    bytes: &[u8],
+    ty: crate::gguf::GgmlType,
+) {
+    assert_eq!(p.size_bytes(), bytes.len());
+    let (k, row_bytes) = (p.cols, bytes.len() / p.rows);
+    let (mut got, mut want) = (vec![0f32; k], vec![0f32; k]);
+    for r in 0..p.rows {
+        p.row_to_f32(r, &mut got);
+        crate::gguf::quants::dequantize(ty, &bytes[r * row_bytes..][..row_bytes], &mut want)
+            .expect("whole blocks");
+        assert_eq!(got, want, "{ty} row {r}");
+    }
+}
+
 use super::WeightKind;
 use crate::hugepages::{huge_vec, HugeArena};
 use crate::weights::{Linear, WeightData};
@@ -597,17 +630,8 @@ mod tests {
     /// nibble, scale and min pattern (random bytes), including a partial last block of rows.
     #[test]
     fn q4_k_rows_dequantize_like_the_file_format() {
-        use crate::gguf::{quants::dequantize, GgmlType};
         let (n, k) = (19, 512);
-        let mut state = 0x1234_5678u32;
-        let mut bytes: Vec<u8> = (0..n * k / Q4K_SUPER * Q4K_BLOCK_BYTES)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state >> 7) as u8
-            })
-            .collect();
+        let mut bytes = random_bytes(n * k / Q4K_SUPER * Q4K_BLOCK_BYTES, 0x1234_5678);
         for (b, block) in bytes.chunks_exact_mut(Q4K_BLOCK_BYTES).enumerate() {
             block[0..2].copy_from_slice(&f16::from_f32(0.01 + b as f32 * 1e-3).to_le_bytes());
             block[2..4].copy_from_slice(&f16::from_f32(0.02 - b as f32 * 1e-4).to_le_bytes());
@@ -617,19 +641,7 @@ mod tests {
             (p.kind(), p.steps(), p.groups()),
             (WeightKind::Q4K, k / 8, k / 32)
         );
-        assert_eq!(p.size_bytes(), bytes.len());
-        let row_bytes = k / Q4K_SUPER * Q4K_BLOCK_BYTES;
-        let (mut got, mut want) = (vec![0f32; k], vec![0f32; k]);
-        for r in 0..n {
-            p.row_to_f32(r, &mut got);
-            dequantize(
-                GgmlType::Q4K,
-                &bytes[r * row_bytes..][..row_bytes],
-                &mut want,
-            )
-            .unwrap();
-            assert_eq!(got, want, "row {r}");
-        }
+        assert_rows_decode_like_the_file(&p, &bytes, crate::gguf::GgmlType::Q4K);
         assert!(PackedLinear::from_q4_k_blocks(2, 320, &[0; 2 * 180]).is_none());
         assert!(PackedLinear::from_q4_k_blocks(2, 256, &[0; 287]).is_none());
     }

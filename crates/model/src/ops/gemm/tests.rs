@@ -194,10 +194,12 @@ fn random_q4_k_blocks(n: usize, k: usize, seed: u32) -> Vec<u8> {
     out
 }
 
-/// Q4_K (packed from the file format) against the same reference, on every kernel family: the
-/// nibble unpacking, the per-group scales and mins and the super-block records.
-#[test]
-fn q4_k_kernels_match_the_quantized_reference() {
+/// Matrices of whole 256-weight super-blocks (`pack(n, k)`) against the quantized reference on
+/// every kernel family, over decode (stream) and prefill (tile) row counts and odd row counts.
+fn k_quant_kernels_match_the_quantized_reference(
+    name: &str,
+    pack: impl Fn(usize, usize) -> PackedLinear,
+) {
     let shapes = [
         (1, 7, 256),
         (1, 200, 512),
@@ -211,41 +213,34 @@ fn q4_k_kernels_match_the_quantized_reference() {
     for isa in supported_isas() {
         for &(m, n, k) in &shapes {
             let x = pseudo(m * k, 15);
-            let packed = PackedLinear::from_q4_k_blocks(n, k, &random_q4_k_blocks(n, k, 16))
-                .expect("whole super-blocks");
+            let packed = pack(n, k);
             let mut out = vec![f32::NAN; m * n];
             matmul_with(isa, &x, m, &packed, &mut out);
             let want = quantized_reference(&packed, &x, m);
-            assert_close(&out, &want, k, &format!("{isa:?} q4_k m={m} n={n} k={k}"));
+            assert_close(&out, &want, k, &format!("{isa:?} {name} m={m} n={n} k={k}"));
         }
     }
 }
 
-/// Q6_K (packed from the file format) against the same reference, on every kernel family: the
-/// 6-bit values rebuilt from nibble and high-bit lines, the per-16 scales and the `−32` offset.
+/// Q4_K (packed from the file format): the nibble unpacking, the per-group scales and mins and
+/// the super-block records.
+#[test]
+fn q4_k_kernels_match_the_quantized_reference() {
+    k_quant_kernels_match_the_quantized_reference("q4_k", |n, k| {
+        PackedLinear::from_q4_k_blocks(n, k, &random_q4_k_blocks(n, k, 16))
+            .expect("whole super-blocks")
+    });
+}
+
+/// Q6_K (packed from the file format): the 6-bit values rebuilt from nibble and high-bit lines
+/// (in the stream kernel, and once per panel for the tiles), the per-16 scales and the `−32`
+/// offset.
 #[test]
 fn q6_k_kernels_match_the_quantized_reference() {
-    let shapes = [
-        (1, 7, 256),
-        (1, 200, 512),
-        (2, 33, 256),
-        (3, 300, 768),
-        (4, 40, 256),
-        (5, 33, 512),
-        (13, 70, 256),
-        (40, 100, 512),
-    ];
-    for isa in supported_isas() {
-        for &(m, n, k) in &shapes {
-            let x = pseudo(m * k, 17);
-            let packed = PackedLinear::from_q6_k_blocks(n, k, &random_q6_k_blocks(n, k, 18))
-                .expect("whole super-blocks");
-            let mut out = vec![f32::NAN; m * n];
-            matmul_with(isa, &x, m, &packed, &mut out);
-            let want = quantized_reference(&packed, &x, m);
-            assert_close(&out, &want, k, &format!("{isa:?} q6_k m={m} n={n} k={k}"));
-        }
-    }
+    k_quant_kernels_match_the_quantized_reference("q6_k", |n, k| {
+        PackedLinear::from_q6_k_blocks(n, k, &random_q6_k_blocks(n, k, 18))
+            .expect("whole super-blocks")
+    });
 }
 
 /// `--quantization q4_k`: the product stays near the exact one (4-bit weights), and matrices

@@ -100,15 +100,7 @@ pub(super) fn weight(
 /// trained model's magnitude, for tests.
 #[cfg(test)]
 pub(crate) fn random_q6_k_blocks(n: usize, k: usize, seed: u32) -> Vec<u8> {
-    let mut state = seed.max(1);
-    let mut bytes: Vec<u8> = (0..n * k / Q6K_SUPER * Q6K_BLOCK_BYTES)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 7) as u8
-        })
-        .collect();
+    let mut bytes = super::random_bytes(n * k / Q6K_SUPER * Q6K_BLOCK_BYTES, seed);
     for (b, block) in bytes.chunks_exact_mut(Q6K_BLOCK_BYTES).enumerate() {
         let d = half::f16::from_f32(1e-4 + 2e-5 * (b % 7) as f32);
         block[208..210].copy_from_slice(&d.to_le_bytes());
@@ -119,7 +111,7 @@ pub(crate) fn random_q6_k_blocks(n: usize, k: usize, seed: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::{quants::dequantize, GgmlType};
+    use crate::gguf::GgmlType;
     use crate::ops::gemm::WeightKind;
 
     /// Packed Q6_K rows decode to exactly what the file format's dequantizer gives, including a
@@ -133,19 +125,7 @@ mod tests {
             (p.kind(), p.steps(), p.groups()),
             (WeightKind::Q6K, k / 32 * Q6K_STEPS, k / 32)
         );
-        assert_eq!(p.size_bytes(), bytes.len());
-        let row_bytes = k / Q6K_SUPER * Q6K_BLOCK_BYTES;
-        let (mut got, mut want) = (vec![0f32; k], vec![0f32; k]);
-        for r in 0..n {
-            p.row_to_f32(r, &mut got);
-            dequantize(
-                GgmlType::Q6K,
-                &bytes[r * row_bytes..][..row_bytes],
-                &mut want,
-            )
-            .unwrap();
-            assert_eq!(got, want, "row {r}");
-        }
+        super::super::assert_rows_decode_like_the_file(&p, &bytes, GgmlType::Q6K);
         assert!(PackedLinear::from_q6_k_blocks(2, 320, &[0; 2 * 262]).is_none());
         assert!(PackedLinear::from_q6_k_blocks(2, 256, &[0; 419]).is_none());
     }
