@@ -228,10 +228,16 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
             let mut buf = buf.borrow_mut();
             let kp = 2 * w.steps();
             buf.resize(m * kp, 0);
-            for (src, dst) in x.chunks_exact(k).zip(buf.chunks_exact_mut(kp)) {
-                round_to_bf16(isa, src, &mut dst[..k]);
-                dst[k..].fill(0);
-            }
+            let rows_per_task = rows_per_activation_task(m);
+            let bp = SyncPtr(buf.as_mut_ptr());
+            pool::global().parallel_for(m.div_ceil(rows_per_task), &|t| {
+                for i in t * rows_per_task..((t + 1) * rows_per_task).min(m) {
+                    // SAFETY: task t alone writes the rounded rows of its range.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(bp.get().add(i * kp), kp) };
+                    round_to_bf16(isa, &x[i * k..(i + 1) * k], &mut dst[..k]);
+                    dst[k..].fill(0);
+                }
+            });
             let a = Activations {
                 x: buf.as_ptr() as *const u8,
                 stride: kp * 2,
@@ -259,11 +265,7 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
                 SyncPtr(sums.as_mut_ptr()),
             );
             let hp = SyncPtr(sums16.as_mut_ptr());
-            let rows_per_task = if m >= 64 {
-                m.div_ceil(pool::global().threads() * 2)
-            } else {
-                m
-            };
+            let rows_per_task = rows_per_activation_task(m);
             let quantize_rows = |t: usize| {
                 let rows = t * rows_per_task..((t + 1) * rows_per_task).min(m);
                 for i in rows {
@@ -298,6 +300,17 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, w: &PackedLinear, out: &mut [f
             };
             run(isa, a, m, w, out)
         }),
+    }
+}
+
+/// Rows per task when activations are rounded or quantized: all in one below 64 rows (decode:
+/// a fork would cost more), else two tasks per thread (a 512-token prefill's rows took 2% of
+/// its time serially).
+fn rows_per_activation_task(m: usize) -> usize {
+    if m >= 64 {
+        m.div_ceil(pool::global().threads() * 2)
+    } else {
+        m
     }
 }
 
