@@ -219,20 +219,13 @@ impl Model {
     /// of their bytes (a Q4_K file keeps some tensors in other types).
     pub fn weight_kind(&self) -> crate::ops::gemm::WeightKind {
         use crate::ops::gemm::WeightKind;
-        let kinds = [
-            WeightKind::F32,
-            WeightKind::Bf16,
-            WeightKind::Q8_0,
-            WeightKind::Q4K,
-            WeightKind::Q6K,
-        ];
         let bytes = |k: WeightKind| -> usize {
             self.step_matrices()
                 .filter(|w| w.kind() == k)
                 .map(|w| w.size_bytes())
                 .sum()
         };
-        kinds
+        WeightKind::ALL
             .into_iter()
             .max_by_key(|&k| bytes(k))
             .unwrap_or(WeightKind::F32)

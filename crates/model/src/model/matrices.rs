@@ -8,7 +8,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::gguf::{quants, GgmlType};
-use crate::ops::gemm::{packed, PackedLinear, WeightKind};
+use crate::ops::gemm::{PackedLinear, WeightKind};
 use crate::weights::{Linear, QuantizedBlocks, WeightDtype, WeightSource};
 
 /// The matrix stacking the rows of `parts` (name, rows), each with `cols` columns.
@@ -67,16 +67,11 @@ pub(super) fn load_matrix(
 
 /// Q4_K or Q6_K rows requantized to Q8_0 rows (through f32).
 fn to_q8_0(name: &str, rows: usize, cols: usize, b: &QuantizedBlocks) -> Result<Vec<u8>> {
-    let (ty, row_in) = match b.kind {
-        WeightKind::Q6K => (
-            GgmlType::Q6K,
-            cols / packed::Q6K_SUPER * packed::Q6K_BLOCK_BYTES,
-        ),
-        _ => (
-            GgmlType::Q4K,
-            cols / packed::Q4K_SUPER * packed::Q4K_BLOCK_BYTES,
-        ),
+    let ty = match b.kind {
+        WeightKind::Q6K => GgmlType::Q6K,
+        _ => GgmlType::Q4K,
     };
+    let row_in = b.bytes.len() / rows.max(1);
     quants::rows_to_q8_0(ty, rows, cols, |r| &b.bytes[r * row_in..(r + 1) * row_in])
         .map_err(|e| ModelError::InvalidOption(format!("{name}: {e}")))
 }

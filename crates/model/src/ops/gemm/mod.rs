@@ -79,6 +79,15 @@ pub enum WeightKind {
 }
 
 impl WeightKind {
+    /// Every kind.
+    pub const ALL: [WeightKind; 5] = [
+        WeightKind::F32,
+        WeightKind::Bf16,
+        WeightKind::Q8_0,
+        WeightKind::Q4K,
+        WeightKind::Q6K,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             WeightKind::F32 => "f32",
@@ -482,7 +491,6 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
         for p in c * chunk..((c + 1) * chunk).min(panels) {
             let block0 = p * nv_max;
             let nv = nv_max.min(blocks - block0);
-            let panel = args(block0, 0, 0);
             let mut row = rows.start;
             let mut run_tiles = |unpacked: Option<*const u8>| {
                 for tile in 0..tiles {
@@ -515,7 +523,13 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
                 // unpacked lines; `q6k_unpacked` implies AVX-512 BW.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    avx512::unpack_q6k(panel.w, block_stride, nv, groups, buf.as_mut_ptr())
+                    avx512::unpack_q6k(
+                        base.get().wrapping_add(block0 * block_stride),
+                        block_stride,
+                        nv,
+                        groups,
+                        buf.as_mut_ptr(),
+                    )
                 };
                 run_tiles(Some(buf.as_ptr()));
             });

@@ -109,59 +109,6 @@ pub(in crate::ops::gemm) unsafe fn tile_q4k<const MR: usize, const NV: usize>(t:
     store_tile(&acc, t);
 }
 
-/// The Q4_K stream kernel (decode): consecutive blocks one at a time, separate integer
-/// accumulators for the low and high nibbles, weights and scale records prefetched ahead.
-///
-/// # Safety
-/// As [`tile_q4k`]; `t.w` starts `blocks` consecutive blocks.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(in crate::ops::gemm) unsafe fn stream_q4k<const MR: usize>(t: &TileArgs, blocks: usize) {
-    prefetch_stream_start(t.w);
-    let supers = t.groups / 8;
-    for b in 0..blocks {
-        let w = t.w.add(b * t.block_stride);
-        let mut acc = [[_mm512_setzero_ps(); 1]; MR];
-        for sb in 0..supers {
-            let rec = t
-                .scales
-                .add(b * t.scale_stride + sb * packed::Q4K_META_BYTES);
-            prefetch_record_ahead(rec, packed::Q4K_META_BYTES);
-            let (d, dmin) = q4k_super(rec);
-            for j in 0..8 {
-                let g = sb * 8 + j;
-                let mut lo_dot = [_mm512_setzero_si512(); MR];
-                let mut hi_dot = [_mm512_setzero_si512(); MR];
-                for s in 0..Q4K_STEPS {
-                    let line = w.add((g * Q4K_STEPS + s) * 64);
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        line.wrapping_add(STREAM_PREFETCH_BYTES) as *const i8
-                    );
-                    let (wl, wh) = q4k_unpack(line);
-                    for i in 0..MR {
-                        let x = t.x.add(i * t.x_stride + g * 32 + s * 4);
-                        lo_dot[i] = _mm512_dpbusd_epi32(
-                            lo_dot[i],
-                            wl,
-                            _mm512_set1_epi32((x as *const i32).read_unaligned()),
-                        );
-                        hi_dot[i] = _mm512_dpbusd_epi32(
-                            hi_dot[i],
-                            wh,
-                            _mm512_set1_epi32((x.add(16) as *const i32).read_unaligned()),
-                        );
-                    }
-                }
-                let scales = q4k_group_scales(rec, j, d, dmin);
-                for i in 0..MR {
-                    let dot = _mm512_add_epi32(lo_dot[i], hi_dot[i]);
-                    acc[i][0] = q4k_group_finish(acc[i][0], dot, scales, t, i, g);
-                }
-            }
-        }
-        store_block(&acc, t, b);
-    }
-}
-
 /// A Q6_K group's nibble line `s` (0..4) rebuilt into two `vpdpbusd` operands of 6-bit values:
 /// the group's first 16 weights (`k = 4s..4s+4` of each row) and its second 16 (`k = 16 + 4s..`),
 /// their top two bits taken from high-bit line `s / 2` (see `packed::q6k`).
@@ -306,28 +253,114 @@ pub(in crate::ops::gemm) unsafe fn tile_q6k_unpacked<const MR: usize, const NV: 
     store_tile(&acc, t);
 }
 
-/// The Q6_K stream kernel (decode): consecutive blocks one at a time, one integer accumulator
-/// per sub-block and row, weights and scale records prefetched ahead.
-///
-/// # Safety
-/// As [`tile_q6k`]; `t.w` starts `blocks` consecutive blocks.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(in crate::ops::gemm) unsafe fn stream_q6k<const MR: usize>(t: &TileArgs, blocks: usize) {
+/// What a k-quant stream kernel needs of its format: lines per 32-weight group, the scale record,
+/// a line's two `vpdpbusd` operands (the group's first and second 16 weights of each row) and how
+/// a group's two dot products become f32.
+trait StreamFormat {
+    /// Lines per 32-weight group (all prefetched ahead).
+    const STEPS: usize;
+    /// Bytes of one (block, super-block) scale record.
+    const META_BYTES: usize;
+    /// A super-block's record as read once for its 8 groups.
+    type Super: Copy;
+    /// One group's scales.
+    type Group: Copy;
+    unsafe fn super_scales(rec: *const u8) -> Self::Super;
+    unsafe fn group_scales(rec: *const u8, j: usize, sup: Self::Super) -> Self::Group;
+    /// Operands of nibble line `s` (0..4) of the group whose lines start at `lines`.
+    unsafe fn unpack(lines: *const u8, s: usize) -> (__m512i, __m512i);
+    unsafe fn finish(
+        acc: __m512,
+        dots: (__m512i, __m512i),
+        scales: Self::Group,
+        t: &TileArgs,
+        row: usize,
+        g: usize,
+    ) -> __m512;
+}
+
+struct Q4K;
+
+impl StreamFormat for Q4K {
+    const STEPS: usize = Q4K_STEPS;
+    const META_BYTES: usize = packed::Q4K_META_BYTES;
+    type Super = (__m512, __m512);
+    type Group = (__m512, __m512);
+    #[inline(always)]
+    unsafe fn super_scales(rec: *const u8) -> Self::Super {
+        q4k_super(rec)
+    }
+    #[inline(always)]
+    unsafe fn group_scales(rec: *const u8, j: usize, (d, dmin): Self::Super) -> Self::Group {
+        q4k_group_scales(rec, j, d, dmin)
+    }
+    #[inline(always)]
+    unsafe fn unpack(lines: *const u8, s: usize) -> (__m512i, __m512i) {
+        q4k_unpack(lines.add(s * 64))
+    }
+    #[inline(always)]
+    unsafe fn finish(
+        acc: __m512,
+        (lo, hi): (__m512i, __m512i),
+        scales: Self::Group,
+        t: &TileArgs,
+        row: usize,
+        g: usize,
+    ) -> __m512 {
+        // One scale and min per 32 weights: the halves add up before scaling.
+        q4k_group_finish(acc, _mm512_add_epi32(lo, hi), scales, t, row, g)
+    }
+}
+
+struct Q6K;
+
+impl StreamFormat for Q6K {
+    const STEPS: usize = packed::Q6K_STEPS;
+    const META_BYTES: usize = packed::Q6K_META_BYTES;
+    type Super = __m512;
+    type Group = (__m512, __m512);
+    #[inline(always)]
+    unsafe fn super_scales(rec: *const u8) -> Self::Super {
+        _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i))
+    }
+    #[inline(always)]
+    unsafe fn group_scales(rec: *const u8, j: usize, d: Self::Super) -> Self::Group {
+        q6k_group_scales(rec, j, d)
+    }
+    #[inline(always)]
+    unsafe fn unpack(lines: *const u8, s: usize) -> (__m512i, __m512i) {
+        q6k_unpack(lines, s)
+    }
+    #[inline(always)]
+    unsafe fn finish(
+        acc: __m512,
+        dots: (__m512i, __m512i),
+        scales: Self::Group,
+        t: &TileArgs,
+        row: usize,
+        g: usize,
+    ) -> __m512 {
+        q6k_group_finish(acc, dots, scales, t, row, g)
+    }
+}
+
+/// The k-quant stream kernel body (decode): consecutive blocks one at a time, one integer
+/// accumulator per row for each half of a group, weights and scale records prefetched ahead.
+#[inline(always)]
+unsafe fn stream<F: StreamFormat, const MR: usize>(t: &TileArgs, blocks: usize) {
     prefetch_stream_start(t.w);
     let supers = t.groups / 8;
     for b in 0..blocks {
         let w = t.w.add(b * t.block_stride);
         let mut acc = [[_mm512_setzero_ps(); 1]; MR];
         for sb in 0..supers {
-            let rec = t
-                .scales
-                .add(b * t.scale_stride + sb * packed::Q6K_META_BYTES);
-            prefetch_record_ahead(rec, packed::Q6K_META_BYTES);
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i));
+            let rec = t.scales.add(b * t.scale_stride + sb * F::META_BYTES);
+            prefetch_record_ahead(rec, F::META_BYTES);
+            let sup = F::super_scales(rec);
             for j in 0..8 {
                 let g = sb * 8 + j;
-                let lines = w.add(g * packed::Q6K_STEPS * 64);
-                for line in 0..packed::Q6K_STEPS {
+                let lines = w.add(g * F::STEPS * 64);
+                for line in 0..F::STEPS {
                     _mm_prefetch::<_MM_HINT_T0>(
                         lines.wrapping_add(STREAM_PREFETCH_BYTES + line * 64) as *const i8,
                     );
@@ -335,7 +368,7 @@ pub(in crate::ops::gemm) unsafe fn stream_q6k<const MR: usize>(t: &TileArgs, blo
                 let mut lo_dot = [_mm512_setzero_si512(); MR];
                 let mut hi_dot = [_mm512_setzero_si512(); MR];
                 for s in 0..4 {
-                    let (wl, wh) = q6k_unpack(lines, s);
+                    let (wl, wh) = F::unpack(lines, s);
                     for i in 0..MR {
                         let x = t.x.add(i * t.x_stride + g * 32 + s * 4);
                         lo_dot[i] = _mm512_dpbusd_epi32(
@@ -350,13 +383,31 @@ pub(in crate::ops::gemm) unsafe fn stream_q6k<const MR: usize>(t: &TileArgs, blo
                         );
                     }
                 }
-                let scales = q6k_group_scales(rec, j, d);
+                let scales = F::group_scales(rec, j, sup);
                 for i in 0..MR {
-                    acc[i][0] =
-                        q6k_group_finish(acc[i][0], (lo_dot[i], hi_dot[i]), scales, t, i, g);
+                    acc[i][0] = F::finish(acc[i][0], (lo_dot[i], hi_dot[i]), scales, t, i, g);
                 }
             }
         }
         store_block(&acc, t, b);
     }
+}
+
+/// The Q4_K stream kernel (decode), see [`stream`].
+///
+/// # Safety
+/// As [`tile_q4k`]; `t.w` starts `blocks` consecutive blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(in crate::ops::gemm) unsafe fn stream_q4k<const MR: usize>(t: &TileArgs, blocks: usize) {
+    stream::<Q4K, MR>(t, blocks)
+}
+
+/// The Q6_K stream kernel (decode), see [`stream`].
+///
+/// # Safety
+/// As [`tile_q6k_unpacked`] for the scale records and activations; `t.w` starts `blocks`
+/// consecutive packed (not unpacked) Q6_K blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(in crate::ops::gemm) unsafe fn stream_q6k<const MR: usize>(t: &TileArgs, blocks: usize) {
+    stream::<Q6K, MR>(t, blocks)
 }
