@@ -3,9 +3,10 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pagoda_bench::mock_server::{MockConfig, MockServer};
 use serde_json::Value;
@@ -149,34 +150,33 @@ fn sweep_writes_one_point_per_concurrency_and_a_chart() {
 
 #[test]
 fn mock_server_subcommand_answers_models() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 0: the server picks a free port and logs it. (Probing a port chosen beforehand raced:
+    // on loopback a connect to a port nobody listens on yet can connect to itself.)
     let mut child = pagoda()
         .args([
             "bench",
             "mock-server",
             "--port",
-            &port.to_string(),
+            "0",
             "--output-tokens",
             "3",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let models = loop {
-        if let Ok(s) = std::net::TcpStream::connect(addr) {
-            drop(s);
-            break support::request(addr, "GET", "/v1/models", "");
-        }
-        assert!(Instant::now() < deadline, "mock server never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut stderr = BufReader::new(stderr); // kept open until the child is killed
+    let mut first_line = String::new();
+    stderr.read_line(&mut first_line).unwrap();
+    let addr: std::net::SocketAddr = first_line
+        .split("listening on http://")
+        .nth(1)
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no listen address in {first_line:?}"))
+        .parse()
+        .unwrap();
+    let models = support::request(addr, "GET", "/v1/models", "");
     let (status, body) = support::request(
         addr,
         "POST",
