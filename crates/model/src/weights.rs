@@ -144,7 +144,7 @@ pub trait WeightSource {
         name: &str,
         rows: usize,
         cols: usize,
-    ) -> Result<Option<QuantizedBlocks>> {
+    ) -> Result<Option<QuantizedBlocks<'_>>> {
         let _ = (name, rows, cols);
         Ok(None)
     }
@@ -152,11 +152,12 @@ pub trait WeightSource {
 
 /// Row-major ggml blocks of one matrix (see [`WeightSource::quantized_blocks`]).
 #[derive(Debug, Clone)]
-pub struct QuantizedBlocks {
+pub struct QuantizedBlocks<'a> {
     /// [`crate::ops::gemm::WeightKind::Q8_0`] (`block_q8_0` rows), `Q4K` (`block_q4_K` rows) or
     /// `Q6K` (`block_q6_K` rows).
     pub kind: crate::ops::gemm::WeightKind,
-    pub bytes: Vec<u8>,
+    /// Borrowed from the mapped file when its rows are already in order.
+    pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 impl WeightSource for TensorSource {

@@ -193,7 +193,7 @@ impl WeightSource for GgufSource {
         name: &str,
         rows: usize,
         cols: usize,
-    ) -> Result<Option<QuantizedBlocks>> {
+    ) -> Result<Option<QuantizedBlocks<'_>>> {
         if !self.quantized {
             return Ok(None);
         }
@@ -210,10 +210,16 @@ impl WeightSource for GgufSource {
             let src = order.as_ref().map_or(r, |o| o[r]);
             &bytes[src * row_bytes..(src + 1) * row_bytes]
         };
-        let out = if matches!(info.ty, GgmlType::Q4K | GgmlType::Q6K | GgmlType::Q8_0) {
-            (0..rows).flat_map(row).copied().collect()
+        let out = if !matches!(info.ty, GgmlType::Q4K | GgmlType::Q6K | GgmlType::Q8_0) {
+            Cow::Owned(
+                rows_to_q8_0(info.ty, rows, cols, row).map_err(|e| self.convert_err(info, e))?,
+            )
+        } else if order.is_none() {
+            Cow::Borrowed(&bytes[..rows * row_bytes])
         } else {
-            rows_to_q8_0(info.ty, rows, cols, row).map_err(|e| self.convert_err(info, e))?
+            let mut out = Vec::with_capacity(rows * row_bytes);
+            (0..rows).for_each(|r| out.extend_from_slice(row(r)));
+            Cow::Owned(out)
         };
         Ok(Some(QuantizedBlocks { kind, bytes: out }))
     }

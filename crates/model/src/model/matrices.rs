@@ -6,6 +6,8 @@
 //! beside Q4_K `attn_q`/`attn_k`), the parts not in Q8_0 are requantized to it so the fused matrix
 //! has one format: Q8_0 keeps them within half a Q8_0 step of their values.
 
+use std::borrow::Cow;
+
 use crate::error::{ModelError, Result};
 use crate::gguf::{quants, GgmlType};
 use crate::ops::gemm::{PackedLinear, WeightKind};
@@ -44,14 +46,21 @@ pub(super) fn load_matrix(
     } else {
         WeightKind::Q8_0
     };
-    let mut bytes = Vec::new();
-    for (name, r, b) in blocks {
-        if b.kind == kind {
-            bytes.extend_from_slice(&b.bytes);
-        } else {
-            bytes.extend(to_q8_0(name, r, cols, &b)?);
+    // One part in its own format is packed straight from the source (the mapped file).
+    let bytes: Cow<'_, [u8]> = match blocks.as_slice() {
+        [(_, _, b)] if b.kind == kind => Cow::Borrowed(&b.bytes),
+        _ => {
+            let mut bytes = Vec::new();
+            for (name, r, b) in &blocks {
+                if b.kind == kind {
+                    bytes.extend_from_slice(&b.bytes);
+                } else {
+                    bytes.extend(to_q8_0(name, *r, cols, b)?);
+                }
+            }
+            Cow::Owned(bytes)
         }
-    }
+    };
     let packed = match kind {
         WeightKind::Q4K => PackedLinear::from_q4_k_blocks(rows, cols, &bytes),
         WeightKind::Q6K => PackedLinear::from_q6_k_blocks(rows, cols, &bytes),
@@ -108,19 +117,19 @@ mod tests {
             name: &str,
             _: usize,
             _: usize,
-        ) -> Result<Option<QuantizedBlocks>> {
+        ) -> Result<Option<QuantizedBlocks<'_>>> {
             Ok(Some(match name {
                 "a" => QuantizedBlocks {
                     kind: WeightKind::Q4K,
-                    bytes: self.a.clone(),
+                    bytes: Cow::Borrowed(&self.a),
                 },
                 "c" => QuantizedBlocks {
                     kind: WeightKind::Q6K,
-                    bytes: self.c.clone(),
+                    bytes: Cow::Borrowed(&self.c),
                 },
                 _ => QuantizedBlocks {
                     kind: WeightKind::Q8_0,
-                    bytes: self.b.clone(),
+                    bytes: Cow::Borrowed(&self.b),
                 },
             }))
         }

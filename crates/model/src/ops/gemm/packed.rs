@@ -338,10 +338,12 @@ impl PackedLinear {
             for g in 0..groups {
                 let src = &bytes[(r * groups + g) * Q8_0_BLOCK_BYTES..][..Q8_0_BLOCK_BYTES];
                 ss[(b * groups + g) * BLOCK_ROWS + lane] = f16::from_le_bytes([src[0], src[1]]);
-                let base = (b * groups + g) * group_bytes;
-                for (i, &v) in src[2..].iter().enumerate() {
-                    // Step i / 4 holds k = 4·step..4·step+4 of all 16 rows, 4 bytes per row.
-                    qs[base + (i / 4) * 64 + lane * 4 + i % 4] = (v as i8 as i16 + 128) as u8;
+                let base = (b * groups + g) * group_bytes + lane * 4;
+                for (step, v) in src[2..].chunks_exact(4).enumerate() {
+                    // A step holds k = 4·step..4·step+4 of all 16 rows, 4 bytes per row; the
+                    // XOR stores each q as q + 128.
+                    let word = u32::from_le_bytes([v[0], v[1], v[2], v[3]]) ^ 0x8080_8080;
+                    qs[base + step * 64..][..4].copy_from_slice(&word.to_le_bytes());
                 }
             }
         }
