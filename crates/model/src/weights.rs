@@ -91,40 +91,6 @@ impl Linear {
             }
         }
     }
-
-    /// Stacks matrices with the same column count into one (fused q/k/v, gate/up), in the
-    /// storage type of the first.
-    pub fn concat_rows(parts: Vec<Linear>) -> Linear {
-        let cols = parts[0].cols;
-        let rows = parts.iter().map(|p| p.rows).sum();
-        let data = match &parts[0].data {
-            WeightData::F32(_) => {
-                let mut out = huge_vec(rows * cols);
-                for p in parts {
-                    match p.data {
-                        WeightData::F32(d) => out.extend_from_slice(&d),
-                        WeightData::Bf16(d) => {
-                            out.extend(d.iter().map(|&b| bf16::from_bits(b).to_f32()))
-                        }
-                    }
-                }
-                WeightData::F32(out)
-            }
-            WeightData::Bf16(_) => {
-                let mut out = huge_vec(rows * cols);
-                for p in parts {
-                    match p.data {
-                        WeightData::Bf16(d) => out.extend_from_slice(&d),
-                        WeightData::F32(d) => {
-                            out.extend(d.iter().map(|&x| bf16::from_f32(x).to_bits()))
-                        }
-                    }
-                }
-                WeightData::Bf16(out)
-            }
-        };
-        Linear { rows, cols, data }
-    }
 }
 
 /// What [`crate::model::Model::load`] asks of a weight file, by Hugging Face tensor name:

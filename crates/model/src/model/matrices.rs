@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use crate::error::{ModelError, Result};
 use crate::gguf::{quants, GgmlType};
 use crate::ops::gemm::{PackedLinear, WeightKind};
-use crate::weights::{Linear, QuantizedBlocks, WeightDtype, WeightSource};
+use crate::weights::{QuantizedBlocks, WeightDtype, WeightSource};
 
 /// The matrix stacking the rows of `parts` (name, rows), each with `cols` columns.
 pub(super) fn load_matrix(
@@ -33,12 +33,7 @@ pub(super) fn load_matrix(
             .iter()
             .map(|(name, r)| source.linear(name, *r, cols, dtype))
             .collect::<Result<Vec<_>>>()?;
-        let linear = if linears.len() == 1 {
-            linears.into_iter().next().expect("invariant: one part")
-        } else {
-            Linear::concat_rows(linears)
-        };
-        return Ok(PackedLinear::pack(&linear));
+        return Ok(PackedLinear::pack_parts(&linears));
     }
     let first = blocks.first().map_or(WeightKind::Q8_0, |b| b.2.kind);
     let kind = if blocks.iter().all(|b| b.2.kind == first) {

@@ -28,6 +28,7 @@ mod q6k;
 use std::sync::Arc;
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 #[cfg(test)]
 pub(crate) use q6k::random_q6_k_blocks;
@@ -203,34 +204,85 @@ pub struct PackedLinear {
 impl PackedLinear {
     /// Packs a row-major matrix, keeping its storage type.
     pub fn pack(w: &Linear) -> Self {
-        let (n, k) = (w.rows, w.cols);
+        Self::pack_parts(std::slice::from_ref(w))
+    }
+
+    /// Packs the rows of `parts` stacked in order (a fused projection's q, k and v), without
+    /// first copying them into one matrix; blocks are packed in parallel. The result has the
+    /// first part's type (rows of a part stored otherwise are converted).
+    ///
+    /// # Panics
+    /// When `parts` is empty or the parts' column counts differ.
+    pub fn pack_parts(parts: &[Linear]) -> Self {
+        let k = parts[0].cols;
+        assert!(
+            parts.iter().all(|p| p.cols == k),
+            "invariant: stacked parts share their columns"
+        );
+        let n: usize = parts.iter().map(|p| p.rows).sum();
         let blocks = n.div_ceil(BLOCK_ROWS);
-        let data = match &w.data {
-            WeightData::F32(src) => {
+        // Row r of the stack: (part, row in it).
+        let starts: Vec<usize> = parts
+            .iter()
+            .scan(0, |next, p| {
+                let start = *next;
+                *next += p.rows;
+                Some(start)
+            })
+            .collect();
+        let locate = |r: usize| {
+            let part = starts.partition_point(|&s| s <= r) - 1;
+            (&parts[part].data, (r - starts[part]) * k)
+        };
+        let data = match &parts[0].data {
+            WeightData::F32(_) => {
                 let mut dst = Aligned::<f32>::zeroed(blocks * k * BLOCK_ROWS);
-                let block_len = k * BLOCK_ROWS;
-                for (b, block) in dst.as_mut_slice().chunks_mut(block_len).enumerate() {
-                    for lane in 0..BLOCK_ROWS.min(n - b * BLOCK_ROWS) {
-                        let row = &src[(b * BLOCK_ROWS + lane) * k..][..k];
-                        for (s, &v) in row.iter().enumerate() {
-                            block[s * BLOCK_ROWS + lane] = v;
+                dst.as_mut_slice()
+                    .par_chunks_mut(k * BLOCK_ROWS)
+                    .enumerate()
+                    .for_each(|(b, block)| {
+                        for lane in 0..BLOCK_ROWS.min(n - b * BLOCK_ROWS) {
+                            let (data, at) = locate(b * BLOCK_ROWS + lane);
+                            let mut put = |s: usize, v: f32| block[s * BLOCK_ROWS + lane] = v;
+                            match data {
+                                WeightData::F32(src) => src[at..at + k]
+                                    .iter()
+                                    .enumerate()
+                                    .for_each(|(s, &v)| put(s, v)),
+                                WeightData::Bf16(src) => src[at..at + k]
+                                    .iter()
+                                    .enumerate()
+                                    .for_each(|(s, &v)| put(s, bf16::from_bits(v).to_f32())),
+                            }
                         }
-                    }
-                }
+                    });
                 PackedData::F32(dst)
             }
-            WeightData::Bf16(src) => {
-                let pairs = k.div_ceil(2);
-                let block_len = pairs * BLOCK_ROWS * 2;
+            WeightData::Bf16(_) => {
+                let block_len = k.div_ceil(2) * BLOCK_ROWS * 2;
                 let mut dst = Aligned::<u16>::zeroed(blocks * block_len);
-                for (b, block) in dst.as_mut_slice().chunks_mut(block_len).enumerate() {
-                    for lane in 0..BLOCK_ROWS.min(n - b * BLOCK_ROWS) {
-                        let row = &src[(b * BLOCK_ROWS + lane) * k..][..k];
-                        for (i, &v) in row.iter().enumerate() {
-                            block[((i / 2) * BLOCK_ROWS + lane) * 2 + i % 2] = v;
+                dst.as_mut_slice()
+                    .par_chunks_mut(block_len)
+                    .enumerate()
+                    .for_each(|(b, block)| {
+                        for lane in 0..BLOCK_ROWS.min(n - b * BLOCK_ROWS) {
+                            let (data, at) = locate(b * BLOCK_ROWS + lane);
+                            // Pairs of a row's values sit 2·BLOCK_ROWS apart, as one u32.
+                            let mut put = |i: usize, v: u16| {
+                                block[((i / 2) * BLOCK_ROWS + lane) * 2 + i % 2] = v
+                            };
+                            match data {
+                                WeightData::Bf16(src) => src[at..at + k]
+                                    .iter()
+                                    .enumerate()
+                                    .for_each(|(i, &v)| put(i, v)),
+                                WeightData::F32(src) => src[at..at + k]
+                                    .iter()
+                                    .enumerate()
+                                    .for_each(|(i, &x)| put(i, bf16::from_f32(x).to_bits())),
+                            }
                         }
-                    }
-                }
+                    });
                 PackedData::Bf16(dst)
             }
         };
@@ -662,6 +714,49 @@ mod tests {
                     p.row_to_f32(r, &mut row);
                     w.row_to_f32(r, &mut want);
                     assert_eq!(row, want, "n={n} k={k} bf16={bf} row={r}");
+                }
+            }
+        }
+    }
+
+    /// Stacked parts (a fused q/k/v) pack like their concatenation, rows crossing 16-row blocks
+    /// and parts stored in the other type converted to the first part's.
+    #[test]
+    fn stacked_parts_pack_like_their_concatenation() {
+        for first_bf16 in [false, true] {
+            // Distinct values in every part (matrix() alone repeats them from part to part).
+            let part = |n: usize, bf: bool, offset: f32| {
+                let mut m = matrix(n, 7, bf);
+                match &mut m.data {
+                    WeightData::F32(v) => v.iter_mut().for_each(|x| *x += offset),
+                    WeightData::Bf16(v) => v.iter_mut().for_each(|x| {
+                        *x = bf16::from_f32(bf16::from_bits(*x).to_f32() + offset).to_bits()
+                    }),
+                }
+                m
+            };
+            let parts = [
+                part(5, first_bf16, 100.0),
+                part(20, !first_bf16, 200.0),
+                part(9, first_bf16, 300.0),
+            ];
+            let p = PackedLinear::pack_parts(&parts);
+            assert_eq!((p.rows, p.cols), (34, 7));
+            assert_eq!(p.kind() == WeightKind::Bf16, first_bf16);
+            let mut got = vec![0f32; 7];
+            let mut want = vec![0f32; 7];
+            let mut r = 0;
+            for part in &parts {
+                for pr in 0..part.rows {
+                    p.row_to_f32(r, &mut got);
+                    part.row_to_f32(pr, &mut want);
+                    if first_bf16 {
+                        // The f32 part was rounded to bf16.
+                        want.iter_mut()
+                            .for_each(|v| *v = bf16::from_f32(*v).to_f32());
+                    }
+                    assert_eq!(got, want, "row {r}, first part bf16: {first_bf16}");
+                    r += 1;
                 }
             }
         }
