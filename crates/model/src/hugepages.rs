@@ -160,6 +160,18 @@ impl std::fmt::Debug for HugeArena {
     }
 }
 
+/// Hands the allocator's free memory back to the OS. Loading packs every matrix on the heap
+/// before it moves into the arena; glibc keeps most of those freed blocks (its mmap threshold
+/// rises as large blocks are freed, so later ones come from the heap), which left as much memory
+/// resident as the weights themselves.
+pub fn return_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn advise(ptr: *const u8, bytes: usize) {
     let start = (ptr as usize).div_ceil(HUGE_PAGE) * HUGE_PAGE;

@@ -76,6 +76,7 @@ impl ModelRunner {
             None => {}
         }
         model.consolidate_weights();
+        crate::hugepages::return_free_heap();
         // auto: the weights' precision; bf16 for quantized weights.
         let quantized = model.weight_kind().is_quantized();
         let dtype = options.kv_cache_dtype.unwrap_or(match model.dtype {
