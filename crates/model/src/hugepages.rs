@@ -160,10 +160,24 @@ impl std::fmt::Debug for HugeArena {
     }
 }
 
-/// Hands the allocator's free memory back to the OS. Loading packs every matrix on the heap
-/// before it moves into the arena; glibc keeps most of those freed blocks (its mmap threshold
-/// rises as large blocks are freed, so later ones come from the heap), which left as much memory
-/// resident as the weights themselves.
+/// Makes the allocator serve every allocation of 1 MiB or more with fresh pages from the OS
+/// (and unmap them when freed). glibc otherwise raises that threshold as large blocks are
+/// freed, up to 32 MiB: loading frees one packed matrix after another, so later blocks came from
+/// its heap, which keeps freed memory resident, and the KV pools allocated next were carved out of
+/// that freed heap and zeroed by writing (every page resident) instead of arriving as untouched
+/// zero pages. Called before loading; idempotent.
+pub fn fresh_pages_for_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only changes the allocator's policy for later allocations.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        });
+    }
+}
+
+/// Hands the allocator's free memory (small blocks freed while loading) back to the OS.
 pub fn return_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.

@@ -70,6 +70,7 @@ pub struct ModelRunner {
 
 impl ModelRunner {
     pub fn new(mut model: Model, options: &RunnerOptions) -> Result<Self> {
+        crate::hugepages::fresh_pages_for_large_allocations();
         match options.quantization {
             Some(Quantization::Q8_0) => model.quantize_q8_0(),
             Some(Quantization::Q4K) => model.quantize_q4_k(),
@@ -117,6 +118,7 @@ pub struct LoadedModel {
 /// Loads config, weights and tokenizer from a Hugging Face model directory, or from a GGUF file
 /// when `dir` is one.
 pub fn load_model_dir(dir: &Path, options: &RunnerOptions) -> Result<LoadedModel> {
+    crate::hugepages::fresh_pages_for_large_allocations();
     if crate::gguf::is_gguf_file(dir) {
         return crate::gguf::load_gguf(dir, options);
     }
