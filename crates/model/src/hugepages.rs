@@ -7,6 +7,9 @@
 //! Only whole, aligned 2 MiB ranges of an allocation can be huge pages, so a small model's
 //! matrices (0.3–4 MB each) allocated one by one would stay on 4 KiB pages; [`HugeArena`] holds
 //! them all in one aligned mapping instead.
+//!
+//! Also the allocator policy around loading: large blocks straight from the OS
+//! ([`fresh_pages_for_large_allocations`]) and free memory handed back ([`return_free_heap`]).
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
