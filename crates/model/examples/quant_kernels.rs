@@ -11,19 +11,8 @@
 use std::time::Instant;
 
 use pagoda_model::ops::gemm::{matmul, PackedLinear, WeightKind};
+use pagoda_model::test_support::random_bytes;
 use pagoda_model::weights::{Linear, WeightData};
-
-fn random_bytes(len: usize, seed: u32) -> Vec<u8> {
-    let mut state = seed.max(1);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 7) as u8
-        })
-        .collect()
-}
 
 /// ggml blocks of `block_bytes` per 256 weights with a small f16 `d` at `d_at` (and `dmin` after
 /// it for Q4_K), so the products stay finite.

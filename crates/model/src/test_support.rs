@@ -1,10 +1,24 @@
-//! Locating the workspace's `../shared` directory (models and golden outputs), reading its
-//! golden files, and running greedy generations to compare with them, for tests of every crate.
+//! Helpers for tests and examples of every crate: locating the workspace's `../shared` directory
+//! (models and golden outputs), reading its golden files, running greedy generations to compare
+//! with them, and pseudo-random file-format bytes.
 //!
 //! CI always has it: with `CI=true` a missing directory is a failure. Elsewhere (a user's fresh
 //! clone) a test that needs it says that it was skipped and why, and passes.
 
 use std::path::{Path, PathBuf};
+
+/// Pseudo-random bytes (xorshift): file-format blocks for kernel tests and examples.
+pub fn random_bytes(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed.max(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 7) as u8
+        })
+        .collect()
+}
 
 /// The shared directory (`$PAGODA_SHARED`, else `../shared` beside the checkout), or `None`
 /// after printing why `test` is skipped.

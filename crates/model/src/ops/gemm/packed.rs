@@ -34,20 +34,6 @@ use rayon::prelude::*;
 pub(crate) use q6k::random_q6_k_blocks;
 pub use q6k::{Q6K_BLOCK_BYTES, Q6K_META_BYTES, Q6K_SCALES_AT, Q6K_STEPS, Q6K_SUPER};
 
-/// Pseudo-random bytes (xorshift), for file-format blocks in tests.
-#[cfg(test)]
-pub(crate) fn random_bytes(len: usize, seed: u32) -> Vec<u8> {
-    let mut state = seed.max(1);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 7) as u8
-        })
-        .collect()
-}
-
 /// Every row of `p` decodes (`row_to_f32`) to exactly what the file format's dequantizer gives
 /// for its `ty` blocks in `bytes`, and `p` reads as many bytes per pass as the file holds.
 #[cfg(test)]
@@ -191,6 +177,109 @@ enum PackedData {
     },
 }
 
+/// The frame shared by the k-quant packers: checks that `bytes` holds `rows` rows of `cols / 256`
+/// ggml blocks of `block_bytes`, allocates the lines (`group_bytes` per 32-weight group of a
+/// 16-row block) and the records (`meta_bytes` per block and super-block), and calls
+/// `fill(src, record, lines, lane)` for every row's super-block: `src` its ggml block, `lines`
+/// its 8 groups' lines in the row's block, `lane` the row's place in that block.
+fn pack_k_quant_blocks(
+    (rows, cols, bytes): (usize, usize, &[u8]),
+    (block_bytes, meta_bytes, group_bytes): (usize, usize, usize),
+    mut fill: impl FnMut(&[u8], &mut [u8], &mut [u8], usize),
+) -> Option<(Aligned<u8>, Aligned<u8>)> {
+    // Both k-quants (Q4_K, Q6_K) have super-blocks of 256 weights.
+    const SUPER: usize = Q4K_SUPER;
+    let supers = cols / SUPER;
+    if !cols.is_multiple_of(SUPER) || bytes.len() != rows * supers * block_bytes {
+        return None;
+    }
+    let blocks = rows.div_ceil(BLOCK_ROWS);
+    let super_lines = SUPER / Q8_GROUP * group_bytes;
+    let mut q = Aligned::<u8>::zeroed(blocks * supers * super_lines);
+    let mut meta = Aligned::<u8>::zeroed(blocks * supers * meta_bytes);
+    let (qs, ms) = (q.as_mut_slice(), meta.as_mut_slice());
+    for r in 0..rows {
+        let (b, lane) = (r / BLOCK_ROWS, r % BLOCK_ROWS);
+        for sb in 0..supers {
+            let at = b * supers + sb;
+            fill(
+                &bytes[(r * supers + sb) * block_bytes..][..block_bytes],
+                &mut ms[at * meta_bytes..][..meta_bytes],
+                &mut qs[at * super_lines..][..super_lines],
+                lane,
+            );
+        }
+    }
+    Some((q, meta))
+}
+
+/// A value of a packed f32 or bf16 matrix, made from either source type.
+trait PackedValue: Plain + Send + Sync {
+    fn from_f32(x: f32) -> Self;
+    fn from_bf16_bits(bits: u16) -> Self;
+}
+
+impl PackedValue for f32 {
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn from_bf16_bits(bits: u16) -> Self {
+        bf16::from_bits(bits).to_f32()
+    }
+}
+
+impl PackedValue for u16 {
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x).to_bits()
+    }
+    fn from_bf16_bits(bits: u16) -> Self {
+        bits
+    }
+}
+
+/// The rows of `parts` stacked in order, packed into 16-row blocks of `block_len` values with
+/// column `s` of lane `lane` at `slot(s, lane)`; blocks are packed in parallel.
+fn pack_stacked<T: PackedValue>(
+    parts: &[Linear],
+    block_len: usize,
+    slot: impl Fn(usize, usize) -> usize + Sync,
+) -> Aligned<T> {
+    let k = parts[0].cols;
+    let n: usize = parts.iter().map(|p| p.rows).sum();
+    // Row r of the stack: the part whose start is the last one ≤ r.
+    let starts: Vec<usize> = parts
+        .iter()
+        .scan(0, |next, p| {
+            let start = *next;
+            *next += p.rows;
+            Some(start)
+        })
+        .collect();
+    let mut dst = Aligned::<T>::zeroed(n.div_ceil(BLOCK_ROWS) * block_len);
+    dst.as_mut_slice()
+        .par_chunks_mut(block_len)
+        .enumerate()
+        .for_each(|(b, block)| {
+            for lane in 0..BLOCK_ROWS.min(n - b * BLOCK_ROWS) {
+                let r = b * BLOCK_ROWS + lane;
+                let part = starts.partition_point(|&s| s <= r) - 1;
+                let at = (r - starts[part]) * k;
+                let mut put = |s: usize, v: T| block[slot(s, lane)] = v;
+                match &parts[part].data {
+                    WeightData::F32(src) => src[at..at + k]
+                        .iter()
+                        .enumerate()
+                        .for_each(|(s, &x)| put(s, T::from_f32(x))),
+                    WeightData::Bf16(src) => src[at..at + k]
+                        .iter()
+                        .enumerate()
+                        .for_each(|(s, &bits)| put(s, T::from_bf16_bits(bits))),
+                }
+            }
+        });
+    dst
+}
+
 /// A weight matrix in the packed block layout (see the module docs).
 #[derive(Debug, Clone)]
 pub struct PackedLinear {
@@ -220,70 +309,19 @@ impl PackedLinear {
             "invariant: stacked parts share their columns"
         );
         let n: usize = parts.iter().map(|p| p.rows).sum();
-        let blocks = n.div_ceil(BLOCK_ROWS);
-        // Row r of the stack: (part, row in it).
-        let starts: Vec<usize> = parts
-            .iter()
-            .scan(0, |next, p| {
-                let start = *next;
-                *next += p.rows;
-                Some(start)
-            })
-            .collect();
-        let locate = |r: usize| {
-            let part = starts.partition_point(|&s| s <= r) - 1;
-            (&parts[part].data, (r - starts[part]) * k)
-        };
         let data = match &parts[0].data {
+            // Column s of a block's lane at s·16 + lane.
             WeightData::F32(_) => {
-                let mut dst = Aligned::<f32>::zeroed(blocks * k * BLOCK_ROWS);
-                dst.as_mut_slice()
-                    .par_chunks_mut(k * BLOCK_ROWS)
-                    .enumerate()
-                    .for_each(|(b, block)| {
-                        for lane in 0..BLOCK_ROWS.min(n - b * BLOCK_ROWS) {
-                            let (data, at) = locate(b * BLOCK_ROWS + lane);
-                            let mut put = |s: usize, v: f32| block[s * BLOCK_ROWS + lane] = v;
-                            match data {
-                                WeightData::F32(src) => src[at..at + k]
-                                    .iter()
-                                    .enumerate()
-                                    .for_each(|(s, &v)| put(s, v)),
-                                WeightData::Bf16(src) => src[at..at + k]
-                                    .iter()
-                                    .enumerate()
-                                    .for_each(|(s, &v)| put(s, bf16::from_bits(v).to_f32())),
-                            }
-                        }
-                    });
-                PackedData::F32(dst)
+                PackedData::F32(pack_stacked(parts, k * BLOCK_ROWS, |s, lane| {
+                    s * BLOCK_ROWS + lane
+                }))
             }
+            // Pairs of a row's values adjacent (one u32), 2·16 apart.
             WeightData::Bf16(_) => {
                 let block_len = k.div_ceil(2) * BLOCK_ROWS * 2;
-                let mut dst = Aligned::<u16>::zeroed(blocks * block_len);
-                dst.as_mut_slice()
-                    .par_chunks_mut(block_len)
-                    .enumerate()
-                    .for_each(|(b, block)| {
-                        for lane in 0..BLOCK_ROWS.min(n - b * BLOCK_ROWS) {
-                            let (data, at) = locate(b * BLOCK_ROWS + lane);
-                            // Pairs of a row's values sit 2·BLOCK_ROWS apart, as one u32.
-                            let mut put = |i: usize, v: u16| {
-                                block[((i / 2) * BLOCK_ROWS + lane) * 2 + i % 2] = v
-                            };
-                            match data {
-                                WeightData::Bf16(src) => src[at..at + k]
-                                    .iter()
-                                    .enumerate()
-                                    .for_each(|(i, &v)| put(i, v)),
-                                WeightData::F32(src) => src[at..at + k]
-                                    .iter()
-                                    .enumerate()
-                                    .for_each(|(i, &x)| put(i, bf16::from_f32(x).to_bits())),
-                            }
-                        }
-                    });
-                PackedData::Bf16(dst)
+                PackedData::Bf16(pack_stacked(parts, block_len, |i, lane| {
+                    ((i / 2) * BLOCK_ROWS + lane) * 2 + i % 2
+                }))
             }
         };
         Self {
@@ -409,22 +447,11 @@ impl PackedLinear {
     /// Packs ggml `block_q4_K` rows (`cols / 256` blocks of 144 bytes per row, row-major), as a
     /// GGUF file stores them. `None` when `cols` is not a multiple of 256 or the bytes do not match.
     pub fn from_q4_k_blocks(rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
-        let supers = cols / Q4K_SUPER;
-        if !cols.is_multiple_of(Q4K_SUPER) || bytes.len() != rows * supers * Q4K_BLOCK_BYTES {
-            return None;
-        }
-        let groups = cols / Q8_GROUP;
-        let blocks = rows.div_ceil(BLOCK_ROWS);
-        let group_bytes = Q8_GROUP / 2 * BLOCK_ROWS;
-        let mut q = Aligned::<u8>::zeroed(blocks * groups * group_bytes);
-        let mut meta = Aligned::<u8>::zeroed(blocks * supers * Q4K_META_BYTES);
-        let (qs, ms) = (q.as_mut_slice(), meta.as_mut_slice());
         let mut values = [0u8; Q4K_SUPER];
-        for r in 0..rows {
-            let (b, lane) = (r / BLOCK_ROWS, r % BLOCK_ROWS);
-            for sb in 0..supers {
-                let src = &bytes[(r * supers + sb) * Q4K_BLOCK_BYTES..][..Q4K_BLOCK_BYTES];
-                let rec = &mut ms[(b * supers + sb) * Q4K_META_BYTES..][..Q4K_META_BYTES];
+        let (q, meta) = pack_k_quant_blocks(
+            (rows, cols, bytes),
+            (Q4K_BLOCK_BYTES, Q4K_META_BYTES, Q8_GROUP / 2 * BLOCK_ROWS),
+            |src, rec, lines, lane| {
                 rec[lane * 2..lane * 2 + 2].copy_from_slice(&src[0..2]);
                 rec[Q4K_DMIN_AT + lane * 2..][..2].copy_from_slice(&src[2..4]);
                 for j in 0..8 {
@@ -433,19 +460,18 @@ impl PackedLinear {
                     rec[Q4K_MINS_AT + j * BLOCK_ROWS + lane] = m;
                 }
                 crate::gguf::quants::q4_k_levels(&src[16..], &mut values);
-                for j in 0..8 {
-                    let g = sb * 8 + j;
-                    let v = &values[j * Q8_GROUP..][..Q8_GROUP];
-                    let base = (b * groups + g) * group_bytes;
+                for (v, group) in values
+                    .chunks_exact(Q8_GROUP)
+                    .zip(lines.chunks_exact_mut(Q8_GROUP / 2 * BLOCK_ROWS))
+                {
                     for s in 0..4 {
                         for i in 0..4 {
-                            qs[base + s * 64 + lane * 4 + i] =
-                                v[4 * s + i] | (v[16 + 4 * s + i] << 4);
+                            group[s * 64 + lane * 4 + i] = v[4 * s + i] | (v[16 + 4 * s + i] << 4);
                         }
                     }
                 }
-            }
-        }
+            },
+        )?;
         Some(Self {
             rows,
             cols,
@@ -685,7 +711,8 @@ mod tests {
     #[test]
     fn q4_k_rows_dequantize_like_the_file_format() {
         let (n, k) = (19, 512);
-        let mut bytes = random_bytes(n * k / Q4K_SUPER * Q4K_BLOCK_BYTES, 0x1234_5678);
+        let mut bytes =
+            crate::test_support::random_bytes(n * k / Q4K_SUPER * Q4K_BLOCK_BYTES, 0x1234_5678);
         for (b, block) in bytes.chunks_exact_mut(Q4K_BLOCK_BYTES).enumerate() {
             block[0..2].copy_from_slice(&f16::from_f32(0.01 + b as f32 * 1e-3).to_le_bytes());
             block[2..4].copy_from_slice(&f16::from_f32(0.02 - b as f32 * 1e-4).to_le_bytes());

@@ -13,7 +13,7 @@
 //! super-block) a 320-byte record holds the 16 rows' `d` (f16) and, from [`Q6K_SCALES_AT`], the
 //! 16 sub-blocks' scales (one signed byte per row): exactly the file's numbers, unpacked.
 
-use super::{Aligned, PackedData, PackedLinear, BLOCK_ROWS, Q8_GROUP};
+use super::{PackedData, PackedLinear, BLOCK_ROWS, Q8_GROUP};
 
 /// Weights per Q6_K super-block (one `d` each).
 pub const Q6K_SUPER: usize = 256;
@@ -29,41 +29,32 @@ impl PackedLinear {
     /// Packs ggml `block_q6_K` rows (`cols / 256` blocks of 210 bytes per row, row-major), as a
     /// GGUF file stores them. `None` when `cols` is not a multiple of 256 or the bytes do not match.
     pub fn from_q6_k_blocks(rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
-        let supers = cols / Q6K_SUPER;
-        if !cols.is_multiple_of(Q6K_SUPER) || bytes.len() != rows * supers * Q6K_BLOCK_BYTES {
-            return None;
-        }
-        let groups = cols / Q8_GROUP;
-        let blocks = rows.div_ceil(BLOCK_ROWS);
-        let group_bytes = Q6K_STEPS * 64;
-        let mut q = Aligned::<u8>::zeroed(blocks * groups * group_bytes);
-        let mut meta = Aligned::<u8>::zeroed(blocks * supers * Q6K_META_BYTES);
-        let (qs, ms) = (q.as_mut_slice(), meta.as_mut_slice());
         let mut levels = [0u8; Q6K_SUPER];
-        for r in 0..rows {
-            let (b, lane) = (r / BLOCK_ROWS, r % BLOCK_ROWS);
-            for sb in 0..supers {
-                let src = &bytes[(r * supers + sb) * Q6K_BLOCK_BYTES..][..Q6K_BLOCK_BYTES];
-                let rec = &mut ms[(b * supers + sb) * Q6K_META_BYTES..][..Q6K_META_BYTES];
+        let (q, meta) = super::pack_k_quant_blocks(
+            (rows, cols, bytes),
+            (Q6K_BLOCK_BYTES, Q6K_META_BYTES, Q6K_STEPS * 64),
+            |src, rec, lines, lane| {
                 rec[lane * 2..lane * 2 + 2].copy_from_slice(&src[208..210]);
                 for (j, &sc) in src[192..208].iter().enumerate() {
                     rec[Q6K_SCALES_AT + j * BLOCK_ROWS + lane] = sc;
                 }
                 crate::gguf::quants::q6_k_levels(src, &mut levels);
-                for j in 0..8 {
-                    let v = &levels[j * Q8_GROUP..][..Q8_GROUP];
-                    let base = (b * groups + sb * 8 + j) * group_bytes + lane * 4;
+                for (v, group) in levels
+                    .chunks_exact(Q8_GROUP)
+                    .zip(lines.chunks_exact_mut(Q6K_STEPS * 64))
+                {
                     for i in 0..4 {
                         for s in 0..4 {
                             let (lo, hi) = (v[4 * s + i], v[16 + 4 * s + i]);
-                            qs[base + s * 64 + i] = (lo & 0x0F) | ((hi & 0x0F) << 4);
+                            let at = s * 64 + lane * 4 + i;
+                            group[at] = (lo & 0x0F) | ((hi & 0x0F) << 4);
                             let bits = ((lo >> 4) | ((hi >> 4) << 2)) << (4 * (s % 2));
-                            qs[base + (4 + s / 2) * 64 + i] |= bits;
+                            group[(4 + s / 2) * 64 + lane * 4 + i] |= bits;
                         }
                     }
                 }
-            }
-        }
+            },
+        )?;
         Some(Self {
             rows,
             cols,
@@ -100,7 +91,7 @@ pub(super) fn weight(
 /// trained model's magnitude, for tests.
 #[cfg(test)]
 pub(crate) fn random_q6_k_blocks(n: usize, k: usize, seed: u32) -> Vec<u8> {
-    let mut bytes = super::random_bytes(n * k / Q6K_SUPER * Q6K_BLOCK_BYTES, seed);
+    let mut bytes = crate::test_support::random_bytes(n * k / Q6K_SUPER * Q6K_BLOCK_BYTES, seed);
     for (b, block) in bytes.chunks_exact_mut(Q6K_BLOCK_BYTES).enumerate() {
         let d = half::f16::from_f32(1e-4 + 2e-5 * (b % 7) as f32);
         block[208..210].copy_from_slice(&d.to_le_bytes());
