@@ -20,8 +20,10 @@ impl std::fmt::Display for RequestId {
 
 /// How the next token of a request is chosen, with the OpenAI / vLLM parameter set.
 ///
-/// The order of application follows vLLM: penalties, then temperature, then min-p / top-k / top-p
-/// truncation, then a draw from the request's own random stream. `temperature == 0` is greedy.
+/// The order of application follows vLLM: the reported log-probabilities come from the raw
+/// logits; then `allowed_token_ids`, the `min_tokens` mask and `logit_bias`; then penalties, then
+/// temperature, then min-p / top-k / top-p truncation, then a draw from the request's own random
+/// stream. `temperature == 0` is greedy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
     /// 0 means greedy (argmax after penalties).
@@ -50,7 +52,18 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<TokenId>,
     /// Strings that end generation; matched on detokenized text, not included in the output.
     pub stop: Vec<String>,
+    /// OpenAI `logit_bias`: added to each listed token's logit before penalties and sampling
+    /// (in [-100, 100]; -100 bans a token in practice, +100 forces it).
+    pub logit_bias: Vec<(TokenId, f32)>,
+    /// vLLM `min_tokens`: until this many tokens are generated, end-of-sequence and stop token
+    /// ids cannot be sampled and stop strings are not matched.
+    pub min_tokens: usize,
+    /// vLLM `allowed_token_ids`: only these tokens can be sampled (`None`: all).
+    pub allowed_token_ids: Option<Vec<TokenId>>,
 }
+
+/// The largest `|bias|` of a `logit_bias` entry (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -68,6 +81,9 @@ impl Default for SamplingParams {
             ignore_eos: false,
             stop_token_ids: Vec::new(),
             stop: Vec::new(),
+            logit_bias: Vec::new(),
+            min_tokens: 0,
+            allowed_token_ids: None,
         }
     }
 }
@@ -79,6 +95,24 @@ impl SamplingParams {
             temperature: 0.0,
             max_tokens,
             ..Self::default()
+        }
+    }
+
+    /// Fills `out` with the token ids that must not be sampled after `generated` tokens: while
+    /// `min_tokens` is not reached, the end-of-sequence ids (unless `ignore_eos`) and the stop
+    /// token ids; nothing after.
+    pub fn banned_stop_ids(
+        &self,
+        eos_token_ids: &[TokenId],
+        generated: usize,
+        out: &mut Vec<TokenId>,
+    ) {
+        out.clear();
+        if generated < self.min_tokens {
+            if !self.ignore_eos {
+                out.extend_from_slice(eos_token_ids);
+            }
+            out.extend_from_slice(&self.stop_token_ids);
         }
     }
 
@@ -151,6 +185,34 @@ impl SamplingParams {
             self.max_tokens >= 1,
             "max_tokens",
             "max_tokens must be at least 1".to_string(),
+        )?;
+        check(
+            self.min_tokens <= self.max_tokens,
+            "min_tokens",
+            format!(
+                "min_tokens must be at most max_tokens ({}), got {}",
+                self.max_tokens, self.min_tokens
+            ),
+        )?;
+        if let Some(&(token, bias)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(b.is_finite() && b.abs() <= MAX_LOGIT_BIAS))
+        {
+            check(
+                false,
+                "logit_bias",
+                format!(
+                    "logit_bias values must be in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}], got {bias} for token {token}"
+                ),
+            )?;
+        }
+        check(
+            self.allowed_token_ids
+                .as_ref()
+                .is_none_or(|ids| !ids.is_empty()),
+            "allowed_token_ids",
+            "allowed_token_ids must not be empty".to_string(),
         )?;
         Ok(())
     }
@@ -228,6 +290,54 @@ mod tests {
             ..SamplingParams::default()
         };
         assert_eq!(bad.validate().unwrap_err().param, "logprobs");
+        let bad = SamplingParams {
+            min_tokens: 17,
+            ..SamplingParams::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().param, "min_tokens");
+        for bias in [100.5, -101.0, f32::NAN, f32::INFINITY] {
+            let bad = SamplingParams {
+                logit_bias: vec![(3, 1.0), (7, bias)],
+                ..SamplingParams::default()
+            };
+            let e = bad.validate().unwrap_err();
+            assert_eq!(e.param, "logit_bias");
+            assert!(e.message.contains("token 7"), "{}", e.message);
+        }
+        let edge = SamplingParams {
+            logit_bias: vec![(0, -100.0), (1, 100.0)],
+            min_tokens: 16,
+            allowed_token_ids: Some(vec![4]),
+            ..SamplingParams::default()
+        };
+        assert!(edge.validate().is_ok());
+        let bad = SamplingParams {
+            allowed_token_ids: Some(Vec::new()),
+            ..SamplingParams::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().param, "allowed_token_ids");
+    }
+
+    #[test]
+    fn stop_ids_are_banned_only_until_min_tokens() {
+        let p = SamplingParams {
+            min_tokens: 2,
+            stop_token_ids: vec![7],
+            ..SamplingParams::default()
+        };
+        let mut out = vec![99];
+        p.banned_stop_ids(&[2], 0, &mut out);
+        assert_eq!(out, vec![2, 7]);
+        p.banned_stop_ids(&[2], 1, &mut out);
+        assert_eq!(out, vec![2, 7]);
+        p.banned_stop_ids(&[2], 2, &mut out);
+        assert!(out.is_empty());
+        let ignoring = SamplingParams {
+            ignore_eos: true,
+            ..p
+        };
+        ignoring.banned_stop_ids(&[2], 0, &mut out);
+        assert_eq!(out, vec![7]);
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct LlmEngine {
     detok: HashMap<RequestId, Detok>,
     /// End-of-sequence ids of the model (generation_config.json).
     eos_token_ids: Vec<TokenId>,
+    /// Scratch: the ids a request may not sample yet (`min_tokens`).
+    banned: Vec<TokenId>,
     pub stats: EngineStats,
 }
 
@@ -79,6 +81,7 @@ impl LlmEngine {
             tokenizer,
             scheduler,
             sampler: Sampler::new(),
+            banned: Vec::new(),
             rngs: HashMap::new(),
             detok: HashMap::new(),
             stats: EngineStats::default(),
@@ -264,9 +267,16 @@ impl LlmEngine {
                     .rngs
                     .get_mut(&rid)
                     .expect("invariant: every live request has an rng");
-                let token =
-                    self.sampler
-                        .sample(row_logits, &r.params, &r.prompt_ids, &r.output_ids, rng);
+                r.params
+                    .banned_stop_ids(&self.eos_token_ids, r.output_ids.len(), &mut self.banned);
+                let token = self.sampler.sample(
+                    row_logits,
+                    &r.params,
+                    &r.prompt_ids,
+                    &r.output_ids,
+                    &self.banned,
+                    rng,
+                );
                 sampled.push((rid, token));
             }
             forked.extend(children.into_iter().map(|child| (id, child)));
@@ -321,7 +331,13 @@ impl LlmEngine {
             // A failed decode (malformed vocabulary entry) loses text, never the request.
             let delta = d.decoder.step(tok, token.token).unwrap_or_default();
             d.pending.push_str(&delta);
-            let (emit, stop) = split_at_stop(&d.pending, &params.stop, finished.is_some());
+            // Before `min_tokens` the text is not searched for stop strings (as vLLM).
+            let stops: &[String] = if num_output < params.min_tokens {
+                &[]
+            } else {
+                &params.stop
+            };
+            let (emit, stop) = split_at_stop(&d.pending, stops, finished.is_some());
             text = emit;
             d.pending
                 .drain(..text.len() + stop.as_ref().map_or(0, |s| s.len()));

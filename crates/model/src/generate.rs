@@ -130,6 +130,7 @@ pub fn generate(
     }
 
     let mut sampler = Sampler::new();
+    let mut banned = Vec::new();
     let mut token_ids = Vec::new();
     let mut metas: Vec<(usize, usize, usize, usize)> = Vec::new(); // (seq, start, num, ctx)
     let mut logits_rows = Vec::new();
@@ -191,7 +192,10 @@ pub fn generate(
             let row_logits = &logits[row * vocab..(row + 1) * vocab];
             let params = &requests[i].params;
             let s = &mut seqs[i];
-            let sampled = sampler.sample(row_logits, params, &s.prompt, &s.output, &mut s.rng);
+            params.banned_stop_ids(&eos, s.output.len(), &mut banned);
+            let sampled = sampler.sample(
+                row_logits, params, &s.prompt, &s.output, &banned, &mut s.rng,
+            );
             s.output.push(sampled.token);
             on_token(TokenEvent {
                 seq: i,

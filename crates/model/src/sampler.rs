@@ -1,6 +1,7 @@
 //! Token sampler: turns one sequence's raw logits into its next token, with vLLM's semantics.
 //!
 //! Order of work: the reported log-probabilities come from the raw logits (vLLM's default); then
+//! the allowed-token mask, the caller's banned tokens (`min_tokens`) and `logit_bias`; then
 //! repetition, frequency and presence penalties; then either a greedy argmax, or temperature,
 //! min-p, top-k, top-p and exactly one uniform draw from the request's own random stream.
 //! Scratch buffers live in [`Sampler`] so the per-token hot path does not allocate (apart from the
@@ -51,6 +52,8 @@ pub struct Sampler {
     cand: Vec<u32>,
     /// Token ids gathered (sorted) for the penalties.
     ids: Vec<TokenId>,
+    /// The allowed tokens' logits while the rest of the vocabulary is masked.
+    kept: Vec<(usize, f32)>,
 }
 
 impl Sampler {
@@ -61,14 +64,17 @@ impl Sampler {
     /// Chooses the next token.
     ///
     /// `logits`: raw model logits for one sequence (len = vocab). `prompt_ids` / `output_ids`: the
-    /// request's tokens so far (for penalties); ids outside the vocabulary are ignored. Greedy
-    /// params never touch `rng`; any other params take exactly one draw from it.
+    /// request's tokens so far (for penalties); `banned`: tokens that must not be chosen now (the
+    /// engine's end-of-sequence and stop ids while `min_tokens` is not reached); ids outside the
+    /// vocabulary are ignored. Greedy params never touch `rng`; any other params take exactly one
+    /// draw from it.
     pub fn sample(
         &mut self,
         logits: &[f32],
         params: &SamplingParams,
         prompt_ids: &[TokenId],
         output_ids: &[TokenId],
+        banned: &[TokenId],
         rng: &mut RequestRng,
     ) -> SampledToken {
         assert!(!logits.is_empty(), "sampling needs at least one logit");
@@ -80,6 +86,7 @@ impl Sampler {
             Some(norm) => self.top_logprobs(params.logprobs.unwrap_or(0), norm),
             None => Vec::new(),
         };
+        self.apply_masks_and_bias(params, banned);
         self.apply_penalties(params, prompt_ids, output_ids);
         let token = if params.is_greedy() {
             argmax(&self.logits)
@@ -109,6 +116,33 @@ impl Sampler {
             .iter()
             .map(|&i| (i, norm.logprob(logits[i as usize])))
             .collect()
+    }
+
+    /// `allowed_token_ids` (everything else to -inf), `banned` to -inf, then `logit_bias` added.
+    fn apply_masks_and_bias(&mut self, params: &SamplingParams, banned: &[TokenId]) {
+        let logits = &mut self.logits;
+        if let Some(allowed) = &params.allowed_token_ids {
+            self.kept.clear();
+            self.kept.extend(
+                allowed
+                    .iter()
+                    .filter_map(|&id| logits.get(id as usize).map(|&x| (id as usize, x))),
+            );
+            logits.fill(f32::NEG_INFINITY);
+            for &(id, x) in &self.kept {
+                logits[id] = x;
+            }
+        }
+        for &id in banned {
+            if let Some(x) = logits.get_mut(id as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+        for &(id, bias) in &params.logit_bias {
+            if let Some(x) = logits.get_mut(id as usize) {
+                *x = sanitize(*x + bias);
+            }
+        }
     }
 
     /// vLLM's penalties, in its order: repetition (HF, over prompt and output), then frequency and
@@ -354,7 +388,7 @@ mod tests {
     fn token(logits: &[f32], p: &SamplingParams, prompt: &[u32], output: &[u32]) -> u32 {
         let mut rng = RequestRng::new(Some(0));
         Sampler::new()
-            .sample(logits, p, prompt, output, &mut rng)
+            .sample(logits, p, prompt, output, &[], &mut rng)
             .token
     }
 
@@ -364,7 +398,7 @@ mod tests {
         let (mut sampler, mut rng) = (Sampler::new(), RequestRng::new(Some(1)));
         let mut counts = vec![0usize; logits.len()];
         for _ in 0..DRAWS {
-            counts[sampler.sample(logits, p, &[], &[], &mut rng).token as usize] += 1;
+            counts[sampler.sample(logits, p, &[], &[], &[], &mut rng).token as usize] += 1;
         }
         let got: Vec<f64> = counts.iter().map(|&c| c as f64 / DRAWS as f64).collect();
         for (g, w) in got.iter().zip(want) {
@@ -380,7 +414,7 @@ mod tests {
         assert_eq!(token(&[1.0, 4.0, 2.0, 4.0, 4.0], &g, &[], &[]), 1);
         let mut rng = RequestRng::new(Some(9));
         let before = rng.clone();
-        Sampler::new().sample(&random_logits(3, 100), &g, &[], &[], &mut rng);
+        Sampler::new().sample(&random_logits(3, 100), &g, &[], &[], &[], &mut rng);
         assert_eq!(rng.0, before.0);
         assert_eq!(rng.uniform(), before.clone().uniform());
     }
@@ -396,7 +430,7 @@ mod tests {
             let mut rng = RequestRng::new(Some(5));
             let mut expected = rng.clone();
             expected.uniform();
-            Sampler::new().sample(&logits, &p, &[], &[], &mut rng);
+            Sampler::new().sample(&logits, &p, &[], &[], &[], &mut rng);
             assert_eq!(rng.0, expected.0);
         }
     }
@@ -406,7 +440,7 @@ mod tests {
         let run = |seed| {
             let (mut sampler, mut rng) = (Sampler::new(), RequestRng::new(Some(seed)));
             let p = cut(0.9, Some(40), 0.95, 0.0);
-            let mut step = |i| sampler.sample(&random_logits(i, 64), &p, &[], &[], &mut rng);
+            let mut step = |i| sampler.sample(&random_logits(i, 64), &p, &[], &[], &[], &mut rng);
             (0..50).map(|i| step(i).token).collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
@@ -425,7 +459,10 @@ mod tests {
                 cut(1.0, None, 1e-6, 0.0),
                 cut(1.0, None, 1.0, 1.0),
             ] {
-                assert_eq!(sampler.sample(&logits, &p, &[], &[], &mut rng).token, want);
+                assert_eq!(
+                    sampler.sample(&logits, &p, &[], &[], &[], &mut rng).token,
+                    want
+                );
             }
         }
     }
@@ -517,7 +554,7 @@ mod tests {
             ..params(0.3)
         };
         let mut rng = RequestRng::new(Some(2));
-        let s = Sampler::new().sample(&logits, &p, &[2], &[], &mut rng);
+        let s = Sampler::new().sample(&logits, &p, &[2], &[], &[], &mut rng);
         assert!((s.logprob - want(s.token as usize)).abs() < 1e-5);
         let ids: Vec<u32> = s.top_logprobs.iter().map(|&(i, _)| i).collect();
         assert_eq!(ids, [2, 1, 0]);
@@ -529,7 +566,7 @@ mod tests {
             logprobs: Some(5),
             ..SamplingParams::greedy(1)
         };
-        let s = Sampler::new().sample(&[1.0, 0.0, 1.0], &p, &[], &[], &mut rng);
+        let s = Sampler::new().sample(&[1.0, 0.0, 1.0], &p, &[], &[], &[], &mut rng);
         let ids: Vec<u32> = s.top_logprobs.iter().map(|&(i, _)| i).collect();
         assert_eq!(ids, [0, 2, 1]);
     }
@@ -549,21 +586,28 @@ mod tests {
         };
         for logits in [vec![f32::NAN; 4], vec![f32::NEG_INFINITY; 4]] {
             for q in [&p, &greedy_with_logprobs] {
-                let s = sampler.sample(&logits, q, &[0], &[1], &mut rng);
+                let s = sampler.sample(&logits, q, &[0], &[1], &[], &mut rng);
                 assert_eq!(s.token, 0);
                 assert_eq!(s.logprob, -(4f32.ln()));
             }
-            let s = sampler.sample(&logits, &SamplingParams::greedy(1), &[0], &[1], &mut rng);
+            let s = sampler.sample(
+                &logits,
+                &SamplingParams::greedy(1),
+                &[0],
+                &[1],
+                &[],
+                &mut rng,
+            );
             assert_eq!(s.token, 0);
             assert!(s.logprob.is_nan(), "no logprob unless asked for");
         }
         let logits = [1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 5.0];
         for _ in 0..20 {
-            let s = sampler.sample(&logits, &p, &[], &[2], &mut rng);
+            let s = sampler.sample(&logits, &p, &[], &[2], &[], &mut rng);
             assert_eq!((s.token, s.logprob), (2, 0.0));
             assert_eq!(s.top_logprobs[1], (4, f32::NEG_INFINITY));
         }
-        let s = sampler.sample(&[f32::NAN, 1.0], &p, &[], &[], &mut rng);
+        let s = sampler.sample(&[f32::NAN, 1.0], &p, &[], &[], &[], &mut rng);
         assert_eq!((s.token, s.logprob), (1, 0.0));
     }
 
@@ -602,7 +646,7 @@ mod tests {
             let output: Vec<u32> = output.iter().map(|&i| i % n).collect();
             prop_assert!(p.validate().is_ok());
             let mut rng = RequestRng::new(p.seed);
-            let s = Sampler::new().sample(&logits, &p, &prompt, &output, &mut rng);
+            let s = Sampler::new().sample(&logits, &p, &prompt, &output, &[], &mut rng);
             prop_assert!(s.token < n);
             if p.logprobs.is_some() {
                 prop_assert!(s.logprob.is_finite() && s.logprob <= 0.0);
@@ -629,5 +673,91 @@ mod tests {
                 prop_assert!(pen.iter().filter(|&&x| x > chosen).count() < k);
             }
         }
+    }
+
+    #[test]
+    fn logit_bias_forces_or_bans_tokens_and_leaves_the_reported_logprobs_raw() {
+        let logits = random_logits(7, 50);
+        let best = argmax(&logits) as u32;
+        let forced = (best + 17) % 50;
+        let force = |bias: f32, base: SamplingParams| SamplingParams {
+            logit_bias: vec![(forced, bias), (999, 100.0)],
+            logprobs: Some(1),
+            ..base
+        };
+        let mut rng = RequestRng::new(Some(3));
+        let mut sampler = Sampler::new();
+        for base in [SamplingParams::greedy(1), params(1.0)] {
+            for _ in 0..50 {
+                let s = sampler.sample(
+                    &logits,
+                    &force(100.0, base.clone()),
+                    &[],
+                    &[],
+                    &[],
+                    &mut rng,
+                );
+                assert_eq!(s.token, forced);
+                // The raw distribution's log-probability, as vLLM reports it.
+                let raw = LogNorm::new(&logits).logprob(logits[forced as usize]);
+                assert_eq!(s.logprob, raw);
+                assert_eq!(s.top_logprobs[0].0, best);
+            }
+        }
+        // -100 on the argmax: greedy takes the runner-up.
+        let ban = SamplingParams {
+            logit_bias: vec![(best, -100.0)],
+            ..SamplingParams::greedy(1)
+        };
+        let mut rest = logits.clone();
+        rest[best as usize] = f32::NEG_INFINITY;
+        assert_eq!(token(&logits, &ban, &[], &[]), argmax(&rest) as u32);
+        // A small bias shifts the distribution exactly: +ln 2 doubles a token's odds.
+        let doubled = SamplingParams {
+            logit_bias: vec![(0, 2f32.ln())],
+            ..params(1.0)
+        };
+        check_distribution(&[0.0, 0.0, 0.0], &doubled, &[0.5, 0.25, 0.25]);
+    }
+
+    #[test]
+    fn allowed_and_banned_tokens_restrict_the_choice() {
+        let logits = random_logits(11, 64);
+        let allowed = vec![3, 9, 40, 63, 500];
+        let p = SamplingParams {
+            allowed_token_ids: Some(allowed.clone()),
+            ..params(2.0)
+        };
+        let (mut sampler, mut rng) = (Sampler::new(), RequestRng::new(Some(5)));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let t = sampler.sample(&logits, &p, &[], &[], &[9], &mut rng).token;
+            assert!(allowed.contains(&t) && t != 9, "{t}");
+            seen.insert(t);
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![3, 40, 63]);
+        let greedy = SamplingParams {
+            allowed_token_ids: Some(allowed),
+            ..SamplingParams::greedy(1)
+        };
+        let best_allowed = [3u32, 40, 63]
+            .into_iter()
+            .max_by(|&a, &b| logits[a as usize].total_cmp(&logits[b as usize]))
+            .unwrap();
+        let s = sampler.sample(&logits, &greedy, &[], &[], &[9], &mut rng);
+        assert_eq!(s.token, best_allowed);
+        // Banning the argmax alone: greedy takes the runner-up.
+        let best = argmax(&logits) as u32;
+        let s = sampler.sample(
+            &logits,
+            &SamplingParams::greedy(1),
+            &[],
+            &[],
+            &[best],
+            &mut rng,
+        );
+        let mut rest = logits.clone();
+        rest[best as usize] = f32::NEG_INFINITY;
+        assert_eq!(s.token, argmax(&rest) as u32);
     }
 }

@@ -117,6 +117,8 @@ pub fn submit(
         let params: Vec<SamplingParams> = (0..n)
             .map(|i| SamplingParams {
                 max_tokens: prompt.max_tokens,
+                // With max_tokens left to the context, min_tokens cannot ask for more than fits.
+                min_tokens: generation.params.min_tokens.min(prompt.max_tokens),
                 seed: generation.params.seed.map(|s| s.wrapping_add(i as u64)),
                 ..generation.params.clone()
             })

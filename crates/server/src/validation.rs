@@ -3,7 +3,7 @@
 use pagoda_core::{SamplingParams, TokenId, MAX_LOGPROBS};
 use serde_json::Value;
 
-use crate::api::common::SamplingFields;
+use crate::api::common::{SamplingFields, UnsupportedFields};
 use crate::error::ApiError;
 
 /// Most choices (`n`) per prompt.
@@ -38,14 +38,17 @@ fn range_error(param: &str, message: String) -> ApiError {
 }
 
 /// Validates the sampling fields. `max_tokens` is the value the client gave under whichever name
-/// (`max_tokens_param` names it in errors); `logprobs` the number of alternatives asked for.
+/// (`max_tokens_param` names it in errors); `logprobs` the number of alternatives asked for;
+/// token ids must be below `vocab_size`.
 pub fn generation(
     fields: &SamplingFields,
     max_tokens: Option<i64>,
     max_tokens_param: &str,
     logprobs: Option<i64>,
     logprobs_param: &str,
+    vocab_size: usize,
 ) -> Result<Generation, ApiError> {
+    refuse_unsupported(&fields.unsupported, fields.n.unwrap_or(1))?;
     let max_tokens = match max_tokens {
         None => None,
         Some(v) if v >= 1 => Some(v as usize),
@@ -99,6 +102,28 @@ pub fn generation(
     if stop.iter().any(String::is_empty) {
         return Err(range_error("stop", "stop strings must not be empty".into()));
     }
+    let min_tokens = match fields.min_tokens {
+        None => 0,
+        Some(v) if v >= 0 => v as usize,
+        Some(v) => {
+            return Err(range_error(
+                "min_tokens",
+                format!("min_tokens must be at least 0, got {v}"),
+            ))
+        }
+    };
+    let allowed_token_ids = match &fields.allowed_token_ids {
+        None => None,
+        Some(ids) => match ids.iter().find(|&&id| id as usize >= vocab_size) {
+            Some(id) => {
+                return Err(range_error(
+                    "allowed_token_ids",
+                    format!("allowed_token_ids must be token ids in [0, {vocab_size}), got {id}"),
+                ))
+            }
+            None => Some(ids.clone()),
+        },
+    };
     let params = SamplingParams {
         temperature: fields.temperature.unwrap_or(1.0),
         top_k,
@@ -109,10 +134,14 @@ pub fn generation(
         presence_penalty: fields.presence_penalty.unwrap_or(0.0),
         frequency_penalty: fields.frequency_penalty.unwrap_or(0.0),
         logprobs,
-        max_tokens: max_tokens.unwrap_or(1),
+        // "The rest of the context" is resolved per prompt; until then no bound applies.
+        max_tokens: max_tokens.unwrap_or(usize::MAX),
         ignore_eos: fields.ignore_eos,
         stop_token_ids: fields.stop_token_ids.clone().unwrap_or_default(),
         stop,
+        logit_bias: logit_bias(fields.logit_bias.as_ref(), vocab_size)?,
+        min_tokens,
+        allowed_token_ids,
     };
     params.validate()?;
     let include_usage = fields
@@ -139,6 +168,80 @@ pub fn generation(
         include_usage,
         cache_salt: fields.cache_salt.clone(),
     })
+}
+
+/// Parses OpenAI's `logit_bias`: an object from token ids (as strings) to numbers.
+fn logit_bias(value: Option<&Value>, vocab_size: usize) -> Result<Vec<(TokenId, f32)>, ApiError> {
+    let invalid = |message: String| ApiError::invalid_param("logit_bias", message);
+    let entries = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(entries)) => entries,
+        Some(_) => {
+            return Err(invalid(
+                "logit_bias must be an object from token ids to numbers".into(),
+            ))
+        }
+    };
+    entries
+        .iter()
+        .map(|(key, bias)| {
+            let token = key
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&t| (t as usize) < vocab_size)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "logit_bias keys must be token ids in [0, {vocab_size}), got {key:?}"
+                    ))
+                })?;
+            let bias = bias.as_f64().ok_or_else(|| {
+                invalid(format!(
+                    "logit_bias values must be numbers, got {bias} for token {key}"
+                ))
+            })?;
+            // Range checked with the other parameters (SamplingParams::validate).
+            Ok((token as TokenId, bias as f32))
+        })
+        .collect()
+}
+
+/// Refuses fields pagoda does not implement but that would change the output if it ignored them.
+fn refuse_unsupported(fields: &UnsupportedFields, n: i64) -> Result<(), ApiError> {
+    let refuse = |param: &str, message: String| Err(ApiError::invalid_param(param, message));
+    if let Some(best_of) = fields.best_of.filter(|&b| b != n) {
+        return refuse(
+            "best_of",
+            format!("best_of is not supported (only best_of = n = {n}), got {best_of}"),
+        );
+    }
+    if let Some(format) = &fields.response_format {
+        let kind = format.get("type").and_then(Value::as_str);
+        if kind != Some("text") {
+            return refuse(
+                "response_format",
+                format!(
+                    "response_format {} is not supported (structured outputs are not implemented); only {{\"type\": \"text\"}}",
+                    kind.map_or_else(|| format.to_string(), |k| format!("{k:?}"))
+                ),
+            );
+        }
+    }
+    for (param, value) in [
+        ("guided_json", &fields.guided_json),
+        ("guided_regex", &fields.guided_regex),
+        ("guided_choice", &fields.guided_choice),
+        ("guided_grammar", &fields.guided_grammar),
+        ("structured_outputs", &fields.structured_outputs),
+    ] {
+        if value.as_ref().is_some_and(|v| !v.is_null()) {
+            return refuse(
+                param,
+                format!("{param} is not supported (structured outputs are not implemented)"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Parses `prompt`: a string, a list of strings, a list of token ids or a list of lists of ids.
@@ -244,18 +347,99 @@ mod tests {
                 json!({"stream_options": {"include_usage": true}}),
                 "stream_options",
             ),
+            (json!({"logit_bias": {"100": 1}}), "logit_bias"),
+            (json!({"logit_bias": {"x": 1}}), "logit_bias"),
+            (json!({"logit_bias": {"3": "1"}}), "logit_bias"),
+            (json!({"logit_bias": {"3": 101}}), "logit_bias"),
+            (json!({"logit_bias": [1]}), "logit_bias"),
+            (json!({"min_tokens": -1}), "min_tokens"),
+            (json!({"allowed_token_ids": [100]}), "allowed_token_ids"),
+            (json!({"allowed_token_ids": []}), "allowed_token_ids"),
+            (json!({"best_of": 2}), "best_of"),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (json!({"guided_choice": ["a", "b"]}), "guided_choice"),
         ];
         for (body, param) in cases {
-            let e = generation(&fields(body.clone()), None, "max_tokens", None, "logprobs")
-                .unwrap_err();
+            let e = generation(
+                &fields(body.clone()),
+                None,
+                "max_tokens",
+                None,
+                "logprobs",
+                100,
+            )
+            .unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{body}");
         }
-        let e =
-            generation(&fields(json!({})), Some(0), "max_tokens", None, "logprobs").unwrap_err();
+        let e = generation(
+            &fields(json!({})),
+            Some(0),
+            "max_tokens",
+            None,
+            "logprobs",
+            100,
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
-        let e =
-            generation(&fields(json!({})), None, "max_tokens", Some(21), "logprobs").unwrap_err();
+        let e = generation(
+            &fields(json!({})),
+            None,
+            "max_tokens",
+            Some(21),
+            "logprobs",
+            100,
+        )
+        .unwrap_err();
         assert!(e.message.contains("[0, 20]"));
+        let e = generation(
+            &fields(json!({"min_tokens": 9})),
+            Some(8),
+            "max_tokens",
+            None,
+            "logprobs",
+            100,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("min_tokens"));
+    }
+
+    #[test]
+    fn sampling_controls_reach_the_engine_parameters() {
+        let g = generation(
+            &fields(json!({
+                "logit_bias": {"5": -100, " 7": 2.5},
+                "min_tokens": 3,
+                "allowed_token_ids": [1, 5, 99],
+                "best_of": 2,
+                "n": 2,
+                "response_format": {"type": "text"},
+                "guided_json": null,
+            })),
+            Some(8),
+            "max_tokens",
+            None,
+            "logprobs",
+            100,
+        )
+        .unwrap();
+        let mut bias = g.params.logit_bias.clone();
+        bias.sort_by_key(|&(t, _)| t);
+        assert_eq!(bias, vec![(5, -100.0), (7, 2.5)]);
+        assert_eq!(g.params.min_tokens, 3);
+        assert_eq!(g.params.allowed_token_ids, Some(vec![1, 5, 99]));
+        // Without max_tokens the bound is the rest of the context, resolved per prompt.
+        let open = generation(
+            &fields(json!({"min_tokens": 5000})),
+            None,
+            "max_tokens",
+            None,
+            "logprobs",
+            100,
+        );
+        assert!(open.is_ok());
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     /// vLLM extension: end the rendered prompt with the assistant's turn opener (default true).
     pub add_generation_prompt: Option<bool>,
+    /// Tool definitions: tool calling is not supported, so a non-empty list is refused.
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// Only `"none"` (or absent) is accepted.
+    pub tool_choice: Option<serde_json::Value>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }

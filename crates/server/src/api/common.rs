@@ -51,6 +51,28 @@ pub struct SamplingFields {
     pub user: Option<String>,
     /// Requests with different salts never share prefix-cache blocks (vLLM's field).
     pub cache_salt: Option<String>,
+    /// OpenAI: token id (as a string) → bias in [-100, 100]; kept raw for precise errors.
+    pub logit_bias: Option<serde_json::Value>,
+    /// vLLM: tokens generated before end-of-sequence, stop ids or stop strings may end the output.
+    pub min_tokens: Option<i64>,
+    /// vLLM: the only tokens that may be sampled.
+    pub allowed_token_ids: Option<Vec<u32>>,
+    /// Fields that would change the output and that pagoda does not implement: a request that
+    /// sets them is refused by name instead of answered as if they were absent.
+    #[serde(flatten)]
+    pub unsupported: UnsupportedFields,
+}
+
+/// See [`SamplingFields::unsupported`].
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UnsupportedFields {
+    pub best_of: Option<i64>,
+    pub response_format: Option<serde_json::Value>,
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<serde_json::Value>,
+    pub guided_choice: Option<serde_json::Value>,
+    pub guided_grammar: Option<serde_json::Value>,
+    pub structured_outputs: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]

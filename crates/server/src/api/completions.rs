@@ -14,6 +14,8 @@ pub struct CompletionRequest {
     pub logprobs: Option<i64>,
     #[serde(default)]
     pub echo: bool,
+    /// Text after the completion (insertion); not supported, refused when set.
+    pub suffix: Option<String>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }

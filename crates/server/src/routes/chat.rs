@@ -96,6 +96,22 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let request: ChatCompletionRequest = parse_json(&body)?;
     check_model(&state, request.model.as_deref())?;
+    if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid_param(
+            "tools",
+            "tool calling is not supported: send the request without tools",
+        ));
+    }
+    if let Some(choice) = request
+        .tool_choice
+        .as_ref()
+        .filter(|c| !c.is_null() && c.as_str() != Some("none"))
+    {
+        return Err(ApiError::invalid_param(
+            "tool_choice",
+            format!("tool_choice {choice} is not supported (tool calling is not implemented); only \"none\""),
+        ));
+    }
     let (max_tokens, param) = match request.max_completion_tokens {
         Some(m) => (Some(m), "max_completion_tokens"),
         None => (request.sampling.max_tokens, "max_tokens"),
@@ -116,6 +132,7 @@ async fn run(
         param,
         top_logprobs,
         "top_logprobs",
+        state.vocab_size,
     )?;
     let ids = chat_prompt_ids(
         &state,

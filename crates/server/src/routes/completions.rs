@@ -87,12 +87,16 @@ async fn run(
     if request.echo {
         return Err(ApiError::invalid_param("echo", "echo is not supported"));
     }
+    if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
+    }
     let generation = validation::generation(
         &request.sampling,
         request.sampling.max_tokens.or(Some(16)),
         "max_tokens",
         request.logprobs,
         "logprobs",
+        state.vocab_size,
     )?;
     let vocab = state.vocab_size;
     let prompts = validation::prompts(request.prompt.as_ref(), vocab)?

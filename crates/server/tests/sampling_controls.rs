@@ -1,0 +1,204 @@
+//! `logit_bias`, `min_tokens` and `allowed_token_ids` over real HTTP on the built-in demo model,
+//! streamed and not, and fields that would change the output but are not implemented (structured
+//! outputs, tools, `best_of`, `suffix`) refused by name instead of ignored.
+
+mod common;
+
+use common::{chunks, start, TestServer};
+use pagoda_engine::engine::EngineConfig;
+use pagoda_server::ServerConfig;
+use serde_json::{json, Value};
+
+async fn server() -> TestServer {
+    start(ServerConfig::default(), EngineConfig::default()).await
+}
+
+async fn detokenize(s: &TestServer, ids: &[u32]) -> String {
+    let (status, r) = s.post("/detokenize", &json!({ "tokens": ids })).await;
+    assert_eq!(status, 200, "{r}");
+    r["prompt"].as_str().unwrap().to_string()
+}
+
+/// A greedy completion with `extra` fields: its text, finish reason and token count.
+async fn greedy_text(s: &TestServer, extra: Value) -> (String, String, u64) {
+    let mut body = json!({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, r) = s.post("/v1/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    let choice = &r["choices"][0];
+    (
+        choice["text"].as_str().unwrap().to_string(),
+        choice["finish_reason"].as_str().unwrap().to_string(),
+        r["usage"]["completion_tokens"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_positive_bias_forces_a_token_in_completions_and_chat_streamed_or_not() {
+    let s = server().await;
+    let forced = 77u32;
+    let want = detokenize(&s, &[forced; 5]).await;
+    let bias = json!({ forced.to_string(): 100 });
+    for stream in [false, true] {
+        for chat in [false, true] {
+            let (path, mut body) = if chat {
+                (
+                    "/v1/chat/completions",
+                    json!({"messages": [{"role": "user", "content": "hi"}]}),
+                )
+            } else {
+                ("/v1/completions", json!({"prompt": "Once upon a time"}))
+            };
+            body["max_tokens"] = json!(5);
+            body["temperature"] = json!(1.0);
+            body["logit_bias"] = bias.clone();
+            body["ignore_eos"] = json!(true);
+            body["stream"] = json!(stream);
+            let text = if stream {
+                let mut text = String::new();
+                for c in chunks(&s.stream(path, &body).await) {
+                    let choice = &c["choices"][0];
+                    let piece = if chat {
+                        &choice["delta"]["content"]
+                    } else {
+                        &choice["text"]
+                    };
+                    text.push_str(piece.as_str().unwrap_or(""));
+                }
+                text
+            } else {
+                let (status, r) = s.post(path, &body).await;
+                assert_eq!(status, 200, "{r}");
+                let choice = &r["choices"][0];
+                let text = if chat {
+                    &choice["message"]["content"]
+                } else {
+                    &choice["text"]
+                };
+                text.as_str().unwrap().to_string()
+            };
+            assert_eq!(text, want, "chat = {chat}, stream = {stream}");
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_tokens_holds_back_a_stop_token_that_a_bias_forces() {
+    let s = server().await;
+    let stop_id = 91u32;
+    let forced = |min_tokens: u64| {
+        json!({
+            "logit_bias": { stop_id.to_string(): 100 },
+            "stop_token_ids": [stop_id],
+            "min_tokens": min_tokens,
+            "max_tokens": 16,
+        })
+    };
+    let (_, reason, n) = greedy_text(&s, forced(0)).await;
+    assert_eq!((reason.as_str(), n), ("stop", 1));
+    let (text, reason, n) = greedy_text(&s, forced(4)).await;
+    assert_eq!((reason.as_str(), n), ("stop", 5));
+    // The first four tokens are the unbiased greedy ones (the stop token could not be chosen).
+    let (plain, _, _) = greedy_text(&s, json!({"max_tokens": 4, "ignore_eos": true})).await;
+    assert!(text.starts_with(&plain), "{text:?} vs {plain:?}");
+    // min_tokens above max_tokens is refused.
+    let (status, r) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "x", "max_tokens": 2, "min_tokens": 3}),
+        )
+        .await;
+    assert_eq!(
+        (status, r["error"]["param"].as_str()),
+        (400, Some("min_tokens"))
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_tokens_come_out() {
+    let s = server().await;
+    let body = json!({
+        "prompt": "Once upon a time",
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "seed": 3,
+        "ignore_eos": true,
+        "allowed_token_ids": [42],
+    });
+    let (status, r) = s.post("/v1/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["choices"][0]["text"].as_str().unwrap(),
+        detokenize(&s, &[42; 8]).await
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unimplemented_output_changing_fields_are_refused_by_name() {
+    let s = server().await;
+    let chat = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        ("/v1/chat/completions", body)
+    };
+    let completion = |extra: Value| {
+        let mut body = json!({"prompt": "hi", "max_tokens": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        ("/v1/completions", body)
+    };
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    let refused = [
+        (
+            chat(json!({"response_format": {"type": "json_object"}})),
+            "response_format",
+        ),
+        (
+            chat(json!({"response_format": {"type": "json_schema", "json_schema": {}}})),
+            "response_format",
+        ),
+        (chat(json!({"tools": tool})), "tools"),
+        (chat(json!({"tool_choice": "auto"})), "tool_choice"),
+        (
+            chat(json!({"guided_json": {"type": "object"}})),
+            "guided_json",
+        ),
+        (completion(json!({"best_of": 3})), "best_of"),
+        (completion(json!({"suffix": "end"})), "suffix"),
+        (
+            completion(json!({"guided_regex": "[a-z]+"})),
+            "guided_regex",
+        ),
+        (
+            completion(json!({"logit_bias": {"999999": 5}})),
+            "logit_bias",
+        ),
+        (
+            completion(json!({"allowed_token_ids": [999999]})),
+            "allowed_token_ids",
+        ),
+    ];
+    for ((path, body), param) in refused {
+        let (status, r) = s.post(path, &body).await;
+        assert_eq!(status, 400, "{body}: {r}");
+        assert_eq!(r["error"]["param"].as_str(), Some(param), "{body}: {r}");
+        assert_eq!(r["error"]["type"], "invalid_request_error");
+    }
+    let accepted = [
+        chat(json!({"response_format": {"type": "text"}, "tool_choice": "none", "tools": []})),
+        completion(json!({"best_of": 2, "n": 2, "suffix": ""})),
+    ];
+    for (path, body) in accepted {
+        let (status, r) = s.post(path, &body).await;
+        assert_eq!(status, 200, "{body}: {r}");
+    }
+    s.stop().await;
+}
