@@ -1,6 +1,7 @@
-//! `logit_bias`, `min_tokens` and `allowed_token_ids` over real HTTP on the built-in demo model,
-//! streamed and not, and fields that would change the output but are not implemented (structured
-//! outputs, tools, `best_of`, `suffix`) refused by name instead of ignored.
+//! `logit_bias`, `min_tokens`, `allowed_token_ids` and completions' `echo` over real HTTP on the
+//! built-in demo model, streamed and not, and fields that would change the output but are not
+//! implemented (structured outputs, tools, `best_of`, `suffix`) refused by name instead of
+//! ignored.
 
 mod common;
 
@@ -200,5 +201,83 @@ async fn unimplemented_output_changing_fields_are_refused_by_name() {
         let (status, r) = s.post(path, &body).await;
         assert_eq!(status, 200, "{body}: {r}");
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_puts_each_prompt_before_its_choices() {
+    let s = server().await;
+    let base = json!({"max_tokens": 5, "temperature": 0, "ignore_eos": true});
+    let with = |extra: Value| {
+        let mut body = base.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let texts = |r: &Value| -> Vec<String> {
+        r["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let prompts = json!(["Once upon a time", "The cat"]);
+    let (_, plain) = s
+        .post("/v1/completions", &with(json!({"prompt": prompts, "n": 2})))
+        .await;
+    let (status, echoed) = s
+        .post(
+            "/v1/completions",
+            &with(json!({"prompt": prompts, "n": 2, "echo": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{echoed}");
+    for field in ["prompt_tokens", "completion_tokens"] {
+        assert_eq!(echoed["usage"][field], plain["usage"][field], "{field}");
+    }
+    let (plain, echoed) = (texts(&plain), texts(&echoed));
+    for (i, prefix) in ["Once upon a time", "Once upon a time", "The cat", "The cat"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(echoed[i], format!("{prefix}{}", plain[i]), "choice {i}");
+    }
+
+    // Streamed: the prompt arrives with the first chunk, the whole text is the same.
+    let mut streamed = String::new();
+    let body = with(json!({"prompt": "Once upon a time", "echo": true, "stream": true}));
+    let c = chunks(&s.stream("/v1/completions", &body).await);
+    assert!(c[0]["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Once upon a time"));
+    for chunk in &c {
+        streamed.push_str(chunk["choices"][0]["text"].as_str().unwrap_or(""));
+    }
+    assert_eq!(streamed, echoed[0]);
+
+    // Token prompts echo their decoded text.
+    let ids = [40u32, 41, 42];
+    let (_, r) = s
+        .post(
+            "/v1/completions",
+            &with(json!({"prompt": ids, "echo": true})),
+        )
+        .await;
+    let (_, alone) = s
+        .post("/v1/completions", &with(json!({"prompt": ids})))
+        .await;
+    let decoded = detokenize(&s, &ids).await;
+    assert_eq!(texts(&r)[0], format!("{decoded}{}", texts(&alone)[0]));
+
+    let (status, r) = s
+        .post(
+            "/v1/completions",
+            &with(json!({"prompt": "x", "echo": true, "logprobs": 1})),
+        )
+        .await;
+    assert_eq!((status, r["error"]["param"].as_str()), (400, Some("echo")));
     s.stop().await;
 }

@@ -84,8 +84,11 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse_json(&body)?;
     check_model(&state, request.model.as_deref())?;
-    if request.echo {
-        return Err(ApiError::invalid_param("echo", "echo is not supported"));
+    if request.echo && request.logprobs.is_some() {
+        return Err(ApiError::invalid_param(
+            "echo",
+            "echo with logprobs is not supported (it needs the prompt's log-probabilities)",
+        ));
     }
     if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
@@ -99,16 +102,35 @@ async fn run(
         state.vocab_size,
     )?;
     let vocab = state.vocab_size;
+    // With `echo`, each prompt's text as given (token prompts: decoded) goes before its choices'.
+    let mut echoes = Vec::new();
     let prompts = validation::prompts(request.prompt.as_ref(), vocab)?
         .into_iter()
-        .map(|p| match p {
-            PromptInput::Tokens(ids) => Ok(ids),
-            PromptInput::Text(text) => state
-                .tokenizer
-                .encode(&text, true)
-                .map_err(|e| ApiError::invalid_param("prompt", format!("cannot tokenize: {e}"))),
+        .map(|p| {
+            let (ids, text) = match p {
+                PromptInput::Tokens(ids) => {
+                    let text = if request.echo {
+                        state.tokenizer.decode(&ids, false).map_err(|e| {
+                            ApiError::invalid_param("prompt", format!("cannot detokenize: {e}"))
+                        })?
+                    } else {
+                        String::new()
+                    };
+                    (ids, text)
+                }
+                PromptInput::Text(text) => {
+                    let ids = state.tokenizer.encode(&text, true).map_err(|e| {
+                        ApiError::invalid_param("prompt", format!("cannot tokenize: {e}"))
+                    })?;
+                    (ids, text)
+                }
+            };
+            if request.echo {
+                echoes.extend(std::iter::repeat_n(text, generation.n));
+            }
+            Ok(ids)
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let prepared = generation::prepare(&state, prompts, &generation, "max_tokens")?;
     let guard = state.in_flight_guard();
     let mut submission = generation::submit(&state, prepared, &generation, tenant.as_ref())?;
@@ -126,7 +148,16 @@ async fn run(
             };
             let choice = &mut choices[*index];
             let logprobs = apply(&chunk_state, choice, output, want_logprobs);
-            if output.text.is_empty() && output.finished.is_none() && logprobs.is_none() {
+            // The echoed prompt goes out with the choice's first chunk.
+            let echo = echoes
+                .get_mut(*index)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            if output.text.is_empty()
+                && echo.is_empty()
+                && output.finished.is_none()
+                && logprobs.is_none()
+            {
                 return Vec::new();
             }
             vec![json!({
@@ -136,7 +167,7 @@ async fn run(
                 "model": chunk_model,
                 "choices": [{
                     "index": index,
-                    "text": output.text,
+                    "text": echo + &output.text,
                     "logprobs": logprobs,
                     "finish_reason": choice.finish_reason,
                 }],
@@ -171,7 +202,10 @@ async fn run(
             .enumerate()
             .map(|(index, c)| CompletionChoice {
                 index,
-                text: c.text,
+                text: match echoes.get_mut(index) {
+                    Some(echo) => std::mem::take(echo) + &c.text,
+                    None => c.text,
+                },
                 logprobs: c.logprobs,
                 finish_reason: c.finish_reason,
             })
