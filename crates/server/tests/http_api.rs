@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{chunks, start, TestServer};
+use common::{choice_texts, chunks, start, TestServer};
 use pagoda_engine::engine::EngineConfig;
 use pagoda_server::ServerConfig;
 use serde_json::{json, Value};
@@ -95,14 +95,7 @@ async fn n_choices_with_a_seed_are_reproducible_and_stream_interleaved() {
     let (status, a) = s.post("/v1/completions", &body).await;
     assert_eq!(status, 200, "{a}");
     let (_, b) = s.post("/v1/completions", &body).await;
-    let texts = |r: &Value| -> Vec<String> {
-        r["choices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["text"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let texts = choice_texts;
     assert_eq!(texts(&a).len(), 3);
     assert_eq!(texts(&a), texts(&b), "same seed, same texts");
     assert!(

@@ -5,13 +5,21 @@
 
 mod common;
 
-use common::{chunks, start, TestServer};
+use common::{choice_texts, chunks, start, TestServer};
 use pagoda_engine::engine::EngineConfig;
 use pagoda_server::ServerConfig;
 use serde_json::{json, Value};
 
 async fn server() -> TestServer {
     start(ServerConfig::default(), EngineConfig::default()).await
+}
+
+/// `base` with the fields of `extra` set over it.
+fn merged(mut base: Value, extra: Value) -> Value {
+    for (k, v) in extra.as_object().unwrap() {
+        base[k] = v.clone();
+    }
+    base
 }
 
 async fn detokenize(s: &TestServer, ids: &[u32]) -> String {
@@ -22,10 +30,10 @@ async fn detokenize(s: &TestServer, ids: &[u32]) -> String {
 
 /// A greedy completion with `extra` fields: its text, finish reason and token count.
 async fn greedy_text(s: &TestServer, extra: Value) -> (String, String, u64) {
-    let mut body = json!({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0});
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
+    let body = merged(
+        json!({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0}),
+        extra,
+    );
     let (status, r) = s.post("/v1/completions", &body).await;
     assert_eq!(status, 200, "{r}");
     let choice = &r["choices"][0];
@@ -143,18 +151,12 @@ async fn only_allowed_tokens_come_out() {
 async fn unimplemented_output_changing_fields_are_refused_by_name() {
     let s = server().await;
     let chat = |extra: Value| {
-        let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
-        ("/v1/chat/completions", body)
+        let base = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+        ("/v1/chat/completions", merged(base, extra))
     };
     let completion = |extra: Value| {
-        let mut body = json!({"prompt": "hi", "max_tokens": 2});
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
-        ("/v1/completions", body)
+        let base = json!({"prompt": "hi", "max_tokens": 2});
+        ("/v1/completions", merged(base, extra))
     };
     let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
     let refused = [
@@ -208,21 +210,8 @@ async fn unimplemented_output_changing_fields_are_refused_by_name() {
 async fn echo_puts_each_prompt_before_its_choices() {
     let s = server().await;
     let base = json!({"max_tokens": 5, "temperature": 0, "ignore_eos": true});
-    let with = |extra: Value| {
-        let mut body = base.clone();
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
-        body
-    };
-    let texts = |r: &Value| -> Vec<String> {
-        r["choices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["text"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let with = |extra: Value| merged(base.clone(), extra);
+    let texts = choice_texts;
     let prompts = json!(["Once upon a time", "The cat"]);
     let (_, plain) = s
         .post("/v1/completions", &with(json!({"prompt": prompts, "n": 2})))

@@ -258,3 +258,13 @@ pub fn rss_bytes() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// The `text` of each choice of a (non-streamed) completion response, in order.
+pub fn choice_texts(r: &Value) -> Vec<String> {
+    r["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect()
+}
