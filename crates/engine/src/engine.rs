@@ -88,6 +88,11 @@ impl LlmEngine {
         }
     }
 
+    /// The model's end-of-sequence ids (what ends a request unless `ignore_eos`).
+    pub fn eos_token_ids(&self) -> &[TokenId] {
+        &self.eos_token_ids
+    }
+
     pub fn scheduler(&self) -> &Scheduler {
         &self.scheduler
     }

@@ -4,26 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::builtin_engine as engine;
 use pagoda_core::{FinishReason, SamplingParams};
-use pagoda_engine::engine::{EngineConfig, LlmEngine};
 use pagoda_engine::handle::{EngineHandle, SubmitError};
 use pagoda_engine::sched::scheduler::AdmissionError;
-use pagoda_model::builtin::load_builtin;
-use pagoda_model::RunnerOptions;
-
-fn engine(kv_cache_bytes: usize) -> LlmEngine {
-    let loaded = load_builtin(&RunnerOptions {
-        block_size: 4,
-        kv_cache_bytes,
-        ..RunnerOptions::default()
-    })
-    .unwrap();
-    LlmEngine::new(
-        loaded.runner,
-        Some(loaded.tokenizer),
-        &EngineConfig::default(),
-    )
-}
 
 fn prompt(i: usize) -> Vec<u32> {
     (0..5 + i % 7)

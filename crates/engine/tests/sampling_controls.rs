@@ -2,33 +2,17 @@
 //! model (no files needed): a bias forces or bans tokens, `min_tokens` holds back the
 //! end-of-sequence id and stop strings, and only allowed tokens come out.
 
-use pagoda_core::{FinishReason, RequestId, SamplingParams};
-use pagoda_engine::engine::{EngineConfig, LlmEngine};
-use pagoda_engine::output::RequestOutput;
-use pagoda_model::builtin::load_builtin;
-use pagoda_model::RunnerOptions;
+mod common;
 
-fn engine() -> (LlmEngine, Vec<u32>) {
-    let loaded = load_builtin(&RunnerOptions {
-        block_size: 4,
-        kv_cache_bytes: 1 << 20,
-        ..RunnerOptions::default()
-    })
-    .unwrap();
-    let eos = loaded.runner.config().eos_token_ids.clone();
-    let engine = LlmEngine::new(
-        loaded.runner,
-        Some(loaded.tokenizer),
-        &EngineConfig::default(),
-    );
-    (engine, eos)
-}
+use common::builtin_engine;
+use pagoda_core::{FinishReason, RequestId, SamplingParams};
+use pagoda_engine::output::RequestOutput;
 
 const PROMPT: [u32; 6] = [5, 40, 77, 123, 9, 61];
 
 /// Runs one request alone to the end and returns its outputs.
 fn run(params: SamplingParams) -> Vec<RequestOutput> {
-    let (mut e, _) = engine();
+    let mut e = builtin_engine(1 << 20);
     e.add_request(RequestId(0), PROMPT.to_vec(), params)
         .unwrap();
     let mut outputs = Vec::new();
@@ -44,8 +28,7 @@ fn tokens(outputs: &[RequestOutput]) -> Vec<u32> {
 
 #[test]
 fn a_forced_end_of_sequence_waits_for_min_tokens() {
-    let (_, eos) = engine();
-    let eos = eos[0];
+    let eos = builtin_engine(1 << 20).eos_token_ids()[0];
     let forced = |min_tokens| SamplingParams {
         logit_bias: vec![(eos, 100.0)],
         min_tokens,

@@ -114,15 +114,10 @@ pub fn generation(
     };
     let allowed_token_ids = match &fields.allowed_token_ids {
         None => None,
-        Some(ids) => match ids.iter().find(|&&id| id as usize >= vocab_size) {
-            Some(id) => {
-                return Err(range_error(
-                    "allowed_token_ids",
-                    format!("allowed_token_ids must be token ids in [0, {vocab_size}), got {id}"),
-                ))
-            }
-            None => Some(ids.clone()),
-        },
+        Some(ids) => {
+            check_token_ids("allowed_token_ids", ids, vocab_size)?;
+            Some(ids.clone())
+        }
     };
     let params = SamplingParams {
         temperature: fields.temperature.unwrap_or(1.0),
@@ -168,6 +163,17 @@ pub fn generation(
         include_usage,
         cache_salt: fields.cache_salt.clone(),
     })
+}
+
+/// Checks that every id in `ids` is in the vocabulary; the error names `param` and the bound.
+pub fn check_token_ids(param: &str, ids: &[TokenId], vocab_size: usize) -> Result<(), ApiError> {
+    match ids.iter().find(|&&id| id as usize >= vocab_size) {
+        Some(id) => Err(range_error(
+            param,
+            format!("{param} must be token ids in [0, {vocab_size}), got {id}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Parses OpenAI's `logit_bias`: an object from token ids (as strings) to numbers.

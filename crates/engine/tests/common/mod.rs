@@ -1,5 +1,5 @@
-//! Shared by the engine's integration tests: an engine over a model directory with an exact
-//! number of KV blocks, and a driver that runs it dry.
+//! Shared by the engine's integration tests: an engine over the built-in demo model, an engine
+//! over a model directory with an exact number of KV blocks, and a driver that runs it dry.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -7,8 +7,25 @@ use std::path::Path;
 
 use pagoda_core::RequestId;
 use pagoda_engine::engine::{EngineConfig, LlmEngine};
+use pagoda_model::builtin::load_builtin;
 use pagoda_model::kv_cache::KvCache;
 use pagoda_model::{load_model_dir, RunnerOptions};
+
+/// An engine over the built-in demo model (no files needed), blocks of 4 tokens in
+/// `kv_cache_bytes`.
+pub fn builtin_engine(kv_cache_bytes: usize) -> LlmEngine {
+    let loaded = load_builtin(&RunnerOptions {
+        block_size: 4,
+        kv_cache_bytes,
+        ..RunnerOptions::default()
+    })
+    .unwrap();
+    LlmEngine::new(
+        loaded.runner,
+        Some(loaded.tokenizer),
+        &EngineConfig::default(),
+    )
+}
 
 /// An engine over `model` whose KV pool has exactly `num_blocks` blocks of `block_size`.
 pub fn engine_with_blocks(

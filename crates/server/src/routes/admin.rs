@@ -98,16 +98,7 @@ pub async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Resp
     let run = || -> Result<DetokenizeResponse, ApiError> {
         let request: DetokenizeRequest = parse_json(&body)?;
         check_model(&state, request.model.as_deref())?;
-        if let Some(bad) = request
-            .tokens
-            .iter()
-            .find(|&&t| t as usize >= state.vocab_size)
-        {
-            return Err(ApiError::invalid_param(
-                "tokens",
-                format!("token ids must be in [0, {}), got {bad}", state.vocab_size),
-            ));
-        }
+        crate::validation::check_token_ids("tokens", &request.tokens, state.vocab_size)?;
         let prompt = state
             .tokenizer
             .decode(&request.tokens, false)
