@@ -157,9 +157,6 @@ const MR_MAX_PORTABLE: usize = 4;
 const NV_PORTABLE: usize = 1;
 /// `m` up to this uses the stream kernels.
 const STREAM_M_MAX: usize = 4;
-/// Largest piece of a thread's decode range taken at once (see [`ranges`]): long enough that
-/// taking it costs nothing next to streaming it, short enough to share out the end.
-const STREAM_CHUNK_BYTES: usize = 64 << 10;
 /// Activation rows per task when `m` is large (a tile multiple whose bf16 rows stay in L2).
 const ROW_BLOCK: usize = 8 * MR_MAX;
 
@@ -452,7 +449,7 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
         }
         return RANGES.with(|ranges| {
             let mut ranges = ranges.borrow_mut();
-            ranges.reset(blocks, threads, STREAM_CHUNK_BYTES / block_stride);
+            ranges.reset(blocks, threads);
             let ranges = &*ranges;
             pool::global().parallel_for(threads, &|me| ranges.run(me, stream));
         });

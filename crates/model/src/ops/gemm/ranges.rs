@@ -1,6 +1,17 @@
 //! Work split of the decode (stream) kernels: one contiguous range of weight blocks per thread,
 //! which its owner streams from the front a chunk at a time, while a thread that has finished its
-//! own range takes chunks from the back of the others'.
+//! own range takes chunks from the back of the others'. A chunk is half of what is left of the
+//! range (rounded up), so an owner makes about log2(blocks) kernel calls, most of the range in the
+//! first, and the last chunks are small enough for the threads to finish close together.
+//!
+//! Every kernel call costs more than its arithmetic (likely the stream restarting: its first
+//! 4 KiB prefetched at once, the 4 KiB past its end for nothing when the next chunk is
+//! elsewhere). The chunks of at most 64 KiB used before (a quarter of what was left) made the
+//! decode step slower than these halving chunks: 135M 3.9%, TinyLlama 7.7% at Q8_0, 1.8% and
+//! 3.0% at bf16 (step-interleaved in both orders, see `docs/BENCHMARKS.md`), and 1–11% per window
+//! slower than one fixed half per thread, which the halving chunks match. Halving keeps the
+//! stealing that one fixed half would lose: a thread the OS deschedules mid-matrix leaves at
+//! most half its range to the other.
 //!
 //! Fixed tasks (two per thread before this) left a thread idle at the end of a matrix whenever the
 //! other read slower for a while (the cores share the memory and rarely get equal shares): traced
@@ -32,13 +43,11 @@ fn pack(front: usize, back: usize) -> u64 {
 #[derive(Default)]
 pub(crate) struct Ranges {
     ranges: Vec<Range>,
-    /// Largest chunk taken at once, in blocks.
-    max_chunk: usize,
 }
 
 impl Ranges {
-    /// Splits `blocks` into `parts` near-equal contiguous ranges; chunks hold at most `max_chunk`.
-    pub fn reset(&mut self, blocks: usize, parts: usize, max_chunk: usize) {
+    /// Splits `blocks` into `parts` near-equal contiguous ranges.
+    pub fn reset(&mut self, blocks: usize, parts: usize) {
         assert!(
             blocks as u64 <= LOW,
             "invariant: a matrix has < 2^32 blocks"
@@ -51,13 +60,11 @@ impl Ranges {
                 Ordering::Relaxed,
             );
         }
-        self.max_chunk = max_chunk.max(1);
     }
 
-    /// Chunk size for `remaining` blocks: a quarter of them, so the last chunks are small and
-    /// the two threads finish close together.
-    fn chunk(&self, remaining: usize) -> usize {
-        (remaining / 4).clamp(1, self.max_chunk)
+    /// Chunk size for `remaining` (> 0) blocks: half of them, rounded up.
+    fn chunk(remaining: usize) -> usize {
+        remaining.div_ceil(2)
     }
 
     /// Takes the next chunk of range `r` from the front (`back == false`) or the back.
@@ -69,7 +76,7 @@ impl Ranges {
             if front >= end {
                 return None;
             }
-            let n = self.chunk(end - front);
+            let n = Self::chunk(end - front);
             let (next, taken) = if back {
                 (pack(front, end - n), (end - n, n))
             } else {
@@ -104,18 +111,16 @@ mod tests {
 
     #[test]
     fn every_block_is_taken_exactly_once_whoever_takes_it() {
-        for (blocks, parts, max_chunk) in
-            [(1, 2, 4), (7, 2, 2), (100, 3, 8), (3072, 2, 6), (5, 8, 1)]
-        {
+        for (blocks, parts) in [(1, 2), (7, 2), (100, 3), (3072, 2), (5, 8)] {
             let mut ranges = Ranges::default();
-            ranges.reset(blocks, parts, max_chunk);
+            ranges.reset(blocks, parts);
             let hits: Vec<AtomicUsize> = (0..blocks).map(|_| AtomicUsize::new(0)).collect();
             std::thread::scope(|s| {
                 for me in 0..parts {
                     let (ranges, hits) = (&ranges, &hits);
                     s.spawn(move || {
                         ranges.run(me, |first, count| {
-                            assert!(count >= 1 && count <= max_chunk);
+                            assert!(count >= 1 && count <= blocks.div_ceil(parts).div_ceil(2));
                             for h in &hits[first..first + count] {
                                 h.fetch_add(1, Ordering::Relaxed);
                             }
@@ -133,7 +138,7 @@ mod tests {
     #[test]
     fn a_lone_thread_finishes_every_range() {
         let mut ranges = Ranges::default();
-        ranges.reset(50, 4, 3);
+        ranges.reset(50, 4);
         let mut seen = [0; 50];
         ranges.run(2, |first, count| {
             seen[first..first + count].iter_mut().for_each(|s| *s += 1)
@@ -144,14 +149,20 @@ mod tests {
     #[test]
     fn owners_take_their_range_in_order_and_chunks_shrink_towards_the_end() {
         let mut ranges = Ranges::default();
-        ranges.reset(64, 2, 8);
+        ranges.reset(64, 2);
         let mut taken = Vec::new();
         while let Some(c) = ranges.take(0, false) {
             taken.push(c);
         }
-        assert_eq!(taken.first(), Some(&(0, 8)));
-        assert!(taken.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
-        assert_eq!(taken.last().map(|c| c.0 + c.1), Some(32));
-        assert_eq!(taken.last().map(|c| c.1), Some(1));
+        // Halves of what is left: 16, 8, 4, 2, 1, 1 of the first range's 32 blocks.
+        assert_eq!(
+            taken,
+            [(0, 16), (16, 8), (24, 4), (28, 2), (30, 1), (31, 1)]
+        );
+        // A thief takes half of what another owner has left, from its back.
+        ranges.reset(64, 2);
+        assert_eq!(ranges.take(0, false), Some((0, 16)));
+        assert_eq!(ranges.take(0, true), Some((24, 8)));
+        assert_eq!(ranges.take(0, false), Some((16, 4)));
     }
 }
