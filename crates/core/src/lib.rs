@@ -60,6 +60,21 @@ pub struct SamplingParams {
     pub min_tokens: usize,
     /// vLLM `allowed_token_ids`: only these tokens can be sampled (`None`: all).
     pub allowed_token_ids: Option<Vec<TokenId>>,
+    /// OpenAI `response_format`: free text, or output constrained to one JSON object.
+    #[serde(default)]
+    pub response_format: ResponseFormat,
+}
+
+/// The shape the output must have (OpenAI `response_format.type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Any text.
+    #[default]
+    Text,
+    /// One JSON object: only tokens that keep the output a valid prefix of one can be sampled,
+    /// and generation ends when it is complete.
+    JsonObject,
 }
 
 /// The largest `|bias|` of a `logit_bias` entry (OpenAI's limit).
@@ -84,6 +99,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             min_tokens: 0,
             allowed_token_ids: None,
+            response_format: ResponseFormat::Text,
         }
     }
 }
@@ -240,6 +256,8 @@ pub enum FinishReason {
     StopToken(TokenId),
     /// Produced one of the request's stop strings.
     StopString(String),
+    /// Completed the JSON object its `response_format` asked for.
+    StructuredComplete,
     /// Reached the model's context length.
     ContextLength,
     /// Aborted by the client or the server.
@@ -251,7 +269,9 @@ impl FinishReason {
     pub fn as_openai_str(&self) -> &'static str {
         match self {
             FinishReason::Length | FinishReason::ContextLength => "length",
-            FinishReason::StopToken(_) | FinishReason::StopString(_) => "stop",
+            FinishReason::StopToken(_)
+            | FinishReason::StopString(_)
+            | FinishReason::StructuredComplete => "stop",
             FinishReason::Abort => "abort",
         }
     }

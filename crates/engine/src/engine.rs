@@ -5,22 +5,25 @@
 //! one batched forward (flattened tokens + block tables), samples the requests that reached the
 //! end of their tokens, detokenizes incrementally, and applies the stop rules: EOS (unless
 //! `ignore_eos`), stop token ids, stop strings (matched on the detokenized text and left out of
-//! it), `max_tokens` and the model's context length.
+//! it), a completed JSON object (`response_format` `json_object`, whose requests sample only
+//! tokens that keep their output valid: [`crate::structured`]), `max_tokens` and the model's
+//! context length.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pagoda_core::{FinishReason, RequestId, SampledToken, SamplingParams, TokenId};
+use pagoda_core::{FinishReason, RequestId, ResponseFormat, SampledToken, SamplingParams, TokenId};
 use pagoda_model::model::StepBatch;
 use pagoda_model::ops::attention::SeqAttention;
-use pagoda_model::sampler::{RequestRng, Sampler};
+use pagoda_model::sampler::{RequestRng, Sampler, StepMasks};
 use pagoda_model::{IncrementalDecoder, ModelRunner, Tokenizer};
 
 use crate::output::{EngineStats, RequestOutput, RequestTimings, StepRecord};
 use crate::request::Request;
 use crate::sched::scheduler::AdmissionError;
 use crate::sched::{Scheduler, SchedulerConfig};
+use crate::structured::{JsonState, TokenBytes};
 
 /// Engine limits (the model and cache geometry come from the runner).
 #[derive(Debug, Clone)]
@@ -59,6 +62,12 @@ pub struct LlmEngine {
     eos_token_ids: Vec<TokenId>,
     /// Scratch: the ids a request may not sample yet (`min_tokens`).
     banned: Vec<TokenId>,
+    /// Where each `json_object` request's output is in its JSON text.
+    json: HashMap<RequestId, JsonState>,
+    /// The vocabulary's bytes, built when the first `json_object` request arrives.
+    token_bytes: Option<TokenBytes>,
+    /// Scratch: the tokens a `json_object` request may sample this step.
+    allowed: Vec<bool>,
     pub stats: EngineStats,
 }
 
@@ -82,6 +91,9 @@ impl LlmEngine {
             scheduler,
             sampler: Sampler::new(),
             banned: Vec::new(),
+            json: HashMap::new(),
+            token_bytes: None,
+            allowed: Vec::new(),
             rngs: HashMap::new(),
             detok: HashMap::new(),
             stats: EngineStats::default(),
@@ -142,9 +154,21 @@ impl LlmEngine {
             })
             .collect();
         let seeds: Vec<Option<u64>> = requests.iter().map(|r| r.params.seed).collect();
+        let json: Vec<bool> = requests
+            .iter()
+            .map(|r| r.params.response_format == ResponseFormat::JsonObject)
+            .collect();
+        if json.contains(&true) && self.token_bytes.is_none() {
+            let tok = self.tokenizer.as_ref().ok_or(AdmissionError::NoTokenizer)?;
+            let vocab = self.runner.config().vocab_size;
+            self.token_bytes = Some(TokenBytes::new(&tok.token_bytes(vocab)));
+        }
         self.scheduler.add_request_group(requests)?;
-        for (&id, seed) in ids.iter().zip(seeds) {
+        for ((&id, seed), json) in ids.iter().zip(seeds).zip(json) {
             self.rngs.insert(id, RequestRng::new(seed));
+            if json {
+                self.json.insert(id, JsonState::object());
+            }
             if let Some(tok) = &self.tokenizer {
                 let decoder = IncrementalDecoder::new(tok, &prompt_ids, true);
                 self.detok.insert(
@@ -167,6 +191,7 @@ impl LlmEngine {
 
     fn forget(&mut self, id: RequestId) {
         self.rngs.remove(&id);
+        self.json.remove(&id);
         self.detok.remove(&id);
     }
 
@@ -274,12 +299,23 @@ impl LlmEngine {
                     .expect("invariant: every live request has an rng");
                 r.params
                     .banned_stop_ids(&self.eos_token_ids, r.output_ids.len(), &mut self.banned);
+                let allowed = match (self.json.get(&rid), &self.token_bytes) {
+                    (Some(state), Some(table)) => {
+                        table.allowed_after(state, vocab, &mut self.allowed);
+                        Some(&self.allowed[..])
+                    }
+                    _ => None,
+                };
+                let masks = StepMasks {
+                    banned: &self.banned,
+                    allowed,
+                };
                 let token = self.sampler.sample(
                     row_logits,
                     &r.params,
                     &r.prompt_ids,
                     &r.output_ids,
-                    &self.banned,
+                    masks,
                     rng,
                 );
                 sampled.push((rid, token));
@@ -319,11 +355,27 @@ impl LlmEngine {
         let num_cached_tokens = r.num_cached_tokens.unwrap_or(0);
         self.scheduler.append_token(id, token.token);
         self.stats.num_generated_tokens += 1;
+        // A json_object request's text advances by the token's bytes: `Some(Some(done))`, or
+        // `Some(None)` when the token does not fit (only when nothing was allowed: a vocabulary
+        // that cannot write the next byte), which ends the request as aborted.
+        let json = self.json.get_mut(&id).map(|state| {
+            let bytes = self
+                .token_bytes
+                .as_ref()
+                .map_or(&[][..], |t| t.get(token.token));
+            let next = state.after(bytes)?;
+            *state = next;
+            Some(next.is_done())
+        });
 
         let mut finished = if !params.ignore_eos && self.eos_token_ids.contains(&token.token)
             || params.stop_token_ids.contains(&token.token)
         {
             Some(FinishReason::StopToken(token.token))
+        } else if json == Some(Some(true)) {
+            Some(FinishReason::StructuredComplete)
+        } else if json == Some(None) {
+            Some(FinishReason::Abort)
         } else if num_output >= params.max_tokens {
             Some(FinishReason::Length)
         } else if num_tokens >= max_len {

@@ -7,3 +7,4 @@ pub mod kv;
 pub mod output;
 pub mod request;
 pub mod sched;
+pub mod structured;

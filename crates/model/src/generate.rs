@@ -11,7 +11,7 @@ use crate::error::{ModelError, Result};
 use crate::model::StepBatch;
 use crate::ops::attention::SeqAttention;
 use crate::runner::ModelRunner;
-use crate::sampler::{RequestRng, Sampler};
+use crate::sampler::{RequestRng, Sampler, StepMasks};
 
 /// One sequence to generate.
 #[derive(Debug, Clone)]
@@ -193,9 +193,12 @@ pub fn generate(
             let params = &requests[i].params;
             let s = &mut seqs[i];
             params.banned_stop_ids(&eos, s.output.len(), &mut banned);
-            let sampled = sampler.sample(
-                row_logits, params, &s.prompt, &s.output, &banned, &mut s.rng,
-            );
+            let masks = StepMasks {
+                banned: &banned,
+                allowed: None,
+            };
+            let sampled =
+                sampler.sample(row_logits, params, &s.prompt, &s.output, masks, &mut s.rng);
             s.output.push(sampled.token);
             on_token(TokenEvent {
                 seq: i,

@@ -123,6 +123,66 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// The bytes each token id `0..vocab_size` adds to the output text, as its decoder writes
+    /// them mid-text; `None` for special tokens and ids the tokenizer does not have.
+    ///
+    /// Byte-level vocabularies (GPT-2 style: Qwen, SmolLM2, Llama 3) map each character of a
+    /// piece back to its byte; SentencePiece-style ones (Llama 2, Mistral) write `<0xHH>` pieces
+    /// as that byte and `▁` as a space.
+    pub fn token_bytes(&self, vocab_size: usize) -> Vec<Option<Vec<u8>>> {
+        let byte_level = self
+            .inner
+            .get_decoder()
+            .and_then(|d| serde_json::to_string(d).ok())
+            .is_some_and(|json| json.contains("\"ByteLevel\""));
+        let special: std::collections::HashSet<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, _)| id)
+            .collect();
+        let from_char = byte_level.then(byte_level_chars);
+        (0..vocab_size as u32)
+            .map(|id| {
+                if special.contains(&id) {
+                    return None;
+                }
+                let piece = self.inner.id_to_token(id)?;
+                match &from_char {
+                    Some(map) => piece.chars().map(|c| map.get(&c).copied()).collect(),
+                    None => Some(match fallback_byte(&piece) {
+                        Some(b) => vec![b],
+                        None => piece.replace('\u{2581}', " ").into_bytes(),
+                    }),
+                }
+            })
+            .collect()
+    }
+}
+
+/// GPT-2's byte-level alphabet, character to byte: printable bytes stand for themselves, the
+/// others (controls, space, 0x7f-0xa0, 0xad) for `U+0100` onwards in byte order.
+fn byte_level_chars() -> std::collections::HashMap<char, u8> {
+    let visible = |b: u8| matches!(b, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
+    let mut shifted = 0u32;
+    (0..=255u8)
+        .map(|b| {
+            if visible(b) {
+                (char::from(b), b)
+            } else {
+                shifted += 1;
+                (char::from_u32(255 + shifted).unwrap_or('\0'), b)
+            }
+        })
+        .collect()
+}
+
+/// The byte of a SentencePiece byte-fallback piece `<0xHH>`.
+fn fallback_byte(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok())?
 }
 
 /// Turns a growing token sequence into text deltas, holding back bytes of an incomplete UTF-8

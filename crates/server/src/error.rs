@@ -163,6 +163,7 @@ impl From<SubmitError> for ApiError {
                     AdmissionError::ExceedsContext { .. } | AdmissionError::ExceedsCache { .. } => {
                         "max_tokens"
                     }
+                    AdmissionError::NoTokenizer => "response_format",
                 };
                 Self::invalid_param(param, a.to_string())
             }

@@ -1,6 +1,6 @@
 //! Client fields → engine parameters, with errors that name the parameter and its limit.
 
-use pagoda_core::{SamplingParams, TokenId, MAX_LOGPROBS};
+use pagoda_core::{ResponseFormat, SamplingParams, TokenId, MAX_LOGPROBS};
 use serde_json::Value;
 
 use crate::api::common::{SamplingFields, UnsupportedFields};
@@ -137,6 +137,7 @@ pub fn generation(
         logit_bias: logit_bias(fields.logit_bias.as_ref(), vocab_size)?,
         min_tokens,
         allowed_token_ids,
+        response_format: response_format(fields.response_format.as_ref())?,
     };
     params.validate()?;
     let include_usage = fields
@@ -212,6 +213,25 @@ fn logit_bias(value: Option<&Value>, vocab_size: usize) -> Result<Vec<(TokenId, 
         .collect()
 }
 
+/// Parses OpenAI's `response_format`: `{"type": "text"}` or `{"type": "json_object"}`;
+/// `json_schema` and anything else are refused by name.
+fn response_format(value: Option<&Value>) -> Result<ResponseFormat, ApiError> {
+    let Some(format) = value.filter(|v| !v.is_null()) else {
+        return Ok(ResponseFormat::Text);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        kind => Err(ApiError::invalid_param(
+            "response_format",
+            format!(
+                "response_format {} is not supported; only {{\"type\": \"text\"}} and {{\"type\": \"json_object\"}} (json_schema is not implemented)",
+                kind.map_or_else(|| format.to_string(), |k| format!("{k:?}"))
+            ),
+        )),
+    }
+}
+
 /// Refuses fields pagoda does not implement but that would change the output if it ignored them.
 fn refuse_unsupported(fields: &UnsupportedFields, n: i64) -> Result<(), ApiError> {
     let refuse = |param: &str, message: String| Err(ApiError::invalid_param(param, message));
@@ -220,18 +240,6 @@ fn refuse_unsupported(fields: &UnsupportedFields, n: i64) -> Result<(), ApiError
             "best_of",
             format!("best_of is not supported (only best_of = n = {n}), got {best_of}"),
         );
-    }
-    if let Some(format) = &fields.response_format {
-        let kind = format.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
-            return refuse(
-                "response_format",
-                format!(
-                    "response_format {} is not supported (structured outputs are not implemented); only {{\"type\": \"text\"}}",
-                    kind.map_or_else(|| format.to_string(), |k| format!("{k:?}"))
-                ),
-            );
-        }
     }
     for (param, value) in [
         ("guided_json", &fields.guided_json),
@@ -363,7 +371,11 @@ mod tests {
             (json!({"allowed_token_ids": []}), "allowed_token_ids"),
             (json!({"best_of": 2}), "best_of"),
             (
-                json!({"response_format": {"type": "json_object"}}),
+                json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"kind": "json"}}),
                 "response_format",
             ),
             (json!({"guided_choice": ["a", "b"]}), "guided_choice"),
@@ -436,6 +448,17 @@ mod tests {
         assert_eq!(bias, vec![(5, -100.0), (7, 2.5)]);
         assert_eq!(g.params.min_tokens, 3);
         assert_eq!(g.params.allowed_token_ids, Some(vec![1, 5, 99]));
+        assert_eq!(g.params.response_format, ResponseFormat::Text);
+        let json_mode = generation(
+            &fields(json!({"response_format": {"type": "json_object"}})),
+            None,
+            "max_tokens",
+            None,
+            "logprobs",
+            100,
+        )
+        .unwrap();
+        assert_eq!(json_mode.params.response_format, ResponseFormat::JsonObject);
         // Without max_tokens the bound is the rest of the context, resolved per prompt.
         let open = generation(
             &fields(json!({"min_tokens": 5000})),

@@ -1,7 +1,7 @@
 //! `logit_bias`, `min_tokens`, `allowed_token_ids` and completions' `echo` over real HTTP on the
 //! built-in demo model, streamed and not, and fields that would change the output but are not
-//! implemented (structured outputs, tools, `best_of`, `suffix`) refused by name instead of
-//! ignored.
+//! implemented (JSON schemas and guided decoding, tools, `best_of`, `suffix`) refused by name
+//! instead of ignored.
 
 mod common;
 
@@ -160,10 +160,6 @@ async fn unimplemented_output_changing_fields_are_refused_by_name() {
     };
     let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
     let refused = [
-        (
-            chat(json!({"response_format": {"type": "json_object"}})),
-            "response_format",
-        ),
         (
             chat(json!({"response_format": {"type": "json_schema", "json_schema": {}}})),
             "response_format",

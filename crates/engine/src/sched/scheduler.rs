@@ -92,6 +92,8 @@ pub enum AdmissionError {
         needed_blocks: usize,
         total_blocks: usize,
     },
+    #[error("response_format json_object needs the model's tokenizer, and this engine has none")]
+    NoTokenizer,
 }
 
 /// One request's share of a step.

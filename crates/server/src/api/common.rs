@@ -57,6 +57,8 @@ pub struct SamplingFields {
     pub min_tokens: Option<i64>,
     /// vLLM: the only tokens that may be sampled.
     pub allowed_token_ids: Option<Vec<u32>>,
+    /// OpenAI: `{"type": "text"}` or `{"type": "json_object"}` (`json_schema` is refused).
+    pub response_format: Option<serde_json::Value>,
     /// Fields that would change the output and that pagoda does not implement: a request that
     /// sets them is refused by name instead of answered as if they were absent.
     #[serde(flatten)]
@@ -67,7 +69,6 @@ pub struct SamplingFields {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct UnsupportedFields {
     pub best_of: Option<i64>,
-    pub response_format: Option<serde_json::Value>,
     pub guided_json: Option<serde_json::Value>,
     pub guided_regex: Option<serde_json::Value>,
     pub guided_choice: Option<serde_json::Value>,
