@@ -66,7 +66,7 @@ pub struct SamplingParams {
 }
 
 /// The shape the output must have (OpenAI `response_format.type`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseFormat {
     /// Any text.
@@ -75,6 +75,8 @@ pub enum ResponseFormat {
     /// One JSON object: only tokens that keep the output a valid prefix of one can be sampled,
     /// and generation ends when it is complete.
     JsonObject,
+    /// An instance of this JSON Schema (its JSON text), constrained the same way.
+    JsonSchema(String),
 }
 
 /// The largest `|bias|` of a `logit_bias` entry (OpenAI's limit).

@@ -5,15 +5,15 @@
 //! one batched forward (flattened tokens + block tables), samples the requests that reached the
 //! end of their tokens, detokenizes incrementally, and applies the stop rules: EOS (unless
 //! `ignore_eos`), stop token ids, stop strings (matched on the detokenized text and left out of
-//! it), a completed JSON object (`response_format` `json_object`, whose requests sample only
-//! tokens that keep their output valid: [`crate::structured`]), `max_tokens` and the model's
+//! it), a completed JSON object (`response_format` `json_object` or `json_schema`, whose
+//! requests sample only tokens that keep their output valid: [`crate::structured`]), `max_tokens` and the model's
 //! context length.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pagoda_core::{FinishReason, RequestId, ResponseFormat, SampledToken, SamplingParams, TokenId};
+use pagoda_core::{FinishReason, RequestId, SampledToken, SamplingParams, TokenId};
 use pagoda_model::model::StepBatch;
 use pagoda_model::ops::attention::SeqAttention;
 use pagoda_model::sampler::{RequestRng, Sampler, StepMasks};
@@ -23,7 +23,7 @@ use crate::output::{EngineStats, RequestOutput, RequestTimings, StepRecord};
 use crate::request::Request;
 use crate::sched::scheduler::AdmissionError;
 use crate::sched::{Scheduler, SchedulerConfig};
-use crate::structured::{JsonState, TokenBytes};
+use crate::structured::{OutputConstraint, TokenBytes};
 
 /// Engine limits (the model and cache geometry come from the runner).
 #[derive(Debug, Clone)]
@@ -62,11 +62,11 @@ pub struct LlmEngine {
     eos_token_ids: Vec<TokenId>,
     /// Scratch: the ids a request may not sample yet (`min_tokens`).
     banned: Vec<TokenId>,
-    /// Where each `json_object` request's output is in its JSON text.
-    json: HashMap<RequestId, JsonState>,
-    /// The vocabulary's bytes, built when the first `json_object` request arrives.
+    /// Where each `json_object` / `json_schema` request's output is in its JSON text.
+    json: HashMap<RequestId, OutputConstraint>,
+    /// The vocabulary's bytes, built when the first such request arrives.
     token_bytes: Option<TokenBytes>,
-    /// Scratch: the tokens a `json_object` request may sample this step.
+    /// Scratch: the tokens such a request may sample this step.
     allowed: Vec<bool>,
     pub stats: EngineStats,
 }
@@ -154,11 +154,12 @@ impl LlmEngine {
             })
             .collect();
         let seeds: Vec<Option<u64>> = requests.iter().map(|r| r.params.seed).collect();
-        let json: Vec<bool> = requests
+        let json = requests
             .iter()
-            .map(|r| r.params.response_format == ResponseFormat::JsonObject)
-            .collect();
-        if json.contains(&true) && self.token_bytes.is_none() {
+            .map(|r| OutputConstraint::new(&r.params.response_format))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AdmissionError::InvalidSchema(e.to_string()))?;
+        if json.iter().any(Option::is_some) && self.token_bytes.is_none() {
             let tok = self.tokenizer.as_ref().ok_or(AdmissionError::NoTokenizer)?;
             let vocab = self.runner.config().vocab_size;
             self.token_bytes = Some(TokenBytes::new(&tok.token_bytes(vocab)));
@@ -166,8 +167,8 @@ impl LlmEngine {
         self.scheduler.add_request_group(requests)?;
         for ((&id, seed), json) in ids.iter().zip(seeds).zip(json) {
             self.rngs.insert(id, RequestRng::new(seed));
-            if json {
-                self.json.insert(id, JsonState::object());
+            if let Some(constraint) = json {
+                self.json.insert(id, constraint);
             }
             if let Some(tok) = &self.tokenizer {
                 let decoder = IncrementalDecoder::new(tok, &prompt_ids, true);
@@ -358,14 +359,12 @@ impl LlmEngine {
         // A json_object request's text advances by the token's bytes: `Some(Some(done))`, or
         // `Some(None)` when the token does not fit (only when nothing was allowed: a vocabulary
         // that cannot write the next byte), which ends the request as aborted.
-        let json = self.json.get_mut(&id).map(|state| {
+        let json = self.json.get_mut(&id).map(|constraint| {
             let bytes = self
                 .token_bytes
                 .as_ref()
                 .map_or(&[][..], |t| t.get(token.token));
-            let next = state.after(bytes)?;
-            *state = next;
-            Some(next.is_done())
+            constraint.advance(bytes).then(|| constraint.is_done())
         });
 
         let mut finished = if !params.ignore_eos && self.eos_token_ids.contains(&token.token)

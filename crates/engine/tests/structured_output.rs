@@ -1,6 +1,7 @@
 //! `response_format: json_object` through the engine, on the built-in demo model (random weights,
 //! byte-level vocabulary): whatever the model prefers, the output is always a valid prefix of a
-//! JSON object, a finished one parses, and the request ends as soon as the object closes.
+//! JSON object, a finished one parses, and the request ends as soon as the object closes; with a
+//! `json_schema`, the output is an instance of the schema.
 
 mod common;
 
@@ -156,4 +157,67 @@ fn an_engine_without_a_tokenizer_refuses_json_requests() {
     assert!(!e.has_unfinished());
     e.add_request(RequestId(1), PROMPT.to_vec(), SamplingParams::greedy(4))
         .unwrap();
+}
+
+/// Every value of this schema has a bounded length, so an output must close within
+/// `max_tokens`: the whitespace between tokens is bounded too.
+const BOUNDED_SCHEMA: &str = r#"{"type": "object", "properties": {
+    "color": {"enum": ["red", "green", "blue"]},
+    "ok": {"type": "boolean"},
+    "note": {"type": "null"},
+    "sizes": {"type": "array", "items": {"enum": [1, 2, 30]}, "minItems": 1, "maxItems": 3}},
+    "required": ["color", "ok", "sizes"]}"#;
+
+fn check_bounded_instance(text: &str) {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap();
+    let object = value.as_object().unwrap();
+    let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    assert!(
+        keys == ["color", "ok", "sizes"] || keys == ["color", "ok", "note", "sizes"],
+        "{text}"
+    );
+    assert!(["red", "green", "blue"].contains(&object["color"].as_str().unwrap()));
+    assert!(object["ok"].is_boolean());
+    let sizes = object["sizes"].as_array().unwrap();
+    assert!((1..=3).contains(&sizes.len()), "{text}");
+    assert!(sizes
+        .iter()
+        .all(|s| [1, 2, 30].contains(&s.as_u64().unwrap())));
+}
+
+#[test]
+fn a_schema_is_followed_to_a_complete_instance() {
+    let schema = |seed: u64| SamplingParams {
+        temperature: 1.0,
+        seed: Some(seed),
+        response_format: ResponseFormat::JsonSchema(BOUNDED_SCHEMA.into()),
+        ..SamplingParams::greedy(1000)
+    };
+    let mut params: Vec<SamplingParams> = (0..6).map(schema).collect();
+    params.push(SamplingParams {
+        temperature: 0.0,
+        ..schema(0)
+    });
+    for (text, finished) in run(&params) {
+        assert_eq!(finished, Some(FinishReason::StructuredComplete), "{text:?}");
+        check_bounded_instance(&text);
+    }
+}
+
+#[test]
+fn a_schema_the_engine_cannot_follow_is_refused_at_admission() {
+    let mut e = builtin_engine(1 << 20);
+    let params = SamplingParams {
+        response_format: ResponseFormat::JsonSchema(
+            r#"{"type": "object", "minProperties": 1}"#.into(),
+        ),
+        ..SamplingParams::greedy(4)
+    };
+    match e.add_request(RequestId(0), PROMPT.to_vec(), params) {
+        Err(AdmissionError::InvalidSchema(message)) => {
+            assert!(message.contains("minProperties"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!e.has_unfinished());
 }

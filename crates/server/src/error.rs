@@ -163,7 +163,9 @@ impl From<SubmitError> for ApiError {
                     AdmissionError::ExceedsContext { .. } | AdmissionError::ExceedsCache { .. } => {
                         "max_tokens"
                     }
-                    AdmissionError::NoTokenizer => "response_format",
+                    AdmissionError::NoTokenizer | AdmissionError::InvalidSchema(_) => {
+                        "response_format"
+                    }
                 };
                 Self::invalid_param(param, a.to_string())
             }

@@ -1,6 +1,7 @@
 //! Client fields → engine parameters, with errors that name the parameter and its limit.
 
 use pagoda_core::{ResponseFormat, SamplingParams, TokenId, MAX_LOGPROBS};
+use pagoda_engine::structured::Schema;
 use serde_json::Value;
 
 use crate::api::common::{SamplingFields, UnsupportedFields};
@@ -213,22 +214,31 @@ fn logit_bias(value: Option<&Value>, vocab_size: usize) -> Result<Vec<(TokenId, 
         .collect()
 }
 
-/// Parses OpenAI's `response_format`: `{"type": "text"}` or `{"type": "json_object"}`;
-/// `json_schema` and anything else are refused by name.
+/// Parses OpenAI's `response_format`: `{"type": "text"}`, `{"type": "json_object"}` or
+/// `{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`; a schema is compiled
+/// here so that one pagoda cannot follow is refused with the reason and the place in it.
 fn response_format(value: Option<&Value>) -> Result<ResponseFormat, ApiError> {
+    let invalid = |message: String| ApiError::invalid_param("response_format", message);
     let Some(format) = value.filter(|v| !v.is_null()) else {
         return Ok(ResponseFormat::Text);
     };
     match format.get("type").and_then(Value::as_str) {
         Some("text") => Ok(ResponseFormat::Text),
         Some("json_object") => Ok(ResponseFormat::JsonObject),
-        kind => Err(ApiError::invalid_param(
-            "response_format",
-            format!(
-                "response_format {} is not supported; only {{\"type\": \"text\"}} and {{\"type\": \"json_object\"}} (json_schema is not implemented)",
-                kind.map_or_else(|| format.to_string(), |k| format!("{k:?}"))
-            ),
-        )),
+        Some("json_schema") => {
+            let schema = format
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| {
+                    invalid("response_format json_schema needs json_schema.schema".into())
+                })?;
+            Schema::compile(schema).map_err(|e| invalid(e.to_string()))?;
+            Ok(ResponseFormat::JsonSchema(schema.to_string()))
+        }
+        kind => Err(invalid(format!(
+            "response_format {} is not supported; the types are \"text\", \"json_object\" and \"json_schema\"",
+            kind.map_or_else(|| format.to_string(), |k| format!("{k:?}"))
+        ))),
     }
 }
 
@@ -251,7 +261,9 @@ fn refuse_unsupported(fields: &UnsupportedFields, n: i64) -> Result<(), ApiError
         if value.as_ref().is_some_and(|v| !v.is_null()) {
             return refuse(
                 param,
-                format!("{param} is not supported (structured outputs are not implemented)"),
+                format!(
+                    "{param} is not supported; use response_format (json_object or json_schema)"
+                ),
             );
         }
     }
@@ -372,6 +384,11 @@ mod tests {
             (json!({"best_of": 2}), "best_of"),
             (
                 json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                    "schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "^a"}}}}}}),
                 "response_format",
             ),
             (

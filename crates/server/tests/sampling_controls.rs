@@ -1,7 +1,7 @@
 //! `logit_bias`, `min_tokens`, `allowed_token_ids` and completions' `echo` over real HTTP on the
 //! built-in demo model, streamed and not, and fields that would change the output but are not
-//! implemented (JSON schemas and guided decoding, tools, `best_of`, `suffix`) refused by name
-//! instead of ignored.
+//! implemented (vLLM's guided decoding, tools, `best_of`, `suffix`) refused by name instead of
+//! ignored.
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `response_format: {"type": "json_object"}` over real HTTP on the built-in demo model (random
 //! weights): completions and chat, streamed and not, always give a valid prefix of a JSON object;
-//! a finished one parses and ends with `finish_reason` "stop" at its closing brace.
+//! a finished one parses and ends with `finish_reason` "stop" at its closing brace; a
+//! `json_schema` gives an instance of the schema, and one pagoda cannot follow is refused.
 
 mod common;
 
@@ -126,6 +127,71 @@ async fn free_output_is_always_a_json_prefix() {
                     assert_eq!(reason, "length", "{what}");
                 }
             }
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_schema_is_followed_to_a_complete_instance() {
+    let s = server().await;
+    // Bounded values (and bounded whitespace): every output must close within max_tokens.
+    let schema = json!({"type": "object", "properties": {
+        "color": {"enum": ["red", "green"]},
+        "ok": {"type": ["boolean", "null"]},
+        "sizes": {"type": "array", "items": {"enum": [1, 2]}, "maxItems": 2}},
+        "required": ["color", "sizes"]});
+    for chat in [false, true] {
+        for stream in [false, true] {
+            let extra = json!({
+                "response_format": {"type": "json_schema",
+                    "json_schema": {"name": "shape", "schema": schema, "strict": true}},
+                "temperature": 1.0, "seed": 5, "n": 2, "max_tokens": 600,
+            });
+            for (text, reason) in choices(&s, chat, stream, extra).await {
+                let what = format!("chat = {chat}, stream = {stream}: {text:?}");
+                assert_eq!(reason, "stop", "{what}");
+                let value: Map<String, Value> = serde_json::from_str(&text).expect(&what);
+                assert!(
+                    ["red", "green"].contains(&value["color"].as_str().unwrap()),
+                    "{what}"
+                );
+                assert!(value["sizes"].as_array().unwrap().len() <= 2, "{what}");
+                let keys: Vec<&str> = value.keys().map(String::as_str).collect();
+                assert!(
+                    keys == ["color", "sizes"] || keys == ["color", "ok", "sizes"],
+                    "{what}"
+                );
+            }
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_that_cannot_be_followed_is_refused_with_the_reason_and_place() {
+    let s = server().await;
+    for (schema, words) in [
+        (
+            json!({"type": "object", "properties": {"when": {"type": "string", "format": "date-time"}}}),
+            ["\"format\"", "/properties/when"],
+        ),
+        (
+            json!({"type": "array"}),
+            ["root must be an object", "\"/\""],
+        ),
+    ] {
+        let body = json!({
+            "prompt": "x",
+            "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        });
+        let (status, r) = s.post("/v1/completions", &body).await;
+        assert_eq!(status, 400, "{r}");
+        assert_eq!(r["error"]["param"], "response_format", "{r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        for w in words {
+            assert!(message.contains(w), "{message}");
         }
     }
     s.stop().await;

@@ -92,8 +92,10 @@ pub enum AdmissionError {
         needed_blocks: usize,
         total_blocks: usize,
     },
-    #[error("response_format json_object needs the model's tokenizer, and this engine has none")]
+    #[error("response_format json_object / json_schema needs the model's tokenizer, and this engine has none")]
     NoTokenizer,
+    #[error("response_format: {0}")]
+    InvalidSchema(String),
 }
 
 /// One request's share of a step.

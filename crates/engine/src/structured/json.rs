@@ -95,7 +95,28 @@ impl JsonState {
         }
     }
 
-    /// Whether the top-level object is complete (nothing more may follow).
+    /// The state before one JSON value of any kind (the schema recognizer's scalars and free
+    /// values); whitespace is the caller's to handle.
+    pub fn value() -> Self {
+        Self {
+            mode: Mode::Value,
+            ..Self::object()
+        }
+    }
+
+    /// Whether the text so far is one complete number (not inside a container) that `b` does
+    /// not continue: a number value ends only at the byte after it.
+    pub fn number_ends_before(&self, b: u8) -> bool {
+        match self.mode {
+            Mode::Number(n) if self.depth == 0 => {
+                matches!(n, Num::Zero | Num::Int(_) | Num::Frac(_) | Num::Exp(_))
+                    && self.number(n, b).is_none()
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the top-level value is complete (nothing more may follow).
     pub fn is_done(&self) -> bool {
         self.mode == Mode::Done
     }
@@ -147,12 +168,12 @@ impl JsonState {
         }
         match self.mode {
             Mode::Start => b == b'{' && self.open(true),
-            Mode::Value => self.value(b),
+            Mode::Value => self.value_start(b),
             Mode::ArrayFirst => {
                 if b == b']' {
                     self.close(false)
                 } else {
-                    self.value(b)
+                    self.value_start(b)
                 }
             }
             Mode::ObjectFirst | Mode::Key => {
@@ -219,7 +240,7 @@ impl JsonState {
     }
 
     /// The first byte of a value.
-    fn value(&mut self, b: u8) -> bool {
+    fn value_start(&mut self, b: u8) -> bool {
         match b {
             b'{' => self.open(true),
             b'[' => self.open(false),

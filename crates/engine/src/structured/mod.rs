@@ -1,10 +1,11 @@
 //! Structured outputs: which tokens may come next so that a request's output stays valid JSON
-//! (`response_format: {"type": "json_object"}`).
+//! (`response_format` `{"type": "json_object"}`) or an instance of a JSON Schema (`json_schema`).
 //!
-//! The engine keeps a [`JsonState`] per such request. Before sampling, [`TokenBytes::allowed_after`]
-//! marks every vocabulary token whose bytes the state accepts (special tokens and tokens without
-//! text never), the sampler draws among those only, and the state advances by the chosen token's
-//! bytes; the request finishes as soon as the object is complete.
+//! The engine keeps an [`OutputConstraint`] per such request. Before sampling,
+//! [`TokenBytes::allowed_after`] marks every vocabulary token whose bytes the constraint accepts
+//! (special tokens and tokens without text never), the sampler draws among those only, and the
+//! constraint advances by the chosen token's bytes; the request finishes as soon as the object
+//! is complete.
 //!
 //! A mask costs a pass over the candidates only: tokens are grouped by their first two bytes,
 //! and only the groups whose two bytes the state accepts are checked byte by byte (so the many
@@ -15,10 +16,80 @@
 //! `json_mask_speed` on a 49,152-token vocabulary: see `docs/BENCHMARKS.md`.
 
 pub mod json;
+pub mod schema;
+pub mod schema_state;
 
 pub use json::JsonState;
+pub use schema::{Schema, SchemaError};
+pub use schema_state::SchemaState;
 
-use pagoda_core::TokenId;
+use std::sync::Arc;
+
+use pagoda_core::{ResponseFormat, TokenId};
+
+/// A request's output constraint: where its text is in the JSON it must be.
+// One per constrained request, checked by copying: a boxed schema state would be copied anyway.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum OutputConstraint {
+    JsonObject(JsonState),
+    JsonSchema(Arc<Schema>, SchemaState),
+}
+
+impl OutputConstraint {
+    /// The constraint `format` asks for at the start of the output; `None` for free text.
+    pub fn new(format: &ResponseFormat) -> Result<Option<Self>, SchemaError> {
+        Ok(match format {
+            ResponseFormat::Text => None,
+            ResponseFormat::JsonObject => Some(Self::JsonObject(JsonState::object())),
+            ResponseFormat::JsonSchema(text) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| SchemaError {
+                        path: "/".into(),
+                        message: format!("not JSON: {e}"),
+                    })?;
+                let schema = Schema::compile(&value)?;
+                let state = SchemaState::new(&schema);
+                Some(Self::JsonSchema(Arc::new(schema), state))
+            }
+        })
+    }
+
+    /// Whether `bytes` can come next.
+    pub fn accepts(&self, bytes: &[u8]) -> bool {
+        match self {
+            Self::JsonObject(state) => state.after(bytes).is_some(),
+            Self::JsonSchema(schema, state) => state.after(schema, bytes).is_some(),
+        }
+    }
+
+    /// Moves past `bytes`; `false` (state unchanged) when they cannot come next.
+    pub fn advance(&mut self, bytes: &[u8]) -> bool {
+        match self {
+            Self::JsonObject(state) => state.after(bytes).map(|next| *state = next).is_some(),
+            Self::JsonSchema(schema, state) => state
+                .after(schema, bytes)
+                .map(|next| *state = next)
+                .is_some(),
+        }
+    }
+
+    /// Whether the output is complete (nothing more may follow).
+    pub fn is_done(&self) -> bool {
+        match self {
+            Self::JsonObject(state) => state.is_done(),
+            Self::JsonSchema(_, state) => state.is_done(),
+        }
+    }
+
+    /// Whether any plain string text may follow (see [`JsonState::in_string_text`]).
+    pub fn in_string_text(&self) -> bool {
+        match self {
+            Self::JsonObject(state) => state.in_string_text(),
+            Self::JsonSchema(_, state) => state.in_string_text(),
+        }
+    }
+}
 
 /// Every token's output bytes, flattened (see [`pagoda_model::Tokenizer::token_bytes`]).
 #[derive(Debug, Clone)]
@@ -133,7 +204,7 @@ impl TokenBytes {
     /// accepts; returns how many there are.
     pub fn allowed_after(
         &self,
-        state: &JsonState,
+        state: &OutputConstraint,
         vocab_size: usize,
         allowed: &mut Vec<bool>,
     ) -> usize {
@@ -149,19 +220,21 @@ impl TokenBytes {
         if state.in_string_text() {
             self.plain.iter().for_each(|&id| allow(id));
             for b in 0..256 {
-                if state.after(&[b as u8]).is_some() {
+                if state.accepts(&[b as u8]) {
                     self.check(state, self.not_plain.group(b), &mut allow);
                 }
             }
         } else {
-            for first in 0..256 {
-                let Some(next) = state.after(&[first as u8]) else {
+            for first in 0..256u16 {
+                if !state.accepts(&[first as u8]) {
                     continue;
-                };
+                }
+                let first = first as usize;
                 self.check(state, self.all.group(first * 257), &mut allow);
                 for second in 0..256 {
-                    if next.after(&[second as u8]).is_some() {
-                        self.check(state, self.all.group(first * 257 + second + 1), &mut allow);
+                    let group = self.all.group(first * 257 + second + 1);
+                    if !group.is_empty() && state.accepts(&[first as u8, second as u8]) {
+                        self.check(state, group, &mut allow);
                     }
                 }
             }
@@ -170,9 +243,9 @@ impl TokenBytes {
     }
 
     /// Calls `allow` for each token of `group` that `state` accepts.
-    fn check(&self, state: &JsonState, group: &[TokenId], allow: &mut impl FnMut(TokenId)) {
+    fn check(&self, state: &OutputConstraint, group: &[TokenId], allow: &mut impl FnMut(TokenId)) {
         for &id in group {
-            if state.after(self.get(id)).is_some() {
+            if state.accepts(self.get(id)) {
                 allow(id);
             }
         }
@@ -207,29 +280,39 @@ mod tests {
         // At the start: an opening brace (alone or with a key's quote) or whitespace; the ids the
         // table does not cover (a padded vocabulary) never.
         let start = JsonState::object();
-        assert_eq!(table.allowed_after(&start, 12, &mut allowed), 3);
+        assert_eq!(
+            table.allowed_after(&OutputConstraint::JsonObject(start), 12, &mut allowed),
+            3
+        );
         assert_eq!(
             allowed,
             [true, true, false, true, false, false, false, false, false, false, false, false]
         );
         // Inside a key: any text, the closing quote with the colon; not a brace.
         let in_key = start.after(b"{\"").unwrap();
-        table.allowed_after(&in_key, 9, &mut allowed);
+        table.allowed_after(&OutputConstraint::JsonObject(in_key), 9, &mut allowed);
         assert_eq!(
             allowed,
             [true, true, true, true, true, false, true, false, true]
         );
         // After the colon: a value ([1, an object, a string), whitespace; not a closing brace.
         let value = in_key.after(b"k\":").unwrap();
-        table.allowed_after(&value, 9, &mut allowed);
+        table.allowed_after(&OutputConstraint::JsonObject(value), 9, &mut allowed);
         assert_eq!(
             allowed,
             [true, true, false, true, false, false, true, false, true]
         );
     }
 
+    /// A schema both sample texts below are instances of.
+    const SCHEMA: &str = r#"{"type": "object", "properties": {
+        "key": {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "boolean"},
+            {"type": "null"}, {"type": "string"}]}},
+        "k2": {"type": "object"}, "café": {"enum": ["✓ \"q\"", 1]}, "n": {"type": "number"}}}"#;
+
     proptest::proptest! {
-        /// The grouped, plain-text-skipping mask equals checking every token's bytes.
+        /// The grouped, plain-text-skipping mask equals checking every token's bytes (for
+        /// json_object, and a schema when the prefix is one of its instances').
         #[test]
         fn the_mask_equals_checking_every_token(
             vocab in proptest::collection::vec(
@@ -248,16 +331,27 @@ mod tests {
             ]),
             cut in 0usize..60,
             padding in 0usize..3,
+            schema in proptest::bool::ANY,
         ) {
             let table = TokenBytes::new(&vocab);
             let cut = cut.min(text.len());
             let state = JsonState::object().after(&text.as_bytes()[..cut]).unwrap();
             let mut allowed = Vec::new();
-            let count = table.allowed_after(&state, vocab.len() + padding, &mut allowed);
+            let prefix = &text.as_bytes()[..cut];
+            let constraint = if schema {
+                let mut c = OutputConstraint::new(&ResponseFormat::JsonSchema(SCHEMA.into()))
+                    .unwrap()
+                    .unwrap();
+                proptest::prop_assume!(c.advance(prefix));
+                c
+            } else {
+                OutputConstraint::JsonObject(state)
+            };
+            let count = table.allowed_after(&constraint, vocab.len() + padding, &mut allowed);
             let want: Vec<bool> = (0..vocab.len() + padding)
                 .map(|id| {
                     let bytes = table.get(id as TokenId);
-                    !bytes.is_empty() && state.after(bytes).is_some()
+                    !bytes.is_empty() && constraint.accepts(bytes)
                 })
                 .collect();
             proptest::prop_assert_eq!(&allowed, &want);
