@@ -32,6 +32,10 @@ struct TemplateMessage<'a> {
     content: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<&'a [serde_json::Value]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
 }
 
 fn raise_exception(message: String) -> Result<String, Error> {
@@ -126,10 +130,12 @@ impl ChatTemplate {
         })
     }
 
-    /// Renders `messages`; errors are the client's (bad messages) and answer 400.
+    /// Renders `messages` (and `tools`, the template's `tools` variable, when there are some);
+    /// errors are the client's (bad messages) and answer 400.
     pub fn render(
         &self,
         messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
     ) -> Result<String, ApiError> {
         if messages.is_empty() {
@@ -175,6 +181,8 @@ impl ChatTemplate {
                 role: &m.role,
                 content,
                 name: m.name.as_deref(),
+                tool_calls: m.tool_calls.as_deref(),
+                tool_call_id: m.tool_call_id.as_deref(),
             });
         }
         let template = self
@@ -184,6 +192,7 @@ impl ChatTemplate {
         template
             .render(minijinja::context! {
                 messages => rendered,
+                tools => tools.filter(|t| !t.is_empty()),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
@@ -206,6 +215,8 @@ mod tests {
             role: role.into(),
             content: Some(MessageContent::Text(content.into())),
             name: None,
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 
@@ -213,7 +224,7 @@ mod tests {
     fn fallback_renders_roles_and_generation_prompt() {
         let t = ChatTemplate::new(None, Some("<s>".into()), None).unwrap();
         let text = t
-            .render(&[msg("system", "Be brief."), msg("user", "Hi")], true)
+            .render(&[msg("system", "Be brief."), msg("user", "Hi")], None, true)
             .unwrap();
         assert_eq!(text, "<s>system: Be brief.\nuser: Hi\nassistant:");
         assert!(t.is_fallback);
@@ -225,10 +236,10 @@ mod tests {
             <|{{ m.role }}|>{{ m.content.strip() }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
         let t = ChatTemplate::new(Some(source.into()), None, Some("</s>".into())).unwrap();
         assert_eq!(
-            t.render(&[msg("user", "  hello ")], true).unwrap(),
+            t.render(&[msg("user", "  hello ")], None, true).unwrap(),
             "<|user|>hello</s>\n<|assistant|>"
         );
-        let e = t.render(&[msg("system", "x")], true).unwrap_err();
+        let e = t.render(&[msg("system", "x")], None, true).unwrap_err();
         assert!(e.message.contains("bad role"), "{}", e.message);
     }
 
@@ -246,9 +257,41 @@ mod tests {
     fn bad_messages_are_client_errors() {
         let t = ChatTemplate::new(None, None, None).unwrap();
         assert_eq!(
-            t.render(&[], true).unwrap_err().param.as_deref(),
+            t.render(&[], None, true).unwrap_err().param.as_deref(),
             Some("messages")
         );
-        assert!(t.render(&[msg("wizard", "x")], true).is_err());
+        assert!(t.render(&[msg("wizard", "x")], None, true).is_err());
+    }
+
+    #[test]
+    fn tools_and_tool_turns_reach_the_template() {
+        let source = "{% for t in tools %}[{{ t.function.name }}]{% endfor %}\
+            {% for m in messages %}{{ m.role }}:{{ m.content }}\
+            {% if m.tool_calls %}{{ m.tool_calls[0].function.name }}{% endif %}\
+            {% if m.tool_call_id %}#{{ m.tool_call_id }}{% endif %};{% endfor %}";
+        let t = ChatTemplate::new(Some(source.into()), None, None).unwrap();
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "weather"}})];
+        let call = serde_json::json!({"id": "c1", "type": "function",
+            "function": {"name": "weather", "arguments": "{}"}});
+        let messages = [
+            msg("user", "Rain?"),
+            ChatMessage {
+                tool_calls: Some(vec![call]),
+                ..msg("assistant", "")
+            },
+            ChatMessage {
+                tool_call_id: Some("c1".into()),
+                ..msg("tool", "yes")
+            },
+        ];
+        assert_eq!(
+            t.render(&messages, Some(&tools), false).unwrap(),
+            "[weather]user:Rain?;assistant:weather;tool:yes#c1;"
+        );
+        // Without tools the variable is undefined, as in transformers.
+        assert_eq!(
+            t.render(&messages[..1], None, false).unwrap(),
+            "user:Rain?;"
+        );
     }
 }

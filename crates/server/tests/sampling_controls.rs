@@ -1,7 +1,7 @@
 //! `logit_bias`, `min_tokens`, `allowed_token_ids` and completions' `echo` over real HTTP on the
 //! built-in demo model, streamed and not, and fields that would change the output but are not
-//! implemented (vLLM's guided decoding, tools, `best_of`, `suffix`) refused by name instead of
-//! ignored.
+//! implemented (vLLM's guided decoding, `tool_choice` "auto", `best_of`, `suffix`) refused by
+//! name instead of ignored.
 
 mod common;
 
@@ -164,8 +164,10 @@ async fn unimplemented_output_changing_fields_are_refused_by_name() {
             chat(json!({"response_format": {"type": "json_schema", "json_schema": {}}})),
             "response_format",
         ),
-        (chat(json!({"tools": tool})), "tools"),
-        (chat(json!({"tool_choice": "auto"})), "tool_choice"),
+        (
+            chat(json!({"tools": tool, "tool_choice": "auto"})),
+            "tool_choice",
+        ),
         (
             chat(json!({"guided_json": {"type": "object"}})),
             "guided_json",

@@ -25,6 +25,12 @@ pub struct ChatMessage {
     pub content: Option<MessageContent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// An assistant turn's earlier tool calls (passed to the chat template as they are).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` turn's answer is to this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,9 +43,9 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     /// vLLM extension: end the rendered prompt with the assistant's turn opener (default true).
     pub add_generation_prompt: Option<bool>,
-    /// Tool definitions: tool calling is not supported, so a non-empty list is refused.
+    /// Function tools, rendered into the chat template (see [`crate::tools`]).
     pub tools: Option<Vec<serde_json::Value>>,
-    /// Only `"none"` (or absent) is accepted.
+    /// `"none"` (default), `"required"` (one tool) or a named function (see [`crate::tools`]).
     pub tool_choice: Option<serde_json::Value>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
@@ -68,7 +74,25 @@ pub struct ChatLogprobs {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `None` (null) when the message is a tool call.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// A call of a function tool; `arguments` is its JSON text.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +119,9 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Streamed tool calls: the first chunk names the call, the next ones add to `arguments`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Debug, Serialize)]

@@ -74,6 +74,7 @@ pub async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
             (None, Some(messages)) => chat_prompt_ids(
                 &state,
                 Some(messages),
+                None,
                 request.add_generation_prompt.unwrap_or(true),
             )?,
             _ => {

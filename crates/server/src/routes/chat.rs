@@ -1,6 +1,7 @@
-//! `POST /v1/chat/completions`: messages rendered with the chat template, then generated like a
-//! completion of the rendered prompt (tokenized without adding special tokens: the template
-//! places them).
+//! `POST /v1/chat/completions`: messages (and tools) rendered with the chat template, then
+//! generated like a completion of the rendered prompt (tokenized without adding special tokens:
+//! the template places them). A forced tool call (see [`crate::tools`]) is generated under its
+//! parameters schema and answered as `tool_calls`.
 
 use std::sync::Arc;
 
@@ -8,19 +9,20 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use pagoda_core::TokenId;
+use pagoda_core::{ResponseFormat, TokenId};
 use pagoda_engine::output::RequestOutput;
 use serde_json::json;
 
 use crate::api::chat::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionRequest, ChatCompletionResponse,
-    ChatLogprobs, Delta, TokenLogprob, TopLogprob,
+    ChatLogprobs, Delta, FunctionCall, TokenLogprob, ToolCall, TopLogprob,
 };
 use crate::api::common::Usage;
 use crate::error::ApiError;
 use crate::generation::{self, token_piece, ChoiceEvent, ChoiceProgress};
 use crate::routes::{check_model, parse_json, random_id, sse};
 use crate::state::{AppState, Tenant};
+use crate::tools::{self, ForcedCall};
 use crate::validation;
 
 type ChoiceText = ChoiceProgress<ChatLogprobs>;
@@ -72,17 +74,18 @@ pub async fn chat_completions(
     }
 }
 
-/// Renders and tokenizes chat messages (shared with `/tokenize`).
+/// Renders and tokenizes chat messages and tools (shared with `/tokenize`).
 pub fn chat_prompt_ids(
     state: &AppState,
     messages: Option<&[crate::api::chat::ChatMessage]>,
+    tools: Option<&[serde_json::Value]>,
     add_generation_prompt: bool,
 ) -> Result<Vec<TokenId>, ApiError> {
     let messages =
         messages.ok_or_else(|| ApiError::invalid_param("messages", "messages is required"))?;
     let text = state
         .chat_template
-        .render(messages, add_generation_prompt)?;
+        .render(messages, tools, add_generation_prompt)?;
     state
         .tokenizer
         .encode(&text, false)
@@ -96,22 +99,7 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let request: ChatCompletionRequest = parse_json(&body)?;
     check_model(&state, request.model.as_deref())?;
-    if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid_param(
-            "tools",
-            "tool calling is not supported: send the request without tools",
-        ));
-    }
-    if let Some(choice) = request
-        .tool_choice
-        .as_ref()
-        .filter(|c| !c.is_null() && c.as_str() != Some("none"))
-    {
-        return Err(ApiError::invalid_param(
-            "tool_choice",
-            format!("tool_choice {choice} is not supported (tool calling is not implemented); only \"none\""),
-        ));
-    }
+    let forced = tools::forced_call(request.tools.as_deref(), request.tool_choice.as_ref())?;
     let (max_tokens, param) = match request.max_completion_tokens {
         Some(m) => (Some(m), "max_completion_tokens"),
         None => (request.sampling.max_tokens, "max_tokens"),
@@ -126,7 +114,7 @@ async fn run(
         (false, _) => None,
         (true, n) => Some(n.unwrap_or(0)),
     };
-    let generation = validation::generation(
+    let mut generation = validation::generation(
         &request.sampling,
         max_tokens,
         param,
@@ -134,9 +122,19 @@ async fn run(
         "top_logprobs",
         state.vocab_size,
     )?;
+    if let Some(call) = &forced {
+        if generation.params.response_format != ResponseFormat::Text {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                "response_format cannot be combined with a forced tool call (its arguments follow the function's parameters schema)",
+            ));
+        }
+        generation.params.response_format = ResponseFormat::JsonSchema(call.parameters.clone());
+    }
     let ids = chat_prompt_ids(
         &state,
         request.messages.as_deref(),
+        request.tools.as_deref(),
         request.add_generation_prompt.unwrap_or(true),
     )?;
     let prepared = generation::prepare(&state, vec![ids], &generation, param)?;
@@ -149,6 +147,8 @@ async fn run(
     let mut choices = ChoiceText::for_choices(&submission, want_logprobs);
     // Streaming: whether a choice's opening `role` chunk was sent.
     let mut started = vec![false; choices.len()];
+    // A forced call's id per choice.
+    let call_ids: Vec<String> = (0..choices.len()).map(|_| random_id("call")).collect();
 
     if generation.stream {
         let (chunk_state, chunk_id, chunk_model) = (Arc::clone(&state), id.clone(), model.clone());
@@ -169,24 +169,45 @@ async fn run(
             let mut chunks = Vec::new();
             if !started[*index] {
                 started[*index] = true;
-                chunks.push(chunk(ChatChunkChoice {
-                    index: *index,
-                    delta: Delta {
+                let delta = match &forced {
+                    None => Delta {
                         role: Some("assistant"),
                         content: Some(String::new()),
+                        tool_calls: None,
                     },
+                    Some(call) => Delta {
+                        role: Some("assistant"),
+                        content: None,
+                        tool_calls: Some(vec![json!({
+                            "index": 0, "id": call_ids[*index], "type": "function",
+                            "function": {"name": call.name, "arguments": ""},
+                        })]),
+                    },
+                };
+                chunks.push(chunk(ChatChunkChoice {
+                    index: *index,
+                    delta,
                     logprobs: None,
                     finish_reason: None,
                 }));
             }
             let lp = apply(&chunk_state, choice, output, want_logprobs);
             if !output.text.is_empty() || lp.is_some() {
+                let delta = match &forced {
+                    None => Delta {
+                        content: Some(output.text.clone()),
+                        ..Delta::default()
+                    },
+                    Some(_) => Delta {
+                        tool_calls: Some(vec![json!({
+                            "index": 0, "function": {"arguments": output.text},
+                        })]),
+                        ..Delta::default()
+                    },
+                };
                 chunks.push(chunk(ChatChunkChoice {
                     index: *index,
-                    delta: Delta {
-                        role: None,
-                        content: Some(output.text.clone()),
-                    },
+                    delta,
                     logprobs: lp.map(|lp| ChatLogprobs { content: vec![lp] }),
                     finish_reason: None,
                 }));
@@ -196,7 +217,7 @@ async fn run(
                     index: *index,
                     delta: Delta::default(),
                     logprobs: None,
-                    finish_reason: choice.finish_reason,
+                    finish_reason: finish_reason(choice.finish_reason, forced.as_ref()),
                 }));
             }
             chunks
@@ -230,15 +251,42 @@ async fn run(
             .enumerate()
             .map(|(index, c)| ChatChoice {
                 index,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content: c.text,
+                finish_reason: finish_reason(c.finish_reason, forced.as_ref()),
+                message: match &forced {
+                    None => AssistantMessage {
+                        role: "assistant",
+                        content: Some(c.text),
+                        tool_calls: None,
+                    },
+                    Some(call) => AssistantMessage {
+                        role: "assistant",
+                        content: None,
+                        tool_calls: Some(vec![ToolCall {
+                            id: call_ids[index].clone(),
+                            kind: "function",
+                            function: FunctionCall {
+                                name: call.name.clone(),
+                                arguments: c.text,
+                            },
+                        }]),
+                    },
                 },
                 logprobs: c.logprobs,
-                finish_reason: c.finish_reason,
             })
             .collect(),
         usage: submission.usage(completion_tokens),
     };
     Ok(axum::Json(response).into_response())
+}
+
+/// A forced call that completed its arguments finishes with `"tool_calls"` (OpenAI's reason for
+/// a message that calls tools); anything else as generated.
+fn finish_reason(
+    reason: Option<&'static str>,
+    forced: Option<&ForcedCall>,
+) -> Option<&'static str> {
+    match (reason, forced) {
+        (Some("stop"), Some(_)) => Some("tool_calls"),
+        _ => reason,
+    }
 }

@@ -1,0 +1,160 @@
+//! Chat tool calling over real HTTP on the built-in demo model: a named function (or
+//! `"required"` with one tool) comes back as `tool_calls` whose arguments are an instance of the
+//! function's parameters schema, streamed or not; `"none"` keeps plain text; what pagoda cannot
+//! serve (`"auto"`, several tools under `"required"`, bad tools) is refused by parameter.
+
+mod common;
+
+use common::{chunks, start, TestServer};
+use pagoda_engine::engine::EngineConfig;
+use pagoda_server::ServerConfig;
+use serde_json::{json, Map, Value};
+
+async fn server() -> TestServer {
+    start(ServerConfig::default(), EngineConfig::default()).await
+}
+
+/// Parameters whose every value has a bounded length, so the call must complete.
+fn tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "set_light", "description": "Set a light.",
+            "parameters": {"type": "object", "properties": {
+                "room": {"enum": ["kitchen", "hall"]},
+                "on": {"type": "boolean"}},
+                "required": ["room", "on"]}}},
+        {"type": "function", "function": {"name": "ping"}},
+    ])
+}
+
+fn request(tool_choice: Value, stream: bool) -> Value {
+    json!({
+        "messages": [{"role": "user", "content": "Turn on the kitchen light."}],
+        "tools": tools(),
+        "tool_choice": tool_choice,
+        "stream": stream,
+        "temperature": 1.0,
+        "seed": 9,
+        "n": 2,
+        "max_tokens": 400,
+    })
+}
+
+fn check_arguments(arguments: &str) {
+    let args: Map<String, Value> = serde_json::from_str(arguments).expect(arguments);
+    assert_eq!(
+        args.keys().collect::<Vec<_>>(),
+        ["room", "on"],
+        "{arguments}"
+    );
+    assert!(["kitchen", "hall"].contains(&args["room"].as_str().unwrap()));
+    assert!(args["on"].is_boolean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_function_comes_back_as_a_tool_call() {
+    let s = server().await;
+    let named = json!({"type": "function", "function": {"name": "set_light"}});
+    let (status, r) = s
+        .post("/v1/chat/completions", &request(named.clone(), false))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let mut ids = Vec::new();
+    for choice in r["choices"].as_array().unwrap() {
+        assert_eq!(choice["finish_reason"], "tool_calls", "{choice}");
+        let message = &choice["message"];
+        assert_eq!(message["content"], Value::Null, "{message}");
+        let calls = message["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["type"], "function");
+        assert_eq!(calls[0]["function"]["name"], "set_light");
+        check_arguments(calls[0]["function"]["arguments"].as_str().unwrap());
+        ids.push(calls[0]["id"].as_str().unwrap().to_string());
+    }
+    assert!(ids[0].starts_with("call") && ids[0] != ids[1], "{ids:?}");
+
+    // Streamed: the first delta names the call, the next ones carry the arguments' text.
+    let mut arguments = [String::new(), String::new()];
+    let mut finish = [None, None];
+    let mut names = [None, None];
+    for c in chunks(
+        &s.stream("/v1/chat/completions", &request(named, true))
+            .await,
+    ) {
+        for choice in c["choices"].as_array().unwrap() {
+            let i = choice["index"].as_u64().unwrap() as usize;
+            let delta = &choice["delta"];
+            assert!(delta.get("content").is_none_or(Value::is_null), "{delta}");
+            if let Some(call) = delta["tool_calls"].get(0) {
+                if let Some(name) = call["function"]["name"].as_str() {
+                    assert!(names[i].is_none() && call["id"].is_string(), "{call}");
+                    names[i] = Some(name.to_string());
+                }
+                arguments[i].push_str(call["function"]["arguments"].as_str().unwrap());
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                finish[i] = Some(reason.to_string());
+            }
+        }
+    }
+    for i in 0..2 {
+        assert_eq!(names[i].as_deref(), Some("set_light"));
+        assert_eq!(finish[i].as_deref(), Some("tool_calls"));
+        check_arguments(&arguments[i]);
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_with_one_tool_calls_it_and_none_answers_in_text() {
+    let s = server().await;
+    let mut body = request(json!("required"), false);
+    body["tools"] = json!([tools()[0]]);
+    let (status, r) = s.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    let call = &r["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "set_light");
+    check_arguments(call["arguments"].as_str().unwrap());
+
+    let mut body = request(json!("none"), false);
+    body["max_tokens"] = json!(5);
+    let (status, r) = s.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    let message = &r["choices"][0]["message"];
+    assert!(
+        message["content"].is_string() && message.get("tool_calls").is_none(),
+        "{message}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_requests_pagoda_cannot_serve_are_refused_by_parameter() {
+    let s = server().await;
+    let cases = [
+        (json!({"tool_choice": "auto"}), "tool_choice"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [{"type": "retrieval"}], "tool_choice": "none"}),
+            "tools",
+        ),
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "ping"}},
+                   "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+    ];
+    for (extra, param) in cases {
+        let mut body = request(json!("none"), false);
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, r) = s.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 400, "{extra}: {r}");
+        assert_eq!(r["error"]["param"], param, "{extra}: {r}");
+    }
+    s.stop().await;
+}
