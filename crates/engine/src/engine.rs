@@ -6,8 +6,8 @@
 //! end of their tokens, detokenizes incrementally, and applies the stop rules: EOS (unless
 //! `ignore_eos`), stop token ids, stop strings (matched on the detokenized text and left out of
 //! it), a completed JSON object (`response_format` `json_object` or `json_schema`, whose
-//! requests sample only tokens that keep their output valid: [`crate::structured`]), `max_tokens` and the model's
-//! context length.
+//! requests sample only tokens that keep their output valid: [`crate::structured`]),
+//! `max_tokens` and the model's context length.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,7 +63,7 @@ pub struct LlmEngine {
     /// Scratch: the ids a request may not sample yet (`min_tokens`).
     banned: Vec<TokenId>,
     /// Where each `json_object` / `json_schema` request's output is in its JSON text.
-    json: HashMap<RequestId, OutputConstraint>,
+    constraints: HashMap<RequestId, OutputConstraint>,
     /// The vocabulary's bytes, built when the first such request arrives.
     token_bytes: Option<TokenBytes>,
     /// Scratch: the tokens such a request may sample this step.
@@ -91,7 +91,7 @@ impl LlmEngine {
             scheduler,
             sampler: Sampler::new(),
             banned: Vec::new(),
-            json: HashMap::new(),
+            constraints: HashMap::new(),
             token_bytes: None,
             allowed: Vec::new(),
             rngs: HashMap::new(),
@@ -154,21 +154,29 @@ impl LlmEngine {
             })
             .collect();
         let seeds: Vec<Option<u64>> = requests.iter().map(|r| r.params.seed).collect();
-        let json = requests
-            .iter()
-            .map(|r| OutputConstraint::new(&r.params.response_format))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| AdmissionError::InvalidSchema(e.to_string()))?;
-        if json.iter().any(Option::is_some) && self.token_bytes.is_none() {
+        // The samples of a group usually share their format: it is compiled once.
+        let mut constraints: Vec<Option<OutputConstraint>> = Vec::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            let format = &r.params.response_format;
+            let constraint = match i.checked_sub(1) {
+                Some(prev) if requests[prev].params.response_format == *format => {
+                    constraints[prev].clone()
+                }
+                _ => OutputConstraint::new(format)
+                    .map_err(|e| AdmissionError::InvalidSchema(e.to_string()))?,
+            };
+            constraints.push(constraint);
+        }
+        if constraints.iter().any(Option::is_some) && self.token_bytes.is_none() {
             let tok = self.tokenizer.as_ref().ok_or(AdmissionError::NoTokenizer)?;
             let vocab = self.runner.config().vocab_size;
             self.token_bytes = Some(TokenBytes::new(&tok.token_bytes(vocab)));
         }
         self.scheduler.add_request_group(requests)?;
-        for ((&id, seed), json) in ids.iter().zip(seeds).zip(json) {
+        for ((&id, seed), constraint) in ids.iter().zip(seeds).zip(constraints) {
             self.rngs.insert(id, RequestRng::new(seed));
-            if let Some(constraint) = json {
-                self.json.insert(id, constraint);
+            if let Some(constraint) = constraint {
+                self.constraints.insert(id, constraint);
             }
             if let Some(tok) = &self.tokenizer {
                 let decoder = IncrementalDecoder::new(tok, &prompt_ids, true);
@@ -192,7 +200,7 @@ impl LlmEngine {
 
     fn forget(&mut self, id: RequestId) {
         self.rngs.remove(&id);
-        self.json.remove(&id);
+        self.constraints.remove(&id);
         self.detok.remove(&id);
     }
 
@@ -300,9 +308,9 @@ impl LlmEngine {
                     .expect("invariant: every live request has an rng");
                 r.params
                     .banned_stop_ids(&self.eos_token_ids, r.output_ids.len(), &mut self.banned);
-                let allowed = match (self.json.get(&rid), &self.token_bytes) {
-                    (Some(state), Some(table)) => {
-                        table.allowed_after(state, vocab, &mut self.allowed);
+                let allowed = match (self.constraints.get(&rid), &self.token_bytes) {
+                    (Some(constraint), Some(table)) => {
+                        table.allowed_after(constraint, vocab, &mut self.allowed);
                         Some(&self.allowed[..])
                     }
                     _ => None,
@@ -356,10 +364,10 @@ impl LlmEngine {
         let num_cached_tokens = r.num_cached_tokens.unwrap_or(0);
         self.scheduler.append_token(id, token.token);
         self.stats.num_generated_tokens += 1;
-        // A json_object request's text advances by the token's bytes: `Some(Some(done))`, or
+        // A constrained request's text advances by the token's bytes: `Some(Some(done))`, or
         // `Some(None)` when the token does not fit (only when nothing was allowed: a vocabulary
         // that cannot write the next byte), which ends the request as aborted.
-        let json = self.json.get_mut(&id).map(|constraint| {
+        let structured = self.constraints.get_mut(&id).map(|constraint| {
             let bytes = self
                 .token_bytes
                 .as_ref()
@@ -371,9 +379,9 @@ impl LlmEngine {
             || params.stop_token_ids.contains(&token.token)
         {
             Some(FinishReason::StopToken(token.token))
-        } else if json == Some(Some(true)) {
+        } else if structured == Some(Some(true)) {
             Some(FinishReason::StructuredComplete)
-        } else if json == Some(None) {
+        } else if structured == Some(None) {
             Some(FinishReason::Abort)
         } else if num_output >= params.max_tokens {
             Some(FinishReason::Length)

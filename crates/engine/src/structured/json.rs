@@ -65,7 +65,25 @@ enum Num {
     Exp(u8),
 }
 
+impl Num {
+    /// Whether a number may end here (`-`, `1.`, `1e`, `1e+` may not).
+    fn is_complete(self) -> bool {
+        matches!(self, Num::Zero | Num::Int(_) | Num::Frac(_) | Num::Exp(_))
+    }
+}
+
 const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
+
+/// Handles byte `b` between tokens: whitespace counts against [`MAX_WHITESPACE_RUN`]
+/// (`Some(accepted)`); any other byte resets the run and is left to the caller (`None`).
+pub(super) fn whitespace_between_tokens(run: &mut u8, b: u8) -> Option<bool> {
+    if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+        *run += 1;
+        return Some(*run <= MAX_WHITESPACE_RUN);
+    }
+    *run = 0;
+    None
+}
 
 /// The recognizer's state; see the module docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,14 +122,16 @@ impl JsonState {
         }
     }
 
-    /// Whether the text so far is one complete number (not inside a container) that `b` does
-    /// not continue: a number value ends only at the byte after it.
+    /// Whether the text so far is one complete number (not inside a container).
+    pub fn is_complete_number(&self) -> bool {
+        matches!(self.mode, Mode::Number(n) if self.depth == 0 && n.is_complete())
+    }
+
+    /// Whether the text so far is one complete number that `b` does not continue: a number
+    /// value ends only at the byte after it.
     pub fn number_ends_before(&self, b: u8) -> bool {
         match self.mode {
-            Mode::Number(n) if self.depth == 0 => {
-                matches!(n, Num::Zero | Num::Int(_) | Num::Frac(_) | Num::Exp(_))
-                    && self.number(n, b).is_none()
-            }
+            Mode::Number(n) => self.is_complete_number() && self.number(n, b).is_none(),
             _ => false,
         }
     }
@@ -142,13 +162,12 @@ impl JsonState {
                     return true;
                 }
                 // The number ends before `b`, which must then follow a complete value.
-                None if matches!(n, Num::Zero | Num::Int(_) | Num::Frac(_) | Num::Exp(_)) => {
+                None if n.is_complete() => {
                     self.mode = Mode::After;
                 }
                 None => return false,
             }
         }
-        let whitespace = matches!(b, b' ' | b'\t' | b'\n' | b'\r');
         let between_tokens = matches!(
             self.mode,
             Mode::Start
@@ -160,11 +179,9 @@ impl JsonState {
                 | Mode::After
         );
         if between_tokens {
-            if whitespace {
-                self.whitespace_run += 1;
-                return self.whitespace_run <= MAX_WHITESPACE_RUN;
+            if let Some(accepted) = whitespace_between_tokens(&mut self.whitespace_run, b) {
+                return accepted;
             }
-            self.whitespace_run = 0;
         }
         match self.mode {
             Mode::Start => b == b'{' && self.open(true),

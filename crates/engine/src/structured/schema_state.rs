@@ -5,9 +5,9 @@
 //! The state is a stack of frames, one per open object or array plus the value being read.
 //! Object keys and `enum` / `const` values are matched byte by byte against their candidates (a
 //! bit set); strings, numbers, `true` / `false` / `null` and free JSON are read by an embedded
-//! [`JsonState`]. Whitespace between tokens is limited as in [`JsonState`].
+//! [`JsonState`]. Whitespace between tokens is limited as in [`JsonState`] (the same helper).
 
-use super::json::{JsonState, MAX_WHITESPACE_RUN};
+use super::json::{whitespace_between_tokens, JsonState};
 use super::schema::{Node, NodeId, Schema, MAX_SCHEMA_DEPTH};
 
 /// Frames a state can hold: a container per schema level, the value being read, and slack.
@@ -122,7 +122,6 @@ impl SchemaState {
 
     /// Feeds one byte; `false` (and an unspecified state) when it cannot come next.
     pub fn advance(&mut self, schema: &Schema, b: u8) -> bool {
-        let whitespace = matches!(b, b' ' | b'\t' | b'\n' | b'\r');
         // A byte that ends a number or a literal is handled again by the frame below.
         loop {
             let Some(top) = self.top() else {
@@ -140,20 +139,22 @@ impl SchemaState {
                     }
                     | Frame::Array { .. }
             );
-            if between_tokens && whitespace {
-                self.whitespace_run += 1;
-                return self.whitespace_run <= MAX_WHITESPACE_RUN;
-            }
             if between_tokens {
-                self.whitespace_run = 0;
+                if let Some(accepted) = whitespace_between_tokens(&mut self.whitespace_run, b) {
+                    return accepted;
+                }
             }
             match top {
                 Frame::Value { node } => return self.start_value(schema, node, b),
                 Frame::Scalar { node } => {
+                    // An integer also ends before a fraction or an exponent (which the frame
+                    // below then refuses).
                     let integer = matches!(schema.node(node), Node::Integer);
                     let ends = self.scalar.number_ends_before(b)
-                        || (integer && matches!(b, b'.' | b'e' | b'E'));
-                    if ends && self.scalar_number_complete() {
+                        || (integer
+                            && self.scalar.is_complete_number()
+                            && matches!(b, b'.' | b'e' | b'E'));
+                    if ends {
                         self.value_done();
                         continue;
                     }
@@ -210,13 +211,6 @@ impl SchemaState {
                 }
             }
         }
-    }
-
-    /// Whether the embedded reader holds a complete number.
-    fn scalar_number_complete(&self) -> bool {
-        // `number_ends_before` is true only for complete numbers; a byte no number continues
-        // tells them apart from incomplete ones (`-`, `1.`, `1e`).
-        self.scalar.number_ends_before(b',')
     }
 
     /// The first byte of a value of `node`.
