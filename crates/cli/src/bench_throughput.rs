@@ -68,6 +68,9 @@ struct RunReport {
     num_steps: u64,
     mean_tokens_per_step: f64,
     num_preemptions: usize,
+    /// Speculative decoding: draft tokens verified, and of those accepted.
+    num_draft_tokens: u64,
+    num_accepted_tokens: u64,
     /// Shares of the engine's step time: the forward pass (kernels), the sampler, and the rest
     /// (scheduling, batch metadata, detokenization): the per-step overhead.
     forward_time_fraction: f64,
@@ -141,6 +144,10 @@ fn run_engine(
     let steps_before = engine.stats.num_steps;
     let tokens_before = engine.stats.num_scheduled_tokens;
     let preemptions_before = engine.stats.num_preemptions;
+    let (drafts_before, accepted_before) = (
+        engine.stats.num_draft_tokens,
+        engine.stats.num_accepted_tokens,
+    );
     let (step_before, forward_before, sample_before) = (
         engine.stats.step_time_total,
         engine.stats.forward_time_total,
@@ -184,6 +191,8 @@ fn run_engine(
         mean_tokens_per_step: (engine.stats.num_scheduled_tokens - tokens_before) as f64
             / num_steps.max(1) as f64,
         num_preemptions: engine.stats.num_preemptions - preemptions_before,
+        num_draft_tokens: engine.stats.num_draft_tokens - drafts_before,
+        num_accepted_tokens: engine.stats.num_accepted_tokens - accepted_before,
         forward_time_fraction: forward_s / step_s,
         sample_time_fraction: sample_s / step_s,
         step_overhead_fraction: ((step_s - forward_s - sample_s) / step_s).max(0.0),
@@ -305,6 +314,15 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
             100.0 * r.sample_time_fraction,
             100.0 * r.step_overhead_fraction
         );
+        if r.num_draft_tokens > 0 {
+            println!(
+                "{:<16} speculative: {} of {} draft tokens accepted ({:.1}%)",
+                "",
+                r.num_accepted_tokens,
+                r.num_draft_tokens,
+                100.0 * r.num_accepted_tokens as f64 / r.num_draft_tokens as f64
+            );
+        }
     };
     line("continuous", &report.continuous);
     if let (Some(s), Some(ratio)) = (&report.static_batching, report.continuous_over_static) {

@@ -7,7 +7,9 @@
 //! `ignore_eos`), stop token ids, stop strings (matched on the detokenized text and left out of
 //! it), a completed JSON object (`response_format` `json_object` or `json_schema`, whose
 //! requests sample only tokens that keep their output valid: [`crate::structured`]),
-//! `max_tokens` and the model's context length.
+//! `max_tokens` and the model's context length. With speculative decoding on, decoding requests
+//! carry n-gram drafts into the step and keep those the model's own samples confirm
+//! ([`crate::speculative`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use crate::output::{EngineStats, RequestOutput, RequestTimings, StepRecord};
 use crate::request::Request;
 use crate::sched::scheduler::AdmissionError;
 use crate::sched::{Scheduler, SchedulerConfig};
+use crate::speculative::SpeculativeConfig;
 use crate::structured::{OutputConstraint, TokenBytes};
 
 /// Engine limits (the model and cache geometry come from the runner).
@@ -32,6 +35,8 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Reuse the K/V of cached full blocks across requests sharing a prefix.
     pub enable_prefix_caching: bool,
+    /// Speculative decoding by n-gram prompt lookup (off when `None`).
+    pub speculative: Option<SpeculativeConfig>,
 }
 
 impl Default for EngineConfig {
@@ -40,8 +45,16 @@ impl Default for EngineConfig {
             max_num_batched_tokens: 2048,
             max_num_seqs: 256,
             enable_prefix_caching: true,
+            speculative: None,
         }
     }
+}
+
+/// A request sampled in this step: its first logits row and the drafts verified after it.
+struct ToSample {
+    id: RequestId,
+    first_row: usize,
+    drafts: Vec<TokenId>,
 }
 
 struct Detok {
@@ -68,6 +81,9 @@ pub struct LlmEngine {
     token_bytes: Option<TokenBytes>,
     /// Scratch: the tokens such a request may sample this step.
     allowed: Vec<bool>,
+    speculative: Option<SpeculativeConfig>,
+    /// Scratch: a request's prompt and output in one sequence, for the draft lookup.
+    spec_tokens: Vec<TokenId>,
     pub stats: EngineStats,
 }
 
@@ -94,6 +110,8 @@ impl LlmEngine {
             constraints: HashMap::new(),
             token_bytes: None,
             allowed: Vec::new(),
+            speculative: config.speculative,
+            spec_tokens: Vec::new(),
             rngs: HashMap::new(),
             detok: HashMap::new(),
             stats: EngineStats::default(),
@@ -227,6 +245,7 @@ impl LlmEngine {
     /// Runs one step and returns one output per sampled token.
     pub fn step(&mut self) -> Vec<RequestOutput> {
         let started = Instant::now();
+        self.propose_drafts();
         let out = self.scheduler.schedule();
         self.stats.num_preemptions = self.scheduler.num_preemptions;
         if out.is_empty() {
@@ -244,6 +263,7 @@ impl LlmEngine {
         let mut tables: Vec<Vec<u32>> = Vec::with_capacity(out.scheduled.len());
         let mut metas = Vec::with_capacity(out.scheduled.len());
         let mut logits_rows = Vec::new();
+        let mut sampling = Vec::new();
         for s in &out.scheduled {
             let r = self
                 .scheduler
@@ -258,9 +278,17 @@ impl LlmEngine {
                 .expect("invariant: scheduled requests hold blocks");
             tables.push(table.iter().map(|b| b.0).collect());
             metas.push((start, s.num_new_tokens, first + s.num_new_tokens));
-            if first + s.num_new_tokens == r.num_tokens() {
-                logits_rows.push(start + s.num_new_tokens - 1);
+            // The last token's row, then one per draft (each predicts the position after it).
+            let real = s.num_new_tokens - s.num_spec_tokens;
+            if first + real == r.num_tokens() {
+                sampling.push(ToSample {
+                    id: s.id,
+                    first_row: logits_rows.len(),
+                    drafts: r.spec_token_ids[..s.num_spec_tokens].to_vec(),
+                });
+                logits_rows.extend((0..=s.num_spec_tokens).map(|j| start + real - 1 + j));
             }
+            self.stats.num_draft_tokens += s.num_spec_tokens as u64;
         }
         let seqs: Vec<SeqAttention<'_>> = metas
             .iter()
@@ -288,15 +316,26 @@ impl LlmEngine {
         self.stats.forward_time_total += forward_started.elapsed();
 
         let to_sample = self.scheduler.on_step_done(&out);
-        debug_assert_eq!(to_sample.len(), logits_rows.len());
+        debug_assert!(to_sample.iter().eq(sampling.iter().map(|s| &s.id)));
         // Sample every request (and the samples forking from it, from the same row) while the
-        // logits borrow the runner; then fork and apply the tokens.
+        // logits borrow the runner; then fork and apply the tokens. A request with drafts samples
+        // row after row while each token sampled equals the draft that was computed after it.
         let sample_started = Instant::now();
-        let mut sampled = Vec::with_capacity(to_sample.len());
+        let mut sampled: Vec<(RequestId, SampledToken)> = Vec::with_capacity(logits_rows.len());
         let mut forked = Vec::new();
-        for (row, id) in to_sample.into_iter().enumerate() {
-            let row_logits = &logits[row * vocab..(row + 1) * vocab];
-            let children = self.scheduler.take_forks(id);
+        let mut history = Vec::new();
+        for ToSample {
+            id,
+            first_row,
+            drafts,
+        } in &sampling
+        {
+            let id = *id;
+            let children = if drafts.is_empty() {
+                self.scheduler.take_forks(id)
+            } else {
+                Vec::new()
+            };
             for &rid in std::iter::once(&id).chain(&children) {
                 let r = self
                     .scheduler
@@ -306,28 +345,47 @@ impl LlmEngine {
                     .rngs
                     .get_mut(&rid)
                     .expect("invariant: every live request has an rng");
-                r.params
-                    .banned_stop_ids(&self.eos_token_ids, r.output_ids.len(), &mut self.banned);
-                let allowed = match (self.constraints.get(&rid), &self.token_bytes) {
-                    (Some(constraint), Some(table)) => {
-                        table.allowed_after(constraint, vocab, &mut self.allowed);
-                        Some(&self.allowed[..])
+                for (j, row) in (*first_row..=first_row + drafts.len()).enumerate() {
+                    // The output so far: the request's, then (past the first row) the tokens
+                    // sampled before in this step.
+                    let output_ids: &[TokenId] = if j == 0 { &r.output_ids } else { &history };
+                    r.params.banned_stop_ids(
+                        &self.eos_token_ids,
+                        output_ids.len(),
+                        &mut self.banned,
+                    );
+                    let allowed = match (self.constraints.get(&rid), &self.token_bytes) {
+                        (Some(constraint), Some(table)) => {
+                            table.allowed_after(constraint, vocab, &mut self.allowed);
+                            Some(&self.allowed[..])
+                        }
+                        _ => None,
+                    };
+                    let masks = StepMasks {
+                        banned: &self.banned,
+                        allowed,
+                    };
+                    let token = self.sampler.sample(
+                        &logits[row * vocab..(row + 1) * vocab],
+                        &r.params,
+                        &r.prompt_ids,
+                        output_ids,
+                        masks,
+                        rng,
+                    );
+                    let confirmed = drafts.get(j) == Some(&token.token);
+                    if confirmed {
+                        if j == 0 {
+                            history.clear();
+                            history.extend_from_slice(&r.output_ids);
+                        }
+                        history.push(token.token);
                     }
-                    _ => None,
-                };
-                let masks = StepMasks {
-                    banned: &self.banned,
-                    allowed,
-                };
-                let token = self.sampler.sample(
-                    row_logits,
-                    &r.params,
-                    &r.prompt_ids,
-                    &r.output_ids,
-                    masks,
-                    rng,
-                );
-                sampled.push((rid, token));
+                    sampled.push((rid, token));
+                    if !confirmed {
+                        break;
+                    }
+                }
             }
             forked.extend(children.into_iter().map(|child| (id, child)));
         }
@@ -335,10 +393,27 @@ impl LlmEngine {
         for (leader, child) in forked {
             self.scheduler.fork(leader, child, now);
         }
-        let outputs = sampled
-            .into_iter()
-            .map(|(id, token)| self.apply_token(id, token, now))
-            .collect::<Vec<_>>();
+        // Apply each request's tokens in order until one finishes it; the drafts it kept (all
+        // its tokens but the last) have their K/V from this step.
+        let mut outputs = Vec::with_capacity(sampled.len());
+        let mut run = sampled.into_iter().peekable();
+        while let Some((id, token)) = run.next() {
+            let mut output = self.apply_token(id, token, now);
+            let mut kept = 0;
+            while let Some((_, token)) = run.next_if(|(next, _)| *next == id) {
+                if output.finished.is_some() {
+                    continue;
+                }
+                outputs.push(output);
+                output = self.apply_token(id, token, now);
+                kept += 1;
+            }
+            if output.finished.is_none() && kept > 0 {
+                self.scheduler.accept_drafts(id, kept);
+            }
+            self.stats.num_accepted_tokens += kept as u64;
+            outputs.push(output);
+        }
         let record = StepRecord {
             num_tokens: out.num_tokens(),
             num_seqs,
@@ -348,6 +423,28 @@ impl LlmEngine {
         self.stats.step_time_total += record.duration;
         self.stats.last_step = Some(record);
         outputs
+    }
+
+    /// Gives every decoding request its n-gram drafts for the next step (speculative decoding
+    /// on; not for requests whose output is constrained, nor past `max_tokens` or the context).
+    fn propose_drafts(&mut self) {
+        let Some(spec) = self.speculative else {
+            return;
+        };
+        let max_len = self.runner.config().max_context_len;
+        let (constraints, tokens) = (&self.constraints, &mut self.spec_tokens);
+        self.scheduler.propose_drafts(|r, drafts| {
+            if constraints.contains_key(&r.id) {
+                return;
+            }
+            // After this step at most `drafts + 1` tokens are added, at positions < max_len.
+            let room = (r.params.max_tokens.saturating_sub(r.output_ids.len() + 1))
+                .min(max_len.saturating_sub(r.num_tokens()));
+            tokens.clear();
+            tokens.extend_from_slice(&r.prompt_ids);
+            tokens.extend_from_slice(&r.output_ids);
+            spec.propose(tokens, room, drafts);
+        });
     }
 
     /// Appends a sampled token to its request, applies the stop rules and detokenizes.

@@ -7,4 +7,5 @@ pub mod kv;
 pub mod output;
 pub mod request;
 pub mod sched;
+pub mod speculative;
 pub mod structured;

@@ -102,6 +102,10 @@ pub struct EngineStats {
     pub prompt_tokens_cached: u64,
     /// Blocks copied on write (parallel samples diverging inside a shared block).
     pub num_cow_copies: u64,
+    /// Draft tokens verified (speculative decoding).
+    pub num_draft_tokens: u64,
+    /// Of those, drafts kept as output.
+    pub num_accepted_tokens: u64,
     /// Wall time spent in steps.
     pub step_time_total: Duration,
     /// Of that, time in the model's forward pass (the kernels: projections, attention, norms).

@@ -34,6 +34,9 @@ pub struct Request {
     pub cache_salt: Option<Arc<str>>,
     /// Prompt tokens whose K/V came from the prefix cache when it was first scheduled.
     pub num_cached_tokens: Option<usize>,
+    /// Draft tokens (speculative decoding) to verify after its tokens in the next step; they
+    /// follow position `num_tokens() - 1` but are not its tokens.
+    pub spec_token_ids: Vec<TokenId>,
 }
 
 impl Request {
@@ -49,6 +52,7 @@ impl Request {
             num_preemptions: 0,
             cache_salt: None,
             num_cached_tokens: None,
+            spec_token_ids: Vec::new(),
         }
     }
 
@@ -57,11 +61,14 @@ impl Request {
         self.prompt_ids.len() + self.output_ids.len()
     }
 
-    /// The token at position `pos` of prompt + output.
+    /// The token at position `pos` of prompt + output, then of the drafts.
     pub fn token_at(&self, pos: usize) -> TokenId {
         match pos.checked_sub(self.prompt_ids.len()) {
             None => self.prompt_ids[pos],
-            Some(o) => self.output_ids[o],
+            Some(o) => match o.checked_sub(self.output_ids.len()) {
+                None => self.output_ids[o],
+                Some(d) => self.spec_token_ids[d],
+            },
         }
     }
 

@@ -26,6 +26,7 @@ fn engine(
         max_num_batched_tokens: 64,
         max_num_seqs: 24,
         enable_prefix_caching: caching,
+        ..EngineConfig::default()
     };
     engine_with_blocks(model, block_size, num_blocks, &config)
 }

@@ -40,6 +40,8 @@ pub struct Metrics {
     prefix_cache_queries: MirroredCounter,
     prefix_cache_hits: MirroredCounter,
     prompt_tokens_cached: MirroredCounter,
+    spec_draft_tokens: MirroredCounter,
+    spec_accepted_tokens: MirroredCounter,
     pub prompt_tokens: IntCounter,
     pub generation_tokens: IntCounter,
     pub request_success: IntCounterVec,
@@ -159,6 +161,16 @@ impl Metrics {
                 "pagoda:prompt_tokens_cached_total",
                 "Prompt tokens served from the prefix cache (at each request's first scheduling).",
             ),
+            spec_draft_tokens: MirroredCounter::new(
+                &registry,
+                "pagoda:spec_decode_num_draft_tokens_total",
+                "Draft tokens verified by speculative decoding.",
+            ),
+            spec_accepted_tokens: MirroredCounter::new(
+                &registry,
+                "pagoda:spec_decode_num_accepted_tokens_total",
+                "Draft tokens accepted (kept as output) by speculative decoding.",
+            ),
             prompt_tokens: counter(
                 &registry,
                 "pagoda:prompt_tokens_total",
@@ -258,6 +270,8 @@ impl Metrics {
         self.prefix_cache_queries.sync(stats.prefix_cache_queries);
         self.prefix_cache_hits.sync(stats.prefix_cache_hits);
         self.prompt_tokens_cached.sync(stats.prompt_tokens_cached);
+        self.spec_draft_tokens.sync(stats.num_draft_tokens);
+        self.spec_accepted_tokens.sync(stats.num_accepted_tokens);
         let mut buffer = Vec::new();
         // Encoding into memory cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);

@@ -102,8 +102,12 @@ pub enum AdmissionError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledRequest {
     pub id: RequestId,
-    /// Tokens computed for it in this step, starting at its `num_computed_tokens`.
+    /// Tokens computed for it in this step, starting at its `num_computed_tokens`; its drafts
+    /// included.
     pub num_new_tokens: usize,
+    /// Of those, the draft tokens (speculative decoding, the first of `spec_token_ids`) after
+    /// its last token.
+    pub num_spec_tokens: usize,
 }
 
 /// What the next step runs.
@@ -254,16 +258,31 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            if self
+            // Drafts ride along a decode, as many as the budget leaves room for; if their slots
+            // cannot be had, the decode goes without them before anything is preempted.
+            let mut num_spec = if num_new == r.num_uncomputed() {
+                r.spec_token_ids.len().min(budget - num_new)
+            } else {
+                0
+            };
+            let mut allocated = self
                 .kv
-                .allocate_slots(r, computed + num_new, CachedPrefix::default())
-                .is_some()
-            {
+                .allocate_slots(r, computed + num_new + num_spec, CachedPrefix::default())
+                .is_some();
+            if !allocated && num_spec > 0 {
+                num_spec = 0;
+                allocated = self
+                    .kv
+                    .allocate_slots(r, computed + num_new, CachedPrefix::default())
+                    .is_some();
+            }
+            if allocated {
                 out.scheduled.push(ScheduledRequest {
                     id,
-                    num_new_tokens: num_new,
+                    num_new_tokens: num_new + num_spec,
+                    num_spec_tokens: num_spec,
                 });
-                budget -= num_new;
+                budget -= num_new + num_spec;
                 i += 1;
                 continue;
             }
@@ -314,6 +333,7 @@ impl Scheduler {
                 out.scheduled.push(ScheduledRequest {
                     id,
                     num_new_tokens: num_new,
+                    num_spec_tokens: 0,
                 });
                 budget -= num_new;
             }
@@ -332,6 +352,7 @@ impl Scheduler {
         self.kv.free(id);
         if let Some(r) = self.requests.get_mut(&id) {
             r.num_computed_tokens = 0;
+            r.spec_token_ids.clear();
             r.status = RequestStatus::Preempted;
             r.num_preemptions += 1;
         }
@@ -339,19 +360,51 @@ impl Scheduler {
         self.waiting.push_front(id);
     }
 
-    /// Records that the step ran: every scheduled request's K/V now covers its new tokens.
+    /// Records that the step ran: every scheduled request's K/V now covers its new tokens (its
+    /// drafts' K/V counts only once they are accepted, see [`Scheduler::accept_drafts`]).
     /// Returns the requests that reached the end of their tokens and so need a sampled token.
     pub fn on_step_done(&mut self, output: &SchedulerOutput) -> Vec<RequestId> {
         let mut to_sample = Vec::new();
         for s in &output.scheduled {
             if let Some(r) = self.requests.get_mut(&s.id) {
-                r.num_computed_tokens += s.num_new_tokens;
+                r.num_computed_tokens += s.num_new_tokens - s.num_spec_tokens;
                 if r.num_computed_tokens == r.num_tokens() {
                     to_sample.push(s.id);
                 }
             }
         }
         to_sample
+    }
+
+    /// Sets the drafts of every running request that is decoding (one token left to compute,
+    /// at least one generated) to what `propose(request, drafts)` leaves in `drafts`, and clears
+    /// every other running request's.
+    pub fn propose_drafts(&mut self, mut propose: impl FnMut(&Request, &mut Vec<TokenId>)) {
+        for id in &self.running {
+            let Some(r) = self.requests.get_mut(id) else {
+                continue;
+            };
+            let mut drafts = std::mem::take(&mut r.spec_token_ids);
+            drafts.clear();
+            if r.num_uncomputed() == 1 && !r.output_ids.is_empty() {
+                propose(r, &mut drafts);
+            }
+            r.spec_token_ids = drafts;
+        }
+    }
+
+    /// Records that the first `accepted` drafts verified in the last step became the request's
+    /// tokens (appended since): their K/V, computed in that step, now counts. The rest of the
+    /// drafts' slots are simply written again later.
+    pub fn accept_drafts(&mut self, id: RequestId, accepted: usize) {
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.num_computed_tokens += accepted;
+            r.spec_token_ids.clear();
+            debug_assert!(
+                r.num_computed_tokens < r.num_tokens(),
+                "invariant: a kept draft is followed by the token sampled after it"
+            );
+        }
     }
 
     /// Appends a sampled token to a request (the first one stamps its first-token time).

@@ -14,17 +14,18 @@ use pagoda_model::{load_model_dir, RunnerOptions};
 /// An engine over the built-in demo model (no files needed), blocks of 4 tokens in
 /// `kv_cache_bytes`.
 pub fn builtin_engine(kv_cache_bytes: usize) -> LlmEngine {
+    builtin_engine_with(kv_cache_bytes, &EngineConfig::default())
+}
+
+/// [`builtin_engine`] with the given engine options.
+pub fn builtin_engine_with(kv_cache_bytes: usize, config: &EngineConfig) -> LlmEngine {
     let loaded = load_builtin(&RunnerOptions {
         block_size: 4,
         kv_cache_bytes,
         ..RunnerOptions::default()
     })
     .unwrap();
-    LlmEngine::new(
-        loaded.runner,
-        Some(loaded.tokenizer),
-        &EngineConfig::default(),
-    )
+    LlmEngine::new(loaded.runner, Some(loaded.tokenizer), config)
 }
 
 /// An engine over `model` whose KV pool has exactly `num_blocks` blocks of `block_size`.

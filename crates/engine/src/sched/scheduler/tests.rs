@@ -88,7 +88,8 @@ fn the_most_recent_arrival_is_preempted_and_resumes_first_with_its_tokens() {
         out.scheduled,
         vec![ScheduledRequest {
             id: RequestId(1),
-            num_new_tokens: 1
+            num_new_tokens: 1,
+            num_spec_tokens: 0,
         }]
     );
     for id in s.on_step_done(&out) {
@@ -236,7 +237,8 @@ fn parallel_samples_share_the_prompt_and_copy_its_partial_block_on_write() {
         out.scheduled,
         vec![ScheduledRequest {
             id: RequestId(1),
-            num_new_tokens: 5
+            num_new_tokens: 5,
+            num_spec_tokens: 0,
         }]
     );
     let table = |s: &Scheduler, id| s.block_table(RequestId(id)).unwrap().to_vec();
@@ -287,11 +289,13 @@ fn a_leader_aborted_before_its_samples_forked_hands_over_the_group() {
         vec![
             ScheduledRequest {
                 id: RequestId(9),
-                num_new_tokens: 1
+                num_new_tokens: 1,
+                num_spec_tokens: 0,
             },
             ScheduledRequest {
                 id: RequestId(2),
-                num_new_tokens: 3
+                num_new_tokens: 3,
+                num_spec_tokens: 0,
             }
         ]
     );
@@ -471,4 +475,84 @@ mod properties {
         assert!(s.num_preemptions > 0);
         assert!(s.kv().stats.hits > 0, "shared prefixes were reused");
     }
+}
+
+/// Gives request `id` these drafts, as the engine does before a step (only a decoding request
+/// takes them; every other running request's are cleared).
+fn set_drafts(s: &mut Scheduler, id: u64, drafts: &[TokenId]) {
+    s.propose_drafts(|r, d| {
+        if r.id == RequestId(id) {
+            d.extend_from_slice(drafts)
+        }
+    });
+}
+
+fn scheduled(id: u64, num_new_tokens: usize, num_spec_tokens: usize) -> ScheduledRequest {
+    ScheduledRequest {
+        id: RequestId(id),
+        num_new_tokens,
+        num_spec_tokens,
+    }
+}
+
+#[test]
+fn drafts_ride_along_a_decode_within_the_budget_and_count_once_accepted() {
+    let mut s = Scheduler::new(config(6, 100, 4));
+    s.add_request(request(1, 3, 20)).unwrap();
+    // Still prefilling: no drafts.
+    set_drafts(&mut s, 1, &[9, 9]);
+    assert!(s.request(RequestId(1)).unwrap().spec_token_ids.is_empty());
+    assert_eq!(step(&mut s), vec![(1, 3)]);
+
+    set_drafts(&mut s, 1, &[8, 8, 8]);
+    let out = s.schedule();
+    assert_eq!(out.scheduled, vec![scheduled(1, 4, 3)]);
+    assert_eq!(s.on_step_done(&out), vec![RequestId(1)]);
+    // The last token's K/V counts; the drafts' only once accepted.
+    assert_eq!(s.request(RequestId(1)).unwrap().num_computed_tokens, 4);
+    // The engine kept two drafts, then sampled a token of its own.
+    for t in [8, 8, 5] {
+        s.append_token(RequestId(1), t);
+    }
+    s.accept_drafts(RequestId(1), 2);
+    let r = s.request(RequestId(1)).unwrap();
+    assert_eq!((r.num_tokens(), r.num_computed_tokens), (7, 6));
+    assert!(r.spec_token_ids.is_empty());
+    s.check_invariants().unwrap();
+
+    // More drafts than the budget leaves: cut to it; a waiting prompt gets what is left.
+    s.add_request(request(2, 12, 4)).unwrap();
+    set_drafts(&mut s, 1, &[1, 2, 3, 4, 5, 6, 7]);
+    let out = s.schedule();
+    assert_eq!(out.scheduled, vec![scheduled(1, 6, 5)]);
+    s.on_step_done(&out);
+    s.append_token(RequestId(1), 4);
+    s.accept_drafts(RequestId(1), 0);
+    set_drafts(&mut s, 1, &[1, 2]);
+    let out = s.schedule();
+    assert_eq!(out.scheduled, vec![scheduled(1, 3, 2), scheduled(2, 3, 0)]);
+}
+
+#[test]
+fn a_decode_drops_its_drafts_before_anything_is_preempted() {
+    // 4 blocks of 2 tokens; two 3-token prompts take 2 blocks each.
+    let mut s = Scheduler::new(config(64, 4, 2));
+    s.add_request(request(1, 3, 5)).unwrap();
+    s.add_request(request(2, 3, 5)).unwrap();
+    assert_eq!(step(&mut s), vec![(1, 3), (2, 3)]);
+    // With a draft, 2 would need a third block: it decodes without it, nobody is preempted.
+    set_drafts(&mut s, 2, &[8]);
+    let out = s.schedule();
+    assert_eq!(out.scheduled, vec![scheduled(1, 1, 0), scheduled(2, 1, 0)]);
+    assert!(out.preempted.is_empty());
+    for id in s.on_step_done(&out) {
+        s.append_token(id, 7);
+    }
+    // Now 1 needs a third block: 2 is preempted, and its drafts go with its K/V.
+    set_drafts(&mut s, 2, &[8]);
+    let out = s.schedule();
+    assert_eq!(out.preempted, vec![RequestId(2)]);
+    assert!(s.request(RequestId(2)).unwrap().spec_token_ids.is_empty());
+    s.on_step_done(&out);
+    s.check_invariants().unwrap();
 }
