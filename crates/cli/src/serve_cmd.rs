@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use pagoda_server::tool_parser::ToolCallParser;
 use pagoda_server::{ServerConfig, ServerOptions};
 
 use crate::engine_args::EngineArgs;
@@ -47,6 +48,15 @@ pub struct ServeArgs {
     pub chat_template: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Let chat requests with tools use `tool_choice` "auto" (the default when tools are given):
+    /// the model may answer in text or call tools in its own format, parsed by
+    /// `--tool-call-parser` into `tool_calls`.
+    #[arg(long, requires = "tool_call_parser")]
+    pub enable_auto_tool_choice: bool,
+    /// The model's tool-call format (vLLM's names): hermes (`<tool_call>{...}</tool_call>`:
+    /// Qwen2.5, Hermes) or llama3_json (a JSON object message: Llama 3.1/3.2).
+    #[arg(long, value_parser = ToolCallParser::NAMES, requires = "enable_auto_tool_choice")]
+    pub tool_call_parser: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -88,6 +98,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .context("--max-waiting-tokens")?,
             api_keys: args.api_keys.clone(),
             drain_timeout: Duration::from_secs_f64(args.drain_timeout),
+            tool_call_parser: args
+                .tool_call_parser
+                .as_deref()
+                .and_then(ToolCallParser::from_name),
         },
         engine,
         chat_template,

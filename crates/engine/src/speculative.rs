@@ -107,7 +107,10 @@ mod tests {
         // goes on repeating.
         assert_eq!(propose(c, &[5, 6, 5], 8), vec![6, 5, 6]);
         assert_eq!(propose(c, &[4, 4, 4, 4], 8), vec![4, 4, 4]);
-        assert_eq!(propose(config(5, 2, 4), &[8, 1, 2, 1, 2], 8), vec![1, 2, 1, 2, 1]);
+        assert_eq!(
+            propose(config(5, 2, 4), &[8, 1, 2, 1, 2], 8),
+            vec![1, 2, 1, 2, 1]
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod routes;
 pub mod serve;
 pub mod state;
+pub mod tool_parser;
 pub mod tools;
 pub mod validation;
 

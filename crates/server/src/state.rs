@@ -30,6 +30,9 @@ pub struct ServerConfig {
     pub api_keys: Vec<String>,
     /// How long a drain waits for in-flight requests before exiting anyway.
     pub drain_timeout: Duration,
+    /// The model's tool-call format, which enables `tool_choice` `"auto"` (and makes it the
+    /// default when a request has tools).
+    pub tool_call_parser: Option<crate::tool_parser::ToolCallParser>,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +43,7 @@ impl Default for ServerConfig {
             max_waiting_tokens: 256 * 1024,
             api_keys: Vec::new(),
             drain_timeout: Duration::from_secs(30),
+            tool_call_parser: None,
         }
     }
 }

@@ -1,17 +1,63 @@
-//! Chat tool calling: which function, if any, a request forces the model to call.
+//! Chat tool calling: whether a request answers in text, must call a given function, or may
+//! call tools in its text.
 //!
 //! `tools` are rendered into the chat template (its `tools` variable) either way. With
 //! `tool_choice` a named function (or `"required"` with a single tool), the output is
 //! constrained to an instance of the function's `parameters` schema (as `response_format`
 //! `json_schema`) and returned as the message's `tool_calls` with `finish_reason`
-//! `"tool_calls"`. `"none"` (the default here) generates text. `"auto"` needs a model-specific
-//! parser of tool calls in free text, which pagoda does not have, so it is refused, as is
-//! `"required"` with several tools (the output cannot yet choose among their schemas).
+//! `"tool_calls"`. `"none"` generates text. `"auto"` — the default when tools are given, as in
+//! OpenAI's API — needs the server started with a parser for the model's tool-call format
+//! (`--enable-auto-tool-choice --tool-call-parser`, see [`crate::tool_parser`]); without one,
+//! an explicit `"auto"` is refused and an absent `tool_choice` means `"none"`. `"required"` with
+//! several tools is refused (the output cannot yet choose among their schemas).
 
 use pagoda_engine::structured::Schema;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::tool_parser::ToolCallParser;
+
+/// How a chat request's answer is made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolMode {
+    /// Text only.
+    Text,
+    /// Must call this function: its arguments are generated under its parameters schema.
+    Forced(ForcedCall),
+    /// Free text, in which the model may call tools in the parser's format.
+    Auto(ToolCallParser),
+}
+
+/// Checks `tools` and `tool_choice` against the server's parser (`auto`).
+pub fn tool_mode(
+    tools: Option<&[Value]>,
+    tool_choice: Option<&Value>,
+    auto: Option<ToolCallParser>,
+) -> Result<ToolMode, ApiError> {
+    let has_tools = tools.is_some_and(|t| !t.is_empty());
+    let choice = tool_choice.filter(|c| !c.is_null());
+    let wants_auto = match choice {
+        None => has_tools && auto.is_some(),
+        Some(Value::String(mode)) => mode == "auto",
+        Some(_) => false,
+    };
+    if !wants_auto {
+        return Ok(match forced_call(tools, choice)? {
+            Some(call) => ToolMode::Forced(call),
+            None => ToolMode::Text,
+        });
+    }
+    // The tools must be well-formed even when none is called.
+    forced_call(tools, None)?;
+    match auto {
+        Some(parser) if has_tools => Ok(ToolMode::Auto(parser)),
+        Some(_) => Ok(ToolMode::Text),
+        None => Err(ApiError::invalid_param(
+            "tool_choice",
+            "tool_choice \"auto\" needs the server started with --enable-auto-tool-choice and --tool-call-parser (hermes or llama3_json, the model's tool-call format); use \"required\" or name a function",
+        )),
+    }
+}
 
 /// The function a request must call.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,8 +67,8 @@ pub struct ForcedCall {
     pub parameters: String,
 }
 
-/// Checks `tools` and `tool_choice`; `Some` when the request forces a call.
-pub fn forced_call(
+/// Checks `tools` and a `tool_choice` other than `"auto"`; `Some` when the request forces a call.
+fn forced_call(
     tools: Option<&[Value]>,
     tool_choice: Option<&Value>,
 ) -> Result<Option<ForcedCall>, ApiError> {
@@ -38,11 +84,6 @@ pub fn forced_call(
         None => return Ok(None),
         Some(Value::String(mode)) => match mode.as_str() {
             "none" => return Ok(None),
-            "auto" => {
-                return Err(invalid(
-                    "tool_choice \"auto\" is not supported (pagoda has no parser for tool calls in free text); use \"required\" or name a function".into(),
-                ))
-            }
             "required" => match &functions[..] {
                 [(name, _)] => name.clone(),
                 [] => return Err(invalid("tool_choice \"required\" needs tools".into())),
@@ -55,7 +96,7 @@ pub fn forced_call(
             },
             other => {
                 return Err(invalid(format!(
-                    "tool_choice must be \"none\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {other:?}"
+                    "tool_choice must be \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {other:?}"
                 )))
             }
         },
@@ -179,9 +220,43 @@ mod tests {
             (&bad_tool, json!("required"), "tools", "\"format\""),
         ];
         for (tools, choice, param, words) in cases {
-            let e = forced_call(Some(tools), Some(&choice)).unwrap_err();
+            let e = tool_mode(Some(tools), Some(&choice), None).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{choice}");
             assert!(e.message.contains(words), "{choice}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn auto_is_the_default_with_tools_when_the_server_has_a_parser() {
+        let tools = [tool("weather")];
+        let hermes = Some(ToolCallParser::Hermes);
+        let auto = ToolMode::Auto(ToolCallParser::Hermes);
+        assert_eq!(tool_mode(Some(&tools), None, hermes).unwrap(), auto);
+        assert_eq!(
+            tool_mode(Some(&tools), Some(&json!("auto")), hermes).unwrap(),
+            auto
+        );
+        assert_eq!(
+            tool_mode(Some(&tools), Some(&json!("none")), hermes).unwrap(),
+            ToolMode::Text
+        );
+        assert!(matches!(
+            tool_mode(Some(&tools), Some(&json!("required")), hermes).unwrap(),
+            ToolMode::Forced(_)
+        ));
+        // Nothing to call.
+        assert_eq!(tool_mode(None, None, hermes).unwrap(), ToolMode::Text);
+        assert_eq!(
+            tool_mode(Some(&[]), Some(&json!("auto")), hermes).unwrap(),
+            ToolMode::Text
+        );
+        // No parser: an absent tool_choice means "none", an explicit "auto" is refused.
+        assert_eq!(tool_mode(Some(&tools), None, None).unwrap(), ToolMode::Text);
+        let e = tool_mode(Some(&tools), Some(&json!("auto")), None).unwrap_err();
+        assert!(e.message.contains("--tool-call-parser"), "{}", e.message);
+        // Malformed tools are refused under "auto" too.
+        let bad = [json!({"type": "function", "function": {}})];
+        let e = tool_mode(Some(&bad), None, hermes).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools"));
     }
 }

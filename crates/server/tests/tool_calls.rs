@@ -1,12 +1,15 @@
 //! Chat tool calling over real HTTP on the built-in demo model: a named function (or
 //! `"required"` with one tool) comes back as `tool_calls` whose arguments are an instance of the
-//! function's parameters schema, streamed or not; `"none"` keeps plain text; what pagoda cannot
-//! serve (`"auto"`, several tools under `"required"`, bad tools) is refused by parameter.
+//! function's parameters schema, streamed or not; `"none"` keeps plain text; with a tool-call
+//! parser, `"auto"` is the default and text without calls stays content; what pagoda cannot
+//! serve (`"auto"` without a parser, several tools under `"required"`, bad tools) is refused by
+//! parameter.
 
 mod common;
 
 use common::{chunks, start, TestServer};
 use pagoda_engine::engine::EngineConfig;
+use pagoda_server::tool_parser::ToolCallParser;
 use pagoda_server::ServerConfig;
 use serde_json::{json, Map, Value};
 
@@ -156,5 +159,128 @@ async fn tool_requests_pagoda_cannot_serve_are_refused_by_parameter() {
         assert_eq!(status, 400, "{extra}: {r}");
         assert_eq!(r["error"]["param"], param, "{extra}: {r}");
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_parser_auto_is_the_default_and_plain_text_stays_content() {
+    let config = ServerConfig {
+        tool_call_parser: Some(ToolCallParser::Hermes),
+        ..ServerConfig::default()
+    };
+    let s = start(config, EngineConfig::default()).await;
+    for choice in [Value::Null, json!("auto")] {
+        let mut body = request(choice.clone(), false);
+        body["n"] = json!(1);
+        body["max_tokens"] = json!(40);
+        if choice.is_null() {
+            body.as_object_mut().unwrap().remove("tool_choice");
+        }
+        let (status, r) = s.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{r}");
+        // The demo model writes no <tool_call> block: its text is the content.
+        let text = r["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(!text.contains("<tool_call>"), "{text}");
+        assert!(
+            r["choices"][0]["message"].get("tool_calls").is_none(),
+            "{r}"
+        );
+        assert_eq!(r["choices"][0]["finish_reason"], "length", "{r}");
+
+        body["stream"] = json!(true);
+        let streamed = chunks(&s.stream("/v1/chat/completions", &body).await);
+        let content: String = streamed
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, text, "{choice}");
+        assert!(streamed
+            .iter()
+            .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+        let reasons: Vec<&Value> = streamed
+            .iter()
+            .map(|c| &c["choices"][0]["finish_reason"])
+            .filter(|r| !r.is_null())
+            .collect();
+        assert_eq!(reasons, [&json!("length")]);
+    }
+    // "none" and a named function behave as without a parser.
+    let (status, r) = s
+        .post(
+            "/v1/chat/completions",
+            &request(
+                json!({"type": "function", "function": {"name": "set_light"}}),
+                false,
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    check_arguments(
+        r["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    );
+    s.stop().await;
+}
+
+/// A message that is a JSON call (here made so by a json_schema on the demo model) comes back
+/// as `tool_calls` under the `llama3_json` parser, streamed (one delta with the whole call) or
+/// not, with `finish_reason` "tool_calls".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_the_text_comes_back_as_tool_calls() {
+    let config = ServerConfig {
+        tool_call_parser: Some(ToolCallParser::Llama3Json),
+        ..ServerConfig::default()
+    };
+    let s = start(config, EngineConfig::default()).await;
+    let schema = json!({"type": "object", "properties": {
+        "name": {"const": "set_light"},
+        "parameters": {"type": "object", "properties": {
+            "room": {"enum": ["kitchen", "hall"]}, "on": {"type": "boolean"}},
+            "required": ["room", "on"]}},
+        "required": ["name", "parameters"]});
+    let mut body = request(Value::Null, false);
+    body.as_object_mut().unwrap().remove("tool_choice");
+    body["n"] = json!(1);
+    body["response_format"] = json!({"type": "json_schema",
+        "json_schema": {"name": "call", "schema": schema}});
+    let (status, r) = s.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    let choice = &r["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
+    assert!(choice["message"]["content"].is_null(), "{r}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "set_light");
+    check_arguments(call["function"]["arguments"].as_str().unwrap());
+
+    body["stream"] = json!(true);
+    let streamed = chunks(&s.stream("/v1/chat/completions", &body).await);
+    let calls: Vec<&Value> = streamed
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(calls.len(), 1, "{streamed:?}");
+    let call = &calls[0][0];
+    assert_eq!(
+        (&call["index"], &call["function"]["name"]),
+        (&json!(0), &json!("set_light"))
+    );
+    assert!(call["id"].as_str().unwrap().starts_with("call"));
+    check_arguments(call["function"]["arguments"].as_str().unwrap());
+    let content: String = streamed
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "");
+    let reasons: Vec<&Value> = streamed
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|r| !r.is_null())
+        .collect();
+    assert_eq!(reasons, [&json!("tool_calls")]);
     s.stop().await;
 }

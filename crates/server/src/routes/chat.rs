@@ -1,7 +1,8 @@
 //! `POST /v1/chat/completions`: messages (and tools) rendered with the chat template, then
 //! generated like a completion of the rendered prompt (tokenized without adding special tokens:
 //! the template places them). A forced tool call (see [`crate::tools`]) is generated under its
-//! parameters schema and answered as `tool_calls`.
+//! parameters schema and answered as `tool_calls`; with `tool_choice` "auto" the text is parsed
+//! for tool calls in the model's format ([`crate::tool_parser`]), streamed or not.
 
 use std::sync::Arc;
 
@@ -22,7 +23,8 @@ use crate::error::ApiError;
 use crate::generation::{self, token_piece, ChoiceEvent, ChoiceProgress};
 use crate::routes::{check_model, parse_json, random_id, sse};
 use crate::state::{AppState, Tenant};
-use crate::tools::{self, ForcedCall};
+use crate::tool_parser::{self, Piece, StreamingToolParser, ToolCallParser};
+use crate::tools::{self, ForcedCall, ToolMode};
 use crate::validation;
 
 type ChoiceText = ChoiceProgress<ChatLogprobs>;
@@ -99,7 +101,16 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let request: ChatCompletionRequest = parse_json(&body)?;
     check_model(&state, request.model.as_deref())?;
-    let forced = tools::forced_call(request.tools.as_deref(), request.tool_choice.as_ref())?;
+    let mode = tools::tool_mode(
+        request.tools.as_deref(),
+        request.tool_choice.as_ref(),
+        state.config.tool_call_parser,
+    )?;
+    let (forced, auto) = match mode {
+        ToolMode::Text => (None, None),
+        ToolMode::Forced(call) => (Some(call), None),
+        ToolMode::Auto(parser) => (None, Some(parser)),
+    };
     let (max_tokens, param) = match request.max_completion_tokens {
         Some(m) => (Some(m), "max_completion_tokens"),
         None => (request.sampling.max_tokens, "max_tokens"),
@@ -149,6 +160,11 @@ async fn run(
     let mut started = vec![false; choices.len()];
     // A forced call's id per choice.
     let call_ids: Vec<String> = (0..choices.len()).map(|_| random_id("call")).collect();
+    // "auto": each choice's text parser and the calls it has sent.
+    let mut parsers: Vec<Option<StreamingToolParser>> = (0..choices.len())
+        .map(|_| auto.map(StreamingToolParser::new))
+        .collect();
+    let mut calls_sent = vec![0usize; choices.len()];
 
     if generation.stream {
         let (chunk_state, chunk_id, chunk_model) = (Arc::clone(&state), id.clone(), model.clone());
@@ -192,7 +208,52 @@ async fn run(
                 }));
             }
             let lp = apply(&chunk_state, choice, output, want_logprobs);
-            if !output.text.is_empty() || lp.is_some() {
+            if let Some(parser) = parsers[*index].as_mut() {
+                let mut pieces = Vec::new();
+                parser.push(&output.text, &mut pieces);
+                if choice.finish_reason.is_some() {
+                    parser.finish(&mut pieces);
+                }
+                let mut lp = lp;
+                for piece in pieces {
+                    let delta = match piece {
+                        Piece::Content(text) if text.is_empty() => continue,
+                        Piece::Content(text) => Delta {
+                            content: Some(text),
+                            ..Delta::default()
+                        },
+                        Piece::Call(call) => {
+                            calls_sent[*index] += 1;
+                            Delta {
+                                tool_calls: Some(vec![json!({
+                                    "index": calls_sent[*index] - 1, "id": random_id("call"),
+                                    "type": "function",
+                                    "function": {"name": call.name, "arguments": call.arguments},
+                                })]),
+                                ..Delta::default()
+                            }
+                        }
+                    };
+                    chunks.push(chunk(ChatChunkChoice {
+                        index: *index,
+                        delta,
+                        logprobs: lp.take().map(|lp| ChatLogprobs { content: vec![lp] }),
+                        finish_reason: None,
+                    }));
+                }
+                // Logprobs of text held back (a possible tag) still go out with their token.
+                if let Some(lp) = lp {
+                    chunks.push(chunk(ChatChunkChoice {
+                        index: *index,
+                        delta: Delta {
+                            content: Some(String::new()),
+                            ..Delta::default()
+                        },
+                        logprobs: Some(ChatLogprobs { content: vec![lp] }),
+                        finish_reason: None,
+                    }));
+                }
+            } else if !output.text.is_empty() || lp.is_some() {
                 let delta = match &forced {
                     None => Delta {
                         content: Some(output.text.clone()),
@@ -213,11 +274,16 @@ async fn run(
                 }));
             }
             if choice.finish_reason.is_some() {
+                let reason = if calls_sent[*index] > 0 {
+                    Some("tool_calls")
+                } else {
+                    finish_reason(choice.finish_reason, forced.as_ref())
+                };
                 chunks.push(chunk(ChatChunkChoice {
                     index: *index,
                     delta: Delta::default(),
                     logprobs: None,
-                    finish_reason: finish_reason(choice.finish_reason, forced.as_ref()),
+                    finish_reason: reason,
                 }));
             }
             chunks
@@ -251,12 +317,18 @@ async fn run(
             .enumerate()
             .map(|(index, c)| ChatChoice {
                 index,
-                finish_reason: finish_reason(c.finish_reason, forced.as_ref()),
+                finish_reason: match auto {
+                    Some(parser) if has_calls(parser, &c.text) => Some("tool_calls"),
+                    _ => finish_reason(c.finish_reason, forced.as_ref()),
+                },
                 message: match &forced {
-                    None => AssistantMessage {
-                        role: "assistant",
-                        content: Some(c.text),
-                        tool_calls: None,
+                    None => match auto {
+                        Some(parser) => auto_message(parser, c.text),
+                        None => AssistantMessage {
+                            role: "assistant",
+                            content: Some(c.text),
+                            tool_calls: None,
+                        },
                     },
                     Some(call) => AssistantMessage {
                         role: "assistant",
@@ -279,6 +351,45 @@ async fn run(
     Ok(axum::Json(response).into_response())
 }
 
+/// Whether the text holds tool calls in the parser's format.
+fn has_calls(parser: ToolCallParser, text: &str) -> bool {
+    tool_parser::parse_all(parser, text)
+        .iter()
+        .any(|p| matches!(p, Piece::Call(_)))
+}
+
+/// The message of an "auto" choice: its tool calls, and the text around them as content (none
+/// when only whitespace is left); all text when it calls nothing.
+fn auto_message(parser: ToolCallParser, text: String) -> AssistantMessage {
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    for piece in tool_parser::parse_all(parser, &text) {
+        match piece {
+            Piece::Content(t) => content.push_str(&t),
+            Piece::Call(call) => calls.push(ToolCall {
+                id: random_id("call"),
+                kind: "function",
+                function: FunctionCall {
+                    name: call.name,
+                    arguments: call.arguments,
+                },
+            }),
+        }
+    }
+    if calls.is_empty() {
+        return AssistantMessage {
+            role: "assistant",
+            content: Some(text),
+            tool_calls: None,
+        };
+    }
+    AssistantMessage {
+        role: "assistant",
+        content: (!content.trim().is_empty()).then_some(content),
+        tool_calls: Some(calls),
+    }
+}
+
 /// A forced call that completed its arguments finishes with `"tool_calls"` (OpenAI's reason for
 /// a message that calls tools); anything else as generated.
 fn finish_reason(
@@ -288,5 +399,40 @@ fn finish_reason(
     match (reason, forced) {
         (Some("stop"), Some(_)) => Some("tool_calls"),
         _ => reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_messages_carry_the_calls_and_the_text_around_them() {
+        let text = "Checking.\n<tool_call>{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}</tool_call>";
+        let m = auto_message(ToolCallParser::Hermes, text.to_string());
+        assert_eq!(m.content.as_deref(), Some("Checking.\n"));
+        let calls = m.tool_calls.unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].function.name, "weather");
+        assert_eq!(calls[0].function.arguments, r#"{"city":"Oslo"}"#);
+        assert!(calls[0].id.starts_with("call"));
+        assert!(has_calls(ToolCallParser::Hermes, text));
+
+        // Only whitespace around the calls: no content.
+        let m = auto_message(
+            ToolCallParser::Hermes,
+            " <tool_call>{\"name\": \"a\"}</tool_call>\n".to_string(),
+        );
+        assert_eq!(m.content, None);
+        assert_eq!(m.tool_calls.unwrap()[0].function.arguments, "{}");
+
+        // No call: all text, untouched.
+        let plain = "  just <tool_call>{broken</tool_call> text ".to_string();
+        let m = auto_message(ToolCallParser::Hermes, plain.clone());
+        assert_eq!(
+            (m.content, m.tool_calls.is_none()),
+            (Some(plain.clone()), true)
+        );
+        assert!(!has_calls(ToolCallParser::Hermes, &plain));
     }
 }
