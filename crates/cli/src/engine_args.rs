@@ -28,6 +28,10 @@ pub struct EngineArgs {
     /// Shortest suffix n-gram looked up for drafts.
     #[arg(long, default_value_t = 2)]
     pub prompt_lookup_min: usize,
+    /// No drafts while more requests than this are running (a CPU step of many sequences is
+    /// compute-bound: rejected drafts then cost their full share).
+    #[arg(long)]
+    pub speculative_disable_by_batch_size: Option<usize>,
 }
 
 impl EngineArgs {
@@ -42,6 +46,7 @@ impl EngineArgs {
                 num_speculative_tokens: self.num_speculative_tokens,
                 prompt_lookup_max: self.prompt_lookup_max,
                 prompt_lookup_min: self.prompt_lookup_min,
+                disable_by_batch_size: self.speculative_disable_by_batch_size,
             })
             .map(|c| {
                 c.validate()

@@ -426,15 +426,19 @@ impl LlmEngine {
     }
 
     /// Gives every decoding request its n-gram drafts for the next step (speculative decoding
-    /// on; not for requests whose output is constrained, nor past `max_tokens` or the context).
+    /// on; not for requests whose output is constrained, nor past `max_tokens` or the context,
+    /// nor while more requests run than `disable_by_batch_size`).
     fn propose_drafts(&mut self) {
         let Some(spec) = self.speculative else {
             return;
         };
         let max_len = self.runner.config().max_context_len;
+        let busy = spec
+            .disable_by_batch_size
+            .is_some_and(|n| self.scheduler.num_running() > n);
         let (constraints, tokens) = (&self.constraints, &mut self.spec_tokens);
         self.scheduler.propose_drafts(|r, drafts| {
-            if constraints.contains_key(&r.id) {
+            if busy || constraints.contains_key(&r.id) {
                 return;
             }
             // After this step at most `drafts + 1` tokens are added, at positions < max_len.

@@ -26,6 +26,10 @@ pub struct SpeculativeConfig {
     pub prompt_lookup_max: usize,
     /// Shortest suffix n-gram looked up.
     pub prompt_lookup_min: usize,
+    /// No drafts while more requests than this run (vLLM's `disable_by_batch_size`): a step of
+    /// many sequences is compute-bound on a CPU, where drafts that are not accepted cost their
+    /// full share of it.
+    pub disable_by_batch_size: Option<usize>,
 }
 
 impl SpeculativeConfig {
@@ -81,6 +85,7 @@ mod tests {
             num_speculative_tokens: k,
             prompt_lookup_max: max,
             prompt_lookup_min: min,
+            disable_by_batch_size: None,
         }
     }
 

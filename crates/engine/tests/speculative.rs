@@ -1,8 +1,8 @@
 //! Speculative decoding (n-gram drafts) changes no output: the same requests, greedy and seeded
 //! sampling with penalties, stop strings and short limits, batched together, give the same tokens,
 //! text and finish reasons with drafts as without, in fewer steps; also when the KV pool is so
-//! small that requests are preempted, and on stories260k, whose greedy outputs stay the
-//! transformers goldens.
+//! small that requests are preempted, when drafts are turned off above a batch size, and on
+//! stories260k, whose greedy outputs stay the transformers goldens.
 
 mod common;
 
@@ -22,6 +22,7 @@ fn speculative(k: usize) -> EngineConfig {
             num_speculative_tokens: k,
             prompt_lookup_max: 4,
             prompt_lookup_min: 1,
+            disable_by_batch_size: None,
         }),
         ..EngineConfig::default()
     }
@@ -177,4 +178,39 @@ fn stories260k_greedy_with_drafts_equals_the_goldens() {
         assert_eq!(tokens, ids(&case["greedy_token_ids"]), "golden case {i}");
     }
     assert!(engine.snapshot().num_accepted_tokens > 0);
+}
+
+#[test]
+fn no_drafts_while_more_requests_run_than_the_limit() {
+    let requests = builtin_requests();
+    let mut plain = builtin_engine_with(64 << 20, &EngineConfig::default());
+    let expected = run(&mut plain, &requests);
+    let limited = |n| {
+        let mut config = speculative(3);
+        if let Some(spec) = config.speculative.as_mut() {
+            spec.disable_by_batch_size = Some(n);
+        }
+        config
+    };
+    // With every request running, never.
+    let mut engine = builtin_engine_with(64 << 20, &limited(0));
+    let got = run(&mut engine, &requests);
+    assert_eq!(engine.snapshot().num_draft_tokens, 0);
+    for (id, _, _) in &requests {
+        assert_eq!(got[id], expected[id], "request {id}");
+    }
+    // Only once few are left: fewer drafts than without the limit, the same outputs.
+    let mut free = builtin_engine_with(64 << 20, &speculative(3));
+    run(&mut free, &requests);
+    let mut engine = builtin_engine_with(64 << 20, &limited(3));
+    let got = run(&mut engine, &requests);
+    let drafts = engine.snapshot().num_draft_tokens;
+    assert!(
+        drafts > 0 && drafts < free.snapshot().num_draft_tokens,
+        "{drafts} drafts with the limit, {} without",
+        free.snapshot().num_draft_tokens
+    );
+    for (id, _, _) in &requests {
+        assert_eq!(got[id], expected[id], "request {id}");
+    }
 }

@@ -27,6 +27,7 @@ async fn completions_are_the_same_with_drafts_and_the_counters_show_them() {
             num_speculative_tokens: 3,
             prompt_lookup_max: 4,
             prompt_lookup_min: 1,
+            disable_by_batch_size: None,
         }),
         ..EngineConfig::default()
     };
