@@ -315,22 +315,15 @@ async fn run(
         choices: choices
             .into_iter()
             .enumerate()
-            .map(|(index, c)| ChatChoice {
-                index,
-                finish_reason: match auto {
-                    Some(parser) if has_calls(parser, &c.text) => Some("tool_calls"),
-                    _ => finish_reason(c.finish_reason, forced.as_ref()),
-                },
-                message: match &forced {
-                    None => match auto {
-                        Some(parser) => auto_message(parser, c.text),
-                        None => AssistantMessage {
-                            role: "assistant",
-                            content: Some(c.text),
-                            tool_calls: None,
-                        },
+            .map(|(index, c)| {
+                let message = match (&forced, auto) {
+                    (None, None) => AssistantMessage {
+                        role: "assistant",
+                        content: Some(c.text),
+                        tool_calls: None,
                     },
-                    Some(call) => AssistantMessage {
+                    (None, Some(parser)) => auto_message(parser, c.text),
+                    (Some(call), _) => AssistantMessage {
                         role: "assistant",
                         content: None,
                         tool_calls: Some(vec![ToolCall {
@@ -342,20 +335,24 @@ async fn run(
                             },
                         }]),
                     },
-                },
-                logprobs: c.logprobs,
+                };
+                // A message that calls tools in its text finishes with "tool_calls".
+                let called = auto.is_some() && message.tool_calls.is_some();
+                ChatChoice {
+                    index,
+                    finish_reason: if called {
+                        Some("tool_calls")
+                    } else {
+                        finish_reason(c.finish_reason, forced.as_ref())
+                    },
+                    message,
+                    logprobs: c.logprobs,
+                }
             })
             .collect(),
         usage: submission.usage(completion_tokens),
     };
     Ok(axum::Json(response).into_response())
-}
-
-/// Whether the text holds tool calls in the parser's format.
-fn has_calls(parser: ToolCallParser, text: &str) -> bool {
-    tool_parser::parse_all(parser, text)
-        .iter()
-        .any(|p| matches!(p, Piece::Call(_)))
 }
 
 /// The message of an "auto" choice: its tool calls, and the text around them as content (none
@@ -416,7 +413,6 @@ mod tests {
         assert_eq!(calls[0].function.name, "weather");
         assert_eq!(calls[0].function.arguments, r#"{"city":"Oslo"}"#);
         assert!(calls[0].id.starts_with("call"));
-        assert!(has_calls(ToolCallParser::Hermes, text));
 
         // Only whitespace around the calls: no content.
         let m = auto_message(
@@ -433,6 +429,5 @@ mod tests {
             (m.content, m.tool_calls.is_none()),
             (Some(plain.clone()), true)
         );
-        assert!(!has_calls(ToolCallParser::Hermes, &plain));
     }
 }
