@@ -54,7 +54,8 @@ pub struct ServeArgs {
     #[arg(long, requires = "tool_call_parser")]
     pub enable_auto_tool_choice: bool,
     /// The model's tool-call format (vLLM's names): hermes (`<tool_call>{...}</tool_call>`:
-    /// Qwen2.5, Hermes) or llama3_json (a JSON object message: Llama 3.1/3.2).
+    /// Qwen2.5, Hermes), llama3_json (a JSON object message: Llama 3.1/3.2) or mistral (a JSON
+    /// array of calls, after `[TOOL_CALLS]`).
     #[arg(long, value_parser = ToolCallParser::NAMES, requires = "enable_auto_tool_choice")]
     pub tool_call_parser: Option<String>,
 }

@@ -128,6 +128,43 @@ fn drafts_change_no_output_and_save_steps() {
     }
 }
 
+/// Parallel samples of one prompt fork from their leader after the prompt, then each decodes
+/// with its own drafts.
+#[test]
+fn parallel_samples_with_drafts_change_no_output() {
+    let prompt: Vec<TokenId> = (0..20).map(|t| 5 + (t * 11) % 37).collect();
+    let ids: Vec<RequestId> = (0..4).map(|i| RequestId(300 + i)).collect();
+    let params: Vec<SamplingParams> = (0..4)
+        .map(|i| SamplingParams {
+            temperature: if i == 0 { 0.0 } else { 0.9 },
+            seed: Some(i),
+            ignore_eos: true,
+            ..SamplingParams::greedy(60)
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for config in [EngineConfig::default(), speculative(3)] {
+        let mut engine = builtin_engine_with(64 << 20, &config);
+        engine
+            .add_request_group(
+                &ids,
+                prompt.clone(),
+                params.clone(),
+                std::time::Instant::now(),
+                None,
+            )
+            .unwrap();
+        outputs.push(run(&mut engine, &[]));
+        if config.speculative.is_some() {
+            assert!(engine.snapshot().num_accepted_tokens > 0);
+        }
+    }
+    for id in &ids {
+        assert_eq!(outputs[1][id], outputs[0][id], "sample {id}");
+        assert_eq!(outputs[0][id].len(), 60);
+    }
+}
+
 #[test]
 fn drafts_under_preemption_change_no_output() {
     let requests = builtin_requests();

@@ -8,11 +8,14 @@
 //! - `llama3_json` (Llama 3.1/3.2 JSON tool calling): the whole message is a JSON object
 //!   `{"name": ..., "parameters": {...}}` (or several, separated by `;`), possibly after
 //!   `<|python_tag|>`; a message starting with anything else is content.
+//! - `mistral` (Mistral v0.3, Nemo, Small): the whole message is a JSON array of
+//!   `{"name": ..., "arguments": {...}}` objects, possibly after `[TOOL_CALLS]` (a control token
+//!   that detokenization usually drops); anything else is content.
 //!
 //! A call that does not parse (bad JSON, no name) stays text, as in vLLM. Streaming applies the
 //! same rules as the text arrives ([`StreamingToolParser`]): content passes on at once except a
 //! tail that could begin a `<tool_call>` tag (`hermes`) or a message that may be a JSON call
-//! (`llama3_json`, held to the end); each call goes out whole once complete.
+//! (`llama3_json`, `mistral`: held to the end); each call goes out whole once complete.
 
 use serde_json::Value;
 
@@ -21,16 +24,27 @@ use serde_json::Value;
 pub enum ToolCallParser {
     Hermes,
     Llama3Json,
+    Mistral,
 }
 
 impl ToolCallParser {
-    pub const NAMES: [&'static str; 2] = ["hermes", "llama3_json"];
+    pub const NAMES: [&'static str; 3] = ["hermes", "llama3_json", "mistral"];
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "hermes" => Some(Self::Hermes),
             "llama3_json" => Some(Self::Llama3Json),
+            "mistral" => Some(Self::Mistral),
             _ => None,
+        }
+    }
+
+    /// A whole-message format's optional leading marker and the character its JSON opens with.
+    fn message_start(self) -> Option<(&'static str, char)> {
+        match self {
+            Self::Hermes => None,
+            Self::Llama3Json => Some((PYTHON_TAG, '{')),
+            Self::Mistral => Some((TOOL_CALLS_TAG, '[')),
         }
     }
 }
@@ -52,6 +66,7 @@ pub enum Piece {
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
 const PYTHON_TAG: &str = "<|python_tag|>";
+const TOOL_CALLS_TAG: &str = "[TOOL_CALLS]";
 
 /// Incremental parsing of one message's text.
 #[derive(Debug)]
@@ -61,8 +76,9 @@ pub struct StreamingToolParser {
     pending: String,
     /// `hermes`: inside a `<tool_call>` block (its opening tag consumed).
     in_call: bool,
-    /// `llama3_json`: whether the message is a JSON call (`Some(true)`, held to the end) or
-    /// content (`Some(false)`); `None` while only whitespace has arrived.
+    /// Whole-message formats: whether the message is a JSON call (`Some(true)`, held to the
+    /// end) or content (`Some(false)`); `None` while only whitespace (or part of the marker) has
+    /// arrived.
     json_message: Option<bool>,
 }
 
@@ -79,20 +95,17 @@ impl StreamingToolParser {
     /// Takes the next text of the message; appends what can be passed on to `out`.
     pub fn push(&mut self, text: &str, out: &mut Vec<Piece>) {
         self.pending.push_str(text);
-        match self.parser {
-            ToolCallParser::Hermes => self.hermes(out),
-            ToolCallParser::Llama3Json => {
-                if self.json_message.is_none() {
-                    let start = self.pending.trim_start();
-                    if !start.is_empty() && !PYTHON_TAG.starts_with(start) {
-                        self.json_message =
-                            Some(start.starts_with('{') || start.starts_with(PYTHON_TAG));
-                    }
-                }
-                if self.json_message == Some(false) {
-                    out.push(Piece::Content(std::mem::take(&mut self.pending)));
-                }
+        let Some((marker, opener)) = self.parser.message_start() else {
+            return self.hermes(out);
+        };
+        if self.json_message.is_none() {
+            let start = self.pending.trim_start();
+            if !start.is_empty() && !marker.starts_with(start) {
+                self.json_message = Some(start.starts_with(opener) || start.starts_with(marker));
             }
+        }
+        if self.json_message == Some(false) {
+            out.push(Piece::Content(std::mem::take(&mut self.pending)));
         }
     }
 
@@ -104,8 +117,12 @@ impl StreamingToolParser {
                 // An unterminated block (the output was cut) stays text.
                 out.push(Piece::Content(format!("{OPEN}{rest}")));
             }
-            ToolCallParser::Llama3Json if self.json_message == Some(true) => {
-                match llama3_calls(&rest) {
+            parser if self.json_message == Some(true) => {
+                let calls = match parser {
+                    ToolCallParser::Mistral => mistral_calls(&rest),
+                    _ => llama3_calls(&rest),
+                };
+                match calls {
                     Some(calls) => out.extend(calls.into_iter().map(Piece::Call)),
                     None => out.push(Piece::Content(rest)),
                 }
@@ -202,6 +219,18 @@ fn llama3_calls(text: &str) -> Option<Vec<ParsedCall>> {
         let value = values.next()?.ok()?;
         calls.push(call_of(&value)?);
         rest = &rest[values.byte_offset()..];
+    }
+}
+
+/// A JSON array of call objects (or one object), after an optional `[TOOL_CALLS]`; `None` unless
+/// the whole text is that.
+fn mistral_calls(text: &str) -> Option<Vec<ParsedCall>> {
+    let text = text.trim_start();
+    let text = text.strip_prefix(TOOL_CALLS_TAG).unwrap_or(text);
+    match serde_json::from_str::<Value>(text.trim()).ok()? {
+        Value::Array(items) if !items.is_empty() => items.iter().map(call_of).collect(),
+        object @ Value::Object(_) => Some(vec![call_of(&object)?]),
+        _ => None,
     }
 }
 
@@ -338,10 +367,44 @@ mod tests {
     }
 
     #[test]
+    fn mistral_messages_are_call_arrays_and_others_content() {
+        let cases = [
+            (
+                r#"[TOOL_CALLS] [{"name": "weather", "arguments": {"city": "Oslo"}}, {"name": "time", "arguments": {}}]"#,
+                vec![call("weather", r#"{"city":"Oslo"}"#), call("time", "{}")],
+            ),
+            (
+                r#" [{"name": "weather", "arguments": {}}]"#,
+                vec![call("weather", "{}")],
+            ),
+            ("[1, 2]", vec![content("[1, 2]")]),
+            ("[]", vec![content("[]")]),
+            ("Sure, [TOOL", vec![content("Sure, [TOOL")]),
+            ("[TOOL_CALLS", vec![content("[TOOL_CALLS")]),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                merged(parse_all(ToolCallParser::Mistral, text)),
+                want,
+                "{text}"
+            );
+            let mut parser = StreamingToolParser::new(ToolCallParser::Mistral);
+            let mut out = Vec::new();
+            let mut start = 0;
+            for end in (1..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                parser.push(&text[start..end], &mut out);
+                start = end;
+            }
+            parser.finish(&mut out);
+            assert_eq!(merged(out), want, "{text} streamed");
+        }
+    }
+
+    #[test]
     fn parsers_are_named_as_in_vllm() {
         for name in ToolCallParser::NAMES {
             assert!(ToolCallParser::from_name(name).is_some());
         }
-        assert_eq!(ToolCallParser::from_name("mistral"), None);
+        assert_eq!(ToolCallParser::from_name("pythonic"), None);
     }
 }

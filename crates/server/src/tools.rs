@@ -54,7 +54,7 @@ pub fn tool_mode(
         Some(_) => Ok(ToolMode::Text),
         None => Err(ApiError::invalid_param(
             "tool_choice",
-            "tool_choice \"auto\" needs the server started with --enable-auto-tool-choice and --tool-call-parser (hermes or llama3_json, the model's tool-call format); use \"required\" or name a function",
+            "tool_choice \"auto\" needs the server started with --enable-auto-tool-choice and --tool-call-parser (hermes, llama3_json or mistral: the model's tool-call format); use \"required\" or name a function",
         )),
     }
 }
