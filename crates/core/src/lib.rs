@@ -44,6 +44,11 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Return this many top alternatives' log-probabilities with each sampled token.
     pub logprobs: Option<usize>,
+    /// vLLM `prompt_logprobs`: return each prompt token's log-probability (from the second on)
+    /// with this many top alternatives. The prompt is then computed in full (no prefix-cache
+    /// hits).
+    #[serde(default)]
+    pub prompt_logprobs: Option<usize>,
     /// Upper bound on generated tokens.
     pub max_tokens: usize,
     /// Keep generating past end-of-sequence tokens (benchmarks).
@@ -94,6 +99,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logprobs: None,
+            prompt_logprobs: None,
             max_tokens: 16,
             ignore_eos: false,
             stop_token_ids: Vec::new(),

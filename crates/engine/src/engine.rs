@@ -84,6 +84,8 @@ pub struct LlmEngine {
     speculative: Option<SpeculativeConfig>,
     /// Scratch: a request's prompt and output in one sequence, for the draft lookup.
     spec_tokens: Vec<TokenId>,
+    /// The prompt log-probabilities computed so far of requests that asked for them.
+    prompt_logprobs: HashMap<RequestId, Vec<SampledToken>>,
     pub stats: EngineStats,
 }
 
@@ -112,6 +114,7 @@ impl LlmEngine {
             allowed: Vec::new(),
             speculative: config.speculative,
             spec_tokens: Vec::new(),
+            prompt_logprobs: HashMap::new(),
             rngs: HashMap::new(),
             detok: HashMap::new(),
             stats: EngineStats::default(),
@@ -219,6 +222,7 @@ impl LlmEngine {
     fn forget(&mut self, id: RequestId) {
         self.rngs.remove(&id);
         self.constraints.remove(&id);
+        self.prompt_logprobs.remove(&id);
         self.detok.remove(&id);
     }
 
@@ -264,6 +268,9 @@ impl LlmEngine {
         let mut metas = Vec::with_capacity(out.scheduled.len());
         let mut logits_rows = Vec::new();
         let mut sampling = Vec::new();
+        // Prompt positions whose logits score the next prompt token: (request, row in the step,
+        // that token, alternatives wanted).
+        let mut prompt_rows = Vec::new();
         for s in &out.scheduled {
             let r = self
                 .scheduler
@@ -280,6 +287,14 @@ impl LlmEngine {
             metas.push((start, s.num_new_tokens, first + s.num_new_tokens));
             // The last token's row, then one per draft (each predicts the position after it).
             let real = s.num_new_tokens - s.num_spec_tokens;
+            if let Some(top) = r.params.prompt_logprobs {
+                // Positions not scored yet (a preempted request computes its prompt again).
+                let scored = self.prompt_logprobs.get(&s.id).map_or(0, Vec::len);
+                let end = (first + real).min(r.prompt_ids.len().saturating_sub(1));
+                for q in first.max(scored)..end {
+                    prompt_rows.push((s.id, start + q - first, r.prompt_ids[q + 1], top));
+                }
+            }
             if first + real == r.num_tokens() {
                 sampling.push(ToSample {
                     id: s.id,
@@ -290,6 +305,8 @@ impl LlmEngine {
             }
             self.stats.num_draft_tokens += s.num_spec_tokens as u64;
         }
+        let prompt_rows_start = logits_rows.len();
+        logits_rows.extend(prompt_rows.iter().map(|&(_, row, _, _)| row));
         let seqs: Vec<SeqAttention<'_>> = metas
             .iter()
             .zip(&tables)
@@ -321,6 +338,13 @@ impl LlmEngine {
         // logits borrow the runner; then fork and apply the tokens. A request with drafts samples
         // row after row while each token sampled equals the draft that was computed after it.
         let sample_started = Instant::now();
+        for (j, &(id, _, next, top)) in prompt_rows.iter().enumerate() {
+            let row = prompt_rows_start + j;
+            let scored = self
+                .sampler
+                .score(&logits[row * vocab..(row + 1) * vocab], next, top);
+            self.prompt_logprobs.entry(id).or_default().push(scored);
+        }
         let mut sampled: Vec<(RequestId, SampledToken)> = Vec::with_capacity(logits_rows.len());
         let mut forked = Vec::new();
         let mut history = Vec::new();
@@ -392,6 +416,10 @@ impl LlmEngine {
         self.stats.sample_time_total += sample_started.elapsed();
         for (leader, child) in forked {
             self.scheduler.fork(leader, child, now);
+            if let Some(scores) = self.prompt_logprobs.get(&leader) {
+                let scores = scores.clone();
+                self.prompt_logprobs.insert(child, scores);
+            }
         }
         // Apply each request's tokens in order until one finishes it; the drafts it kept (all
         // its tokens but the last) have their K/V from this step.
@@ -465,6 +493,8 @@ impl LlmEngine {
         let num_cached_tokens = r.num_cached_tokens.unwrap_or(0);
         self.scheduler.append_token(id, token.token);
         self.stats.num_generated_tokens += 1;
+        let prompt_logprobs = (num_output == 1 && params.prompt_logprobs.is_some())
+            .then(|| self.prompt_logprobs.remove(&id).unwrap_or_default());
         // A constrained request's text advances by the token's bytes: `Some(Some(done))`, or
         // `Some(None)` when the token does not fit (only when nothing was allowed: a vocabulary
         // that cannot write the next byte), which ends the request as aborted.
@@ -532,6 +562,7 @@ impl LlmEngine {
             num_cached_tokens,
             num_output_tokens: num_output,
             timings,
+            prompt_logprobs,
         }
     }
 }

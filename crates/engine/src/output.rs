@@ -69,6 +69,9 @@ pub struct RequestOutput {
     /// Output tokens so far, this one included.
     pub num_output_tokens: usize,
     pub timings: RequestTimings,
+    /// With the request's first token, when it asked for `prompt_logprobs`: the log-probability
+    /// of each prompt token from the second on (entry `i` scores prompt token `i + 1`).
+    pub prompt_logprobs: Option<Vec<SampledToken>>,
 }
 
 /// One engine step, as reported to observers (metrics).

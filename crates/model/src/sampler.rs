@@ -112,6 +112,25 @@ impl Sampler {
         }
     }
 
+    /// `token`'s log-probability under the raw `logits` with the `top` most likely alternatives,
+    /// as [`Sampler::sample`] reports them (prompt log-probabilities: what the model gave the
+    /// token that came next).
+    pub fn score(&mut self, logits: &[f32], token: TokenId, top: usize) -> SampledToken {
+        self.logits.clear();
+        self.logits.extend(logits.iter().map(|&x| sanitize(x)));
+        let norm = LogNorm::new(&self.logits);
+        let top_logprobs = self.top_logprobs(top, &norm);
+        let logprob = self
+            .logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&x| norm.logprob(x));
+        SampledToken {
+            token,
+            logprob,
+            top_logprobs,
+        }
+    }
+
     /// The `n` most likely raw tokens with their log-probabilities, most likely first.
     fn top_logprobs(&mut self, n: usize, norm: &LogNorm) -> Vec<(TokenId, f32)> {
         if n == 0 {

@@ -35,7 +35,8 @@ const PIECE_CONTEXT: usize = 4;
 pub enum ChoiceEvent {
     Output {
         index: usize,
-        output: RequestOutput,
+        /// Boxed: the prompt's log-probabilities make an output large.
+        output: Box<RequestOutput>,
         /// Seconds since this choice's previous output (inter-token latency), if any.
         since_previous: Option<f64>,
     },
@@ -158,7 +159,7 @@ fn choice_stream(index: usize, stream: RequestStream) -> ChoiceStream {
                     Some((
                         ChoiceEvent::Output {
                             index,
-                            output,
+                            output: Box::new(output),
                             since_previous,
                         },
                         (stream, Some(now), done),

@@ -130,6 +130,8 @@ pub fn generation(
         presence_penalty: fields.presence_penalty.unwrap_or(0.0),
         frequency_penalty: fields.frequency_penalty.unwrap_or(0.0),
         logprobs,
+        // Set by `/v1/completions` for `echo` with `logprobs`.
+        prompt_logprobs: None,
         // "The rest of the context" is resolved per prompt; until then no bound applies.
         max_tokens: max_tokens.unwrap_or(usize::MAX),
         ignore_eos: fields.ignore_eos,

@@ -258,13 +258,95 @@ async fn echo_puts_each_prompt_before_its_choices() {
         .await;
     let decoded = detokenize(&s, &ids).await;
     assert_eq!(texts(&r)[0], format!("{decoded}{}", texts(&alone)[0]));
+    s.stop().await;
+}
 
-    let (status, r) = s
+/// `echo` with `logprobs`: the prompt's tokens come first in the logprobs (the first with null),
+/// each scored as the model scores it when it is the next token: extending a prompt by the token
+/// it generated gives that token the same log-probability as a prompt token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_with_logprobs_scores_the_prompt_tokens() {
+    let s = server().await;
+    let prompt = [1u32, 40, 41, 42, 43, 44, 45];
+    let body = json!({"prompt": prompt, "max_tokens": 3, "temperature": 0, "ignore_eos": true,
+                      "logprobs": 2, "echo": true, "n": 2});
+    let (status, r) = s.post("/v1/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    let lp = &r["choices"][0]["logprobs"];
+    let n = prompt.len() + 3;
+    for field in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        assert_eq!(lp[field].as_array().unwrap().len(), n, "{field}: {lp}");
+    }
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+    for i in 1..n {
+        let x = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!(x <= 0.0, "{x}");
+        assert_eq!(lp["top_logprobs"][i].as_object().unwrap().len(), 2);
+    }
+    // Offsets count characters of the whole echoed text; the generated tokens' pieces make the
+    // generated text.
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    let decoded = detokenize(&s, &prompt).await;
+    let generated: String = lp["tokens"].as_array().unwrap()[prompt.len()..]
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(text, format!("{decoded}{generated}"));
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    assert_eq!(offsets[prompt.len()] as usize, decoded.chars().count());
+    // Both choices carry the prompt's part.
+    assert_eq!(
+        r["choices"][1]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()[..prompt.len()],
+        lp["token_logprobs"].as_array().unwrap()[..prompt.len()]
+    );
+    // A shorter prompt scores its tokens the same.
+    let (_, short) = s
         .post(
             "/v1/completions",
-            &with(json!({"prompt": "x", "echo": true, "logprobs": 1})),
+            &json!({"prompt": prompt[..4], "max_tokens": 1, "temperature": 0, "logprobs": 0,
+                    "echo": true}),
         )
         .await;
-    assert_eq!((status, r["error"]["param"].as_str()), (400, Some("echo")));
+    let short = short["choices"][0]["logprobs"]["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .clone();
+    for i in 1..4 {
+        let (a, b) = (
+            short[i].as_f64().unwrap(),
+            lp["token_logprobs"][i].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-4, "token {i}: {a} vs {b}");
+    }
+
+    // Streamed: the same arrays, the prompt's with the first chunk.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["n"] = json!(1);
+    let c = chunks(&s.stream("/v1/completions", &streamed).await);
+    let first_lp = &c[0]["choices"][0]["logprobs"]["token_logprobs"];
+    assert_eq!(first_lp.as_array().unwrap().len(), prompt.len() + 1);
+    let all: Vec<Value> = c
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["logprobs"]["token_logprobs"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    let want = lp["token_logprobs"].as_array().unwrap();
+    assert_eq!(all.len(), want.len());
+    for (a, b) in all.iter().zip(want) {
+        match (a.as_f64(), b.as_f64()) {
+            (Some(a), Some(b)) => assert!((a - b).abs() < 1e-5, "{a} vs {b}"),
+            _ => assert!(a.is_null() && b.is_null(), "{a} vs {b}"),
+        }
+    }
     s.stop().await;
 }

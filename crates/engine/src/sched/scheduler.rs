@@ -25,6 +25,20 @@ use pagoda_core::{FinishReason, RequestId, TokenId};
 use crate::kv::{BlockId, CachedPrefix, KvCacheManager};
 use crate::request::{Request, RequestStatus};
 
+/// Most prompt tokens a request that wants its prompt's log-probabilities computes per step
+/// (each needs a row of logits: 256 × a 150k vocabulary is 150 MB).
+pub const PROMPT_LOGPROBS_CHUNK: usize = 256;
+
+/// Tokens `r` may compute in a step with `budget` left.
+fn step_tokens(r: &Request, budget: usize) -> usize {
+    let n = r.num_uncomputed().min(budget);
+    if r.params.prompt_logprobs.is_some() && r.num_computed_tokens < r.prompt_ids.len() {
+        n.min(PROMPT_LOGPROBS_CHUNK)
+    } else {
+        n
+    }
+}
+
 /// Limits of the scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -253,7 +267,7 @@ impl Scheduler {
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
             let r = &self.requests[&id];
-            let (computed, num_new) = (r.num_computed_tokens, r.num_uncomputed().min(budget));
+            let (computed, num_new) = (r.num_computed_tokens, step_tokens(r, budget));
             if num_new == 0 {
                 i += 1;
                 continue;
@@ -307,9 +321,14 @@ impl Scheduler {
                 }
                 let r = &self.requests[&id];
                 debug_assert_eq!(r.num_computed_tokens, 0, "invariant: waiting holds no KV");
-                let prefix = self.kv.find_cached_prefix(r);
+                // Prompt log-probabilities need every prompt position's logits: no cache hits.
+                let prefix = if r.params.prompt_logprobs.is_some() {
+                    CachedPrefix::default()
+                } else {
+                    self.kv.find_cached_prefix(r)
+                };
                 let num_hit = prefix.num_blocks() * self.config.block_size;
-                let num_new = (r.num_tokens() - num_hit).min(budget);
+                let num_new = step_tokens(r, budget).min(r.num_tokens() - num_hit);
                 let num_tokens = r.num_tokens();
                 if self
                     .kv

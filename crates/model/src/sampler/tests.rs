@@ -493,3 +493,24 @@ fn the_step_mask_restricts_the_choice_and_combines_with_the_params() {
         assert!(t == 17 || t == 38, "{t}");
     }
 }
+
+#[test]
+fn scores_are_the_logprobs_sampling_reports() {
+    let logits = random_logits(7, 300);
+    let mut s = Sampler::new();
+    let p = SamplingParams {
+        logprobs: Some(4),
+        ..params(0.0)
+    };
+    let mut rng = RequestRng::new(Some(1));
+    let sampled = s.sample(&logits, &p, &[], &[], StepMasks::default(), &mut rng);
+    let scored = s.score(&logits, sampled.token, 4);
+    assert_eq!(scored, sampled);
+    // A probability distribution over the vocabulary.
+    let total: f64 = (0..300)
+        .map(|t| f64::from(s.score(&logits, t, 0).logprob).exp())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-5, "{total}");
+    // Ids outside the vocabulary have no probability.
+    assert_eq!(s.score(&logits, 300, 0).logprob, f32::NEG_INFINITY);
+}

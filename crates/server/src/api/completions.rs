@@ -23,9 +23,19 @@ pub struct CompletionRequest {
 #[derive(Debug, Serialize, Default, Clone, PartialEq)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    pub top_logprobs: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// `None` (null) for an echoed prompt's first token, which nothing predicts.
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<serde_json::Map<String, serde_json::Value>>>,
     pub text_offset: Vec<usize>,
+}
+
+impl CompletionLogprobs {
+    pub fn extend(&mut self, other: &CompletionLogprobs) {
+        self.tokens.extend(other.tokens.iter().cloned());
+        self.token_logprobs.extend(&other.token_logprobs);
+        self.top_logprobs.extend(other.top_logprobs.iter().cloned());
+        self.text_offset.extend(&other.text_offset);
+    }
 }
 
 #[derive(Debug, Serialize)]

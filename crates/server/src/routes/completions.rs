@@ -1,4 +1,6 @@
-//! `POST /v1/completions`.
+//! `POST /v1/completions`. With `echo`, the prompt's text goes before each choice's, and with
+//! `echo` and `logprobs` its tokens' log-probabilities before the choice's (the first prompt
+//! token's null), as OpenAI's legacy completions and vLLM do.
 
 use std::sync::Arc;
 
@@ -6,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use pagoda_core::{SampledToken, TokenId};
 use serde_json::{json, Map};
 
 use crate::api::common::Usage;
@@ -36,27 +39,59 @@ fn record_logprobs(
     }
     CompletionLogprobs {
         tokens: vec![piece],
-        token_logprobs: vec![output.token.logprob],
-        top_logprobs: vec![top],
+        token_logprobs: vec![Some(output.token.logprob)],
+        top_logprobs: vec![Some(top)],
         text_offset: vec![offset],
     }
 }
 
-/// Applies one output to its choice; returns this token's logprobs when asked for.
+/// The echoed prompt's part of the logprobs: each token's piece and character offset, its
+/// log-probability from `scores` (entry `i` scores token `i + 1`; the first token has none).
+fn prompt_logprobs(
+    state: &AppState,
+    prompt: &[TokenId],
+    scores: &[SampledToken],
+) -> CompletionLogprobs {
+    let mut lp = CompletionLogprobs::default();
+    let mut offset = 0;
+    for (i, &id) in prompt.iter().enumerate() {
+        let context = &prompt[..i];
+        let piece = token_piece(&state.tokenizer, context, id);
+        let score = i.checked_sub(1).and_then(|s| scores.get(s));
+        lp.token_logprobs.push(score.map(|s| s.logprob));
+        lp.top_logprobs.push(score.map(|s| {
+            s.top_logprobs
+                .iter()
+                .map(|&(t, l)| (token_piece(&state.tokenizer, context, t), json!(l)))
+                .collect()
+        }));
+        lp.text_offset.push(offset);
+        offset += piece.chars().count();
+        lp.tokens.push(piece);
+    }
+    lp
+}
+
+/// Applies one output to its choice; returns this token's logprobs when asked for (after the
+/// echoed prompt's, with the first token of a choice that echoes it). `echo_chars` is the length
+/// of the echoed text, which the offsets count from.
 fn apply(
     state: &AppState,
     choice: &mut ChoiceText,
     output: &pagoda_engine::output::RequestOutput,
     want_logprobs: bool,
+    echo: Option<(&[TokenId], usize)>,
 ) -> Option<CompletionLogprobs> {
     let delta = if want_logprobs {
-        let offset = choice.text.chars().count();
-        let lp = record_logprobs(state, choice, output, offset);
+        let (prompt, echo_chars) = echo.unwrap_or((&[], 0));
+        let mut lp = match &output.prompt_logprobs {
+            Some(scores) if !prompt.is_empty() => prompt_logprobs(state, prompt, scores),
+            _ => CompletionLogprobs::default(),
+        };
+        let offset = echo_chars + choice.text.chars().count();
+        lp.extend(&record_logprobs(state, choice, output, offset));
         if let Some(all) = choice.logprobs.as_mut() {
-            all.tokens.extend(lp.tokens.iter().cloned());
-            all.token_logprobs.extend(&lp.token_logprobs);
-            all.top_logprobs.extend(lp.top_logprobs.iter().cloned());
-            all.text_offset.extend(&lp.text_offset);
+            all.extend(&lp);
         }
         Some(lp)
     } else {
@@ -84,16 +119,10 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse_json(&body)?;
     check_model(&state, request.model.as_deref())?;
-    if request.echo && request.logprobs.is_some() {
-        return Err(ApiError::invalid_param(
-            "echo",
-            "echo with logprobs is not supported (it needs the prompt's log-probabilities)",
-        ));
-    }
     if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
     }
-    let generation = validation::generation(
+    let mut generation = validation::generation(
         &request.sampling,
         request.sampling.max_tokens.or(Some(16)),
         "max_tokens",
@@ -101,6 +130,9 @@ async fn run(
         "logprobs",
         state.vocab_size,
     )?;
+    if request.echo {
+        generation.params.prompt_logprobs = generation.params.logprobs;
+    }
     let vocab = state.vocab_size;
     // With `echo`, each prompt's text as given (token prompts: decoded) goes before its choices'.
     let mut echoes = Vec::new();
@@ -139,6 +171,12 @@ async fn run(
     let model = state.config.served_model_name.clone();
     let want_logprobs = generation.params.logprobs.is_some();
     let mut choices = ChoiceText::for_choices(&submission, want_logprobs);
+    // With echo: each choice's prompt and the length of its echoed text, for the logprobs.
+    let echo_of: Vec<(Vec<TokenId>, usize)> = echoes
+        .iter()
+        .enumerate()
+        .map(|(i, text)| (submission.prompt_of(i).to_vec(), text.chars().count()))
+        .collect();
 
     if generation.stream {
         let (chunk_state, chunk_id, chunk_model) = (Arc::clone(&state), id.clone(), model.clone());
@@ -147,7 +185,8 @@ async fn run(
                 return Vec::new();
             };
             let choice = &mut choices[*index];
-            let logprobs = apply(&chunk_state, choice, output, want_logprobs);
+            let echo = echo_of.get(*index).map(|(p, n)| (&p[..], *n));
+            let logprobs = apply(&chunk_state, choice, output, want_logprobs, echo);
             // The echoed prompt goes out with the choice's first chunk.
             let echo = echoes
                 .get_mut(*index)
@@ -188,7 +227,8 @@ async fn run(
 
     let completion_tokens = submission
         .collect(&state, |index, output| {
-            apply(&state, &mut choices[index], output, want_logprobs);
+            let echo = echo_of.get(index).map(|(p, n)| (&p[..], *n));
+            apply(&state, &mut choices[index], output, want_logprobs, echo);
         })
         .await?;
     drop(guard);
