@@ -25,15 +25,20 @@ use pagoda_core::{FinishReason, RequestId, TokenId};
 use crate::kv::{BlockId, CachedPrefix, KvCacheManager};
 use crate::request::{Request, RequestStatus};
 
-/// Most prompt tokens a request that wants its prompt's log-probabilities computes per step
-/// (each needs a row of logits: 256 × a 150k vocabulary is 150 MB).
+/// Most prompt tokens of requests that want their prompt's log-probabilities computed in one
+/// step (each needs a row of logits: 256 × a 150k vocabulary is 150 MB).
 pub const PROMPT_LOGPROBS_CHUNK: usize = 256;
 
-/// Tokens `r` may compute in a step with `budget` left.
-fn step_tokens(r: &Request, budget: usize) -> usize {
+/// Whether `r`'s next tokens are prompt tokens whose log-probabilities it wants.
+fn scores_prompt(r: &Request) -> bool {
+    r.params.prompt_logprobs.is_some() && r.num_computed_tokens < r.prompt_ids.len()
+}
+
+/// Tokens `r` may compute in a step with `budget` left and `scored` prompt-logprob rows left.
+fn step_tokens(r: &Request, budget: usize, scored: usize) -> usize {
     let n = r.num_uncomputed().min(budget);
-    if r.params.prompt_logprobs.is_some() && r.num_computed_tokens < r.prompt_ids.len() {
-        n.min(PROMPT_LOGPROBS_CHUNK)
+    if scores_prompt(r) {
+        n.min(scored)
     } else {
         n
     }
@@ -263,11 +268,12 @@ impl Scheduler {
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut out = SchedulerOutput::default();
         let mut budget = self.config.max_num_batched_tokens;
+        let mut scored = PROMPT_LOGPROBS_CHUNK;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
             let r = &self.requests[&id];
-            let (computed, num_new) = (r.num_computed_tokens, step_tokens(r, budget));
+            let (computed, num_new) = (r.num_computed_tokens, step_tokens(r, budget, scored));
             if num_new == 0 {
                 i += 1;
                 continue;
@@ -291,6 +297,9 @@ impl Scheduler {
                     .is_some();
             }
             if allocated {
+                if scores_prompt(r) {
+                    scored -= num_new;
+                }
                 out.scheduled.push(ScheduledRequest {
                     id,
                     num_new_tokens: num_new + num_spec,
@@ -328,14 +337,22 @@ impl Scheduler {
                     self.kv.find_cached_prefix(r)
                 };
                 let num_hit = prefix.num_blocks() * self.config.block_size;
-                let num_new = step_tokens(r, budget).min(r.num_tokens() - num_hit);
+                let num_new = step_tokens(r, budget, scored).min(r.num_tokens() - num_hit);
+                if num_new == 0 {
+                    // Its prompt's log-probabilities wait for the next step.
+                    break;
+                }
                 let num_tokens = r.num_tokens();
+                let wants_scores = scores_prompt(r);
                 if self
                     .kv
                     .allocate_slots(r, num_hit + num_new, prefix)
                     .is_none()
                 {
                     break;
+                }
+                if wants_scores {
+                    scored -= num_new;
                 }
                 self.kv.record_lookup(num_tokens, num_hit);
                 self.waiting.pop_front();

@@ -556,3 +556,30 @@ fn a_decode_drops_its_drafts_before_anything_is_preempted() {
     s.on_step_done(&out);
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn prompts_whose_logprobs_are_wanted_share_a_row_cap_per_step() {
+    let mut s = Scheduler::new(config(2048, 400, 4));
+    let scored = |id, len| {
+        let mut r = request(id, len, 4);
+        r.params.prompt_logprobs = Some(0);
+        r
+    };
+    s.add_request(scored(1, 200)).unwrap();
+    s.add_request(scored(2, 200)).unwrap();
+    s.add_request(request(3, 300, 4)).unwrap();
+    // 256 scored rows a step between 1 and 2; 3's prompt is not limited.
+    assert_eq!(step(&mut s), vec![(1, 200), (2, 56), (3, 300)]);
+    // 1 decodes (not a prompt token), 2 finishes its prompt.
+    assert_eq!(step(&mut s), vec![(1, 1), (2, 144), (3, 1)]);
+    // A scored prompt that finds the cap spent waits for the next step, and the requests
+    // behind it too (FCFS).
+    s.add_request(scored(4, 300)).unwrap();
+    s.add_request(scored(5, 20)).unwrap();
+    s.add_request(request(6, 10, 4)).unwrap();
+    assert_eq!(step(&mut s), vec![(1, 1), (2, 1), (3, 1), (4, 256)]);
+    assert_eq!(
+        step(&mut s),
+        vec![(1, 1), (2, 1), (3, 1), (4, 44), (5, 20), (6, 10)]
+    );
+}
