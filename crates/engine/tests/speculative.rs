@@ -251,3 +251,43 @@ fn no_drafts_while_more_requests_run_than_the_limit() {
         assert_eq!(got[id], expected[id], "request {id}");
     }
 }
+
+/// Aborting requests that carry drafts frees everything; the others' outputs do not change.
+#[test]
+fn aborts_with_drafts_in_flight_leave_the_pool_whole() {
+    let requests = builtin_requests();
+    let mut plain = builtin_engine_with(64 << 20, &EngineConfig::default());
+    let expected = run(&mut plain, &requests);
+    let mut engine = builtin_engine_with(64 << 20, &speculative(3));
+    for (id, prompt, params) in &requests {
+        engine
+            .add_request(*id, prompt.clone(), params.clone())
+            .unwrap();
+    }
+    let aborted = [RequestId(0), RequestId(3), RequestId(101)];
+    let mut got = Outputs::new();
+    let mut steps = 0;
+    while engine.has_unfinished() {
+        for out in engine.step() {
+            got.entry(out.id)
+                .or_default()
+                .push((out.token.token, out.text, out.finished));
+        }
+        steps += 1;
+        if steps == 6 {
+            for id in aborted {
+                assert!(engine.abort(id), "{id} had finished");
+            }
+        }
+        engine.scheduler().check_invariants().unwrap();
+    }
+    assert!(engine.snapshot().num_accepted_tokens > 0);
+    assert_eq!(engine.snapshot().kv_blocks_used, 0);
+    for (id, _, _) in &requests {
+        if aborted.contains(id) {
+            assert_eq!(got[id][..], expected[id][..got[id].len()], "request {id}");
+        } else {
+            assert_eq!(got[id], expected[id], "request {id}");
+        }
+    }
+}
