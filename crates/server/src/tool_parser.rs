@@ -25,6 +25,9 @@ pub enum ToolCallParser {
     Hermes,
     Llama3Json,
     Mistral,
+    /// pagoda's own format for `tool_choice` "required" with several tools (not a server
+    /// option): a JSON object whose one key names the function and whose value is its arguments.
+    NamedObject,
 }
 
 impl ToolCallParser {
@@ -45,6 +48,7 @@ impl ToolCallParser {
             Self::Hermes => None,
             Self::Llama3Json => Some((PYTHON_TAG, '{')),
             Self::Mistral => Some((TOOL_CALLS_TAG, '[')),
+            Self::NamedObject => Some(("", '{')),
         }
     }
 }
@@ -120,6 +124,7 @@ impl StreamingToolParser {
             parser if self.json_message == Some(true) => {
                 let calls = match parser {
                     ToolCallParser::Mistral => mistral_calls(&rest),
+                    ToolCallParser::NamedObject => named_object_call(&rest).map(|c| vec![c]),
                     _ => llama3_calls(&rest),
                 };
                 match calls {
@@ -219,6 +224,19 @@ fn llama3_calls(text: &str) -> Option<Vec<ParsedCall>> {
         let value = values.next()?.ok()?;
         calls.push(call_of(&value)?);
         rest = &rest[values.byte_offset()..];
+    }
+}
+
+/// `{"name": {arguments}}`; `None` unless the whole text is that.
+fn named_object_call(text: &str) -> Option<ParsedCall> {
+    let object: serde_json::Map<String, Value> = serde_json::from_str(text.trim()).ok()?;
+    let mut entries = object.into_iter();
+    match (entries.next(), entries.next()) {
+        (Some((name, arguments)), None) => Some(ParsedCall {
+            name,
+            arguments: arguments.to_string(),
+        }),
+        _ => None,
     }
 }
 
@@ -397,6 +415,19 @@ mod tests {
             }
             parser.finish(&mut out);
             assert_eq!(merged(out), want, "{text} streamed");
+        }
+    }
+
+    #[test]
+    fn a_named_object_is_one_call() {
+        let p = ToolCallParser::NamedObject;
+        assert_eq!(
+            parse_all(p, r#"{"weather": {"city": "Oslo"}}"#),
+            vec![call("weather", r#"{"city":"Oslo"}"#)]
+        );
+        // Cut short (max_tokens) or not one key: text.
+        for text in [r#"{"weather": {"ci"#, r#"{"a": {}, "b": {}}"#, "{}"] {
+            assert_eq!(merged(parse_all(p, text)), vec![content(text)], "{text}");
         }
     }
 

@@ -9,7 +9,8 @@
 //! OpenAI's API — needs the server started with a parser for the model's tool-call format
 //! (`--enable-auto-tool-choice --tool-call-parser`, see [`crate::tool_parser`]); without one,
 //! an explicit `"auto"` is refused and an absent `tool_choice` means `"none"`. `"required"` with
-//! several tools is refused (the output cannot yet choose among their schemas).
+//! several tools generates `{"name": {arguments}}` under a schema allowing exactly one of the
+//! functions, each with its parameters, and answers it as the call.
 
 use pagoda_engine::structured::Schema;
 use serde_json::{json, Value};
@@ -24,6 +25,9 @@ pub enum ToolMode {
     Text,
     /// Must call this function: its arguments are generated under its parameters schema.
     Forced(ForcedCall),
+    /// Must call one of several functions: the output is `{"name": {arguments}}` under this
+    /// schema (exactly one of the functions, each with its parameters).
+    ForcedAny(String),
     /// Free text, in which the model may call tools in the parser's format.
     Auto(ToolCallParser),
 }
@@ -41,6 +45,9 @@ pub fn tool_mode(
         Some(Value::String(mode)) => mode == "auto",
         Some(_) => false,
     };
+    if choice.is_some_and(|c| c == "required") && tools.is_some_and(|t| t.len() > 1) {
+        return any_call(tools.unwrap_or_default());
+    }
     if !wants_auto {
         return Ok(match forced_call(tools, choice)? {
             Some(call) => ToolMode::Forced(call),
@@ -65,6 +72,30 @@ pub struct ForcedCall {
     pub name: String,
     /// The function's `parameters` schema as JSON text.
     pub parameters: String,
+}
+
+/// `"required"` with several tools: one object whose one key is a function's name and whose
+/// value is an instance of its parameters.
+fn any_call(tools: &[Value]) -> Result<ToolMode, ApiError> {
+    let mut properties = serde_json::Map::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let (name, parameters) = function(i, tool)?;
+        if properties.insert(name.clone(), parameters).is_some() {
+            return Err(ApiError::invalid_param(
+                "tools",
+                format!("tools[{i}].function.name {name:?} is not unique"),
+            ));
+        }
+    }
+    let schema = json!({"type": "object", "minProperties": 1, "maxProperties": 1,
+                        "properties": properties});
+    Schema::compile(&schema).map_err(|e| {
+        ApiError::invalid_param(
+            "tools",
+            format!("the tools' parameters cannot be followed: {e}"),
+        )
+    })?;
+    Ok(ToolMode::ForcedAny(schema.to_string()))
 }
 
 /// Checks `tools` and a `tool_choice` other than `"auto"`; `Some` when the request forces a call.
@@ -195,9 +226,20 @@ mod tests {
         let tools = [tool("weather"), tool("time")];
         let bad_tool = [json!({"type": "function", "function": {"name": "x",
             "parameters": {"type": "object", "properties": {"d": {"type": "string", "format": "date"}}}}})];
-        let cases: [(&[Value], Value, &str, &str); 7] = [
+        let cases: [(&[Value], Value, &str, &str); 8] = [
             (&tools, json!("auto"), "tool_choice", "auto"),
-            (&tools, json!("required"), "tool_choice", "one tool"),
+            (
+                &[tool("a"), tool("a")],
+                json!("required"),
+                "tools",
+                "not unique",
+            ),
+            (
+                &[tool("a"), bad_tool[0].clone()],
+                json!("required"),
+                "tools",
+                "\"format\"",
+            ),
             (&[], json!("required"), "tool_choice", "needs tools"),
             (
                 &tools,
@@ -224,6 +266,20 @@ mod tests {
             assert_eq!(e.param.as_deref(), Some(param), "{choice}");
             assert!(e.message.contains(words), "{choice}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn required_with_several_tools_chooses_one_by_name() {
+        let tools = [tool("weather"), tool("time")];
+        let ToolMode::ForcedAny(schema) =
+            tool_mode(Some(&tools), Some(&json!("required")), None).unwrap()
+        else {
+            panic!("not a choice among functions");
+        };
+        let schema: Value = serde_json::from_str(&schema).unwrap();
+        assert_eq!(schema["minProperties"], 1);
+        assert_eq!(schema["maxProperties"], 1);
+        assert_eq!(schema["properties"]["time"]["required"], json!(["city"]));
     }
 
     #[test]

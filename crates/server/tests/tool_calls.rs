@@ -1,9 +1,9 @@
 //! Chat tool calling over real HTTP on the built-in demo model: a named function (or
 //! `"required"` with one tool) comes back as `tool_calls` whose arguments are an instance of the
 //! function's parameters schema, streamed or not; `"none"` keeps plain text; with a tool-call
-//! parser, `"auto"` is the default and text without calls stays content; what pagoda cannot
-//! serve (`"auto"` without a parser, several tools under `"required"`, bad tools) is refused by
-//! parameter.
+//! parser, `"auto"` is the default and text without calls stays content; `"required"` with
+//! several tools calls one of them; what pagoda cannot serve (`"auto"` without a parser, tools
+//! with the same name, bad tools) is refused by parameter.
 
 mod common;
 
@@ -135,7 +135,12 @@ async fn tool_requests_pagoda_cannot_serve_are_refused_by_parameter() {
     let s = server().await;
     let cases = [
         (json!({"tool_choice": "auto"}), "tool_choice"),
-        (json!({"tool_choice": "required"}), "tool_choice"),
+        (
+            json!({"tool_choice": "required",
+                   "tools": [{"type": "function", "function": {"name": "a"}},
+                             {"type": "function", "function": {"name": "a"}}]}),
+            "tools",
+        ),
         (
             json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}),
             "tool_choice",
@@ -282,5 +287,54 @@ async fn a_call_in_the_text_comes_back_as_tool_calls() {
         .filter(|r| !r.is_null())
         .collect();
     assert_eq!(reasons, [&json!("tool_calls")]);
+    s.stop().await;
+}
+
+/// `"required"` with several tools: one of them is called, with arguments for its own schema,
+/// streamed (one delta with the whole call) or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_with_several_tools_calls_one_of_them() {
+    let s = server().await;
+    let (status, r) = s
+        .post("/v1/chat/completions", &request(json!("required"), false))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let mut names = Vec::new();
+    for choice in r["choices"].as_array().unwrap() {
+        assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
+        assert!(choice["message"]["content"].is_null(), "{r}");
+        let call = &choice["message"]["tool_calls"][0];
+        let name = call["function"]["name"].as_str().unwrap().to_string();
+        let arguments = call["function"]["arguments"].as_str().unwrap();
+        match name.as_str() {
+            "set_light" => check_arguments(arguments),
+            "ping" => assert_eq!(arguments, "{}"),
+            other => panic!("called {other}"),
+        }
+        names.push(name);
+    }
+    assert_eq!(names.len(), 2);
+
+    let streamed = chunks(
+        &s.stream("/v1/chat/completions", &request(json!("required"), true))
+            .await,
+    );
+    for index in 0..2 {
+        let calls: Vec<&Value> = streamed
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == index)
+            .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+            .collect();
+        assert_eq!(calls.len(), 1, "{streamed:?}");
+        let name = calls[0][0]["function"]["name"].as_str().unwrap();
+        assert!(["set_light", "ping"].contains(&name), "{name}");
+        let reasons: Vec<&Value> = streamed
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == index)
+            .map(|c| &c["choices"][0]["finish_reason"])
+            .filter(|r| !r.is_null())
+            .collect();
+        assert_eq!(reasons, [&json!("tool_calls")]);
+    }
     s.stop().await;
 }

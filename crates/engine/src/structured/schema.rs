@@ -2,7 +2,8 @@
 //! (`response_format: {"type": "json_schema", ...}`).
 //!
 //! The subset is what Pydantic models and OpenAI's strict mode produce: `type` (one or a list),
-//! `properties` and `required`, `items` with `minItems` / `maxItems`, `enum`, `const`, `anyOf` /
+//! `properties` and `required` (or `minProperties` = `maxProperties` = 1 without `required`:
+//! exactly one of the properties), `items` with `minItems` / `maxItems`, `enum`, `const`, `anyOf` /
 //! `oneOf` whose alternatives start differently (`Optional[X]`, `str | int`), and `$ref` into
 //! `$defs` / `definitions` (not recursive). The output is always an instance of the schema, but
 //! not every instance can be produced: an object's properties come in the schema's order, none
@@ -11,7 +12,7 @@
 //! are ignored; every other keyword (`pattern`, `format`, `minimum`, `minLength`, `allOf`, ...)
 //! is refused by name rather than silently not enforced. The root must be an object.
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// Index of a node in [`Schema::nodes`].
 pub type NodeId = u16;
@@ -36,6 +37,9 @@ pub(super) enum Node {
     AnyObject,
     /// Listed properties in order; the optional ones may be left out.
     Object(Vec<Property>),
+    /// Exactly one of these properties (`minProperties` = `maxProperties` = 1, none required):
+    /// a choice among named values, e.g. which function to call with which arguments.
+    OneKeyObject(Vec<Property>),
     Array {
         items: NodeId,
         min: u32,
@@ -83,10 +87,12 @@ const ANNOTATIONS: [&str; 11] = [
     "additionalProperties",
 ];
 /// Keywords this module follows.
-const SUPPORTED: [&str; 13] = [
+const SUPPORTED: [&str; 15] = [
     "type",
     "properties",
     "required",
+    "minProperties",
+    "maxProperties",
     "items",
     "minItems",
     "maxItems",
@@ -108,7 +114,10 @@ impl Schema {
             refs: Vec::new(),
         };
         let root = c.node(schema, "", 0)?;
-        let root_is_object = matches!(c.nodes[root as usize], Node::Object(_) | Node::AnyObject);
+        let root_is_object = matches!(
+            c.nodes[root as usize],
+            Node::Object(_) | Node::OneKeyObject(_) | Node::AnyObject
+        );
         if !root_is_object {
             return Err(error("", "the root must be an object schema"));
         }
@@ -129,7 +138,7 @@ impl Schema {
                 b,
                 b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
             ),
-            Node::AnyObject | Node::Object(_) => b == b'{',
+            Node::AnyObject | Node::Object(_) | Node::OneKeyObject(_) => b == b'{',
             Node::Array { .. } => b == b'[',
             Node::String => b == b'"',
             Node::Integer | Node::Number => b == b'-' || b.is_ascii_digit(),
@@ -237,10 +246,38 @@ impl Compiler<'_> {
         depth: usize,
     ) -> Result<NodeId, SchemaError> {
         let node = match kind {
-            "object" => match object.get("properties") {
-                None => Node::AnyObject,
-                Some(properties) => self.object(properties, object.get("required"), path, depth)?,
-            },
+            "object" => {
+                let counts = (object.get("minProperties"), object.get("maxProperties"));
+                let one = json!(1);
+                let exactly_one = match counts {
+                    (None, None) => false,
+                    (Some(min), Some(max)) if *min == one && *max == one => true,
+                    _ => {
+                        return Err(error(
+                            path,
+                            "minProperties / maxProperties are supported only both 1 (exactly one of the properties)",
+                        ))
+                    }
+                };
+                match (object.get("properties"), exactly_one) {
+                    (None, false) => Node::AnyObject,
+                    (Some(properties), false) => {
+                        self.object(properties, object.get("required"), path, depth)?
+                    }
+                    (Some(properties), true) if object.get("required").is_none() => {
+                        match self.object(properties, None, path, depth)? {
+                            Node::Object(props) if !props.is_empty() => Node::OneKeyObject(props),
+                            _ => return Err(error(path, "exactly one of no properties")),
+                        }
+                    }
+                    _ => {
+                        return Err(error(
+                            path,
+                            "exactly one property (minProperties = maxProperties = 1) needs properties and no required",
+                        ))
+                    }
+                }
+            }
             "array" => {
                 let items = match object.get("items") {
                     None => self.push(Node::Any)?,

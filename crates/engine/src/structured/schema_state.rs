@@ -222,7 +222,7 @@ impl SchemaState {
                     None => false,
                 }
             }
-            Node::Object(_) => {
+            Node::Object(_) | Node::OneKeyObject(_) => {
                 self.set_top(Frame::Object {
                     node,
                     next: 0,
@@ -283,10 +283,17 @@ impl SchemaState {
         phase: ObjectPhase,
         b: u8,
     ) -> bool {
-        let Node::Object(props) = schema.node(node) else {
-            return false;
+        let (props, exactly_one) = match schema.node(node) {
+            Node::Object(props) => (props, false),
+            Node::OneKeyObject(props) => (props, true),
+            _ => return false,
         };
-        let rest_optional = props[next as usize..].iter().all(|p| !p.required);
+        // Exactly one property: none may follow the first, and it cannot be left out.
+        let rest_optional = if exactly_one {
+            phase == ObjectPhase::AfterValue
+        } else {
+            props[next as usize..].iter().all(|p| !p.required)
+        };
         let set = |s: &mut Self, next: u16, phase: ObjectPhase| {
             s.set_top(Frame::Object { node, next, phase });
         };
@@ -299,6 +306,9 @@ impl SchemaState {
                     if p.required {
                         break;
                     }
+                }
+                if exactly_one && phase == ObjectPhase::Comma {
+                    candidates = 0;
                 }
                 set(
                     self,
@@ -347,7 +357,9 @@ impl SchemaState {
                     node: props[property as usize].node,
                 })
             }
-            ObjectPhase::AfterValue if b == b',' && (next as usize) < props.len() => {
+            ObjectPhase::AfterValue
+                if b == b',' && !exactly_one && (next as usize) < props.len() =>
+            {
                 set(self, next, ObjectPhase::Comma);
                 true
             }
@@ -449,6 +461,57 @@ mod tests {
             },
             "required": ["name", "age"],
         }))
+    }
+
+    /// `minProperties` = `maxProperties` = 1: exactly one of the properties, any of them.
+    #[test]
+    fn exactly_one_property_is_one_and_no_more() {
+        let schema = compile(
+            json!({"type": "object", "minProperties": 1, "maxProperties": 1,
+            "properties": {
+                "weather": {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"]},
+                "time": {"type": "object", "properties": {}}}}),
+        );
+        for text in [r#"{"weather": {"city": "Oslo"}}"#, r#"{ "time" : {} }"#] {
+            assert!(complete(&schema, text), "{text}");
+            for end in 0..text.len() {
+                assert!(state(&schema, &text[..end]).is_some_and(|s| !s.is_done()));
+            }
+        }
+        for text in [
+            "{}",
+            r#"{"time": {},"#,
+            r#"{"time": {}, "weather": {"city": "x"}}"#,
+            r#"{"date": {}}"#,
+            r#"{"weather": {}}"#,
+        ] {
+            assert!(!complete(&schema, text), "{text}");
+        }
+        assert!(state(&schema, r#"{"time": {}, "#).is_none());
+        assert!(state(&schema, "{}").is_none());
+        for (bad, why) in [
+            (
+                json!({"type": "object", "properties": {"a": {}}, "minProperties": 1}),
+                "both 1",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {}}, "minProperties": 1, "maxProperties": 2}),
+                "both 1",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {}}, "required": ["a"],
+                    "minProperties": 1, "maxProperties": 1}),
+                "no required",
+            ),
+            (
+                json!({"type": "object", "properties": {}, "minProperties": 1, "maxProperties": 1}),
+                "no properties",
+            ),
+        ] {
+            let e = Schema::compile(&bad).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

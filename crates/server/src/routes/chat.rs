@@ -106,10 +106,16 @@ async fn run(
         request.tool_choice.as_ref(),
         state.config.tool_call_parser,
     )?;
-    let (forced, auto) = match mode {
-        ToolMode::Text => (None, None),
-        ToolMode::Forced(call) => (Some(call), None),
-        ToolMode::Auto(parser) => (None, Some(parser)),
+    // A forced call's arguments follow its schema; several forced functions are generated as
+    // `{"name": {arguments}}` and parsed like an "auto" answer.
+    let (forced, auto, forced_schema) = match mode {
+        ToolMode::Text => (None, None, None),
+        ToolMode::Forced(call) => {
+            let schema = call.parameters.clone();
+            (Some(call), None, Some(schema))
+        }
+        ToolMode::ForcedAny(schema) => (None, Some(ToolCallParser::NamedObject), Some(schema)),
+        ToolMode::Auto(parser) => (None, Some(parser), None),
     };
     let (max_tokens, param) = match request.max_completion_tokens {
         Some(m) => (Some(m), "max_completion_tokens"),
@@ -133,14 +139,14 @@ async fn run(
         "top_logprobs",
         state.vocab_size,
     )?;
-    if let Some(call) = &forced {
+    if let Some(schema) = forced_schema {
         if generation.params.response_format != ResponseFormat::Text {
             return Err(ApiError::invalid_param(
                 "response_format",
                 "response_format cannot be combined with a forced tool call (its arguments follow the function's parameters schema)",
             ));
         }
-        generation.params.response_format = ResponseFormat::JsonSchema(call.parameters.clone());
+        generation.params.response_format = ResponseFormat::JsonSchema(schema);
     }
     let ids = chat_prompt_ids(
         &state,
