@@ -300,15 +300,13 @@ impl SchemaState {
         match phase {
             ObjectPhase::Open | ObjectPhase::Comma if b == b'"' => {
                 // The keys that may come: the next ones up to and including the next required.
+                // (Exactly one property: only after `{`, with every property a candidate.)
                 let mut candidates = 0u64;
                 for (i, p) in props.iter().enumerate().skip(next as usize) {
                     candidates |= 1 << i;
                     if p.required {
                         break;
                     }
-                }
-                if exactly_one && phase == ObjectPhase::Comma {
-                    candidates = 0;
                 }
                 set(
                     self,
