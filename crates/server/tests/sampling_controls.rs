@@ -327,6 +327,40 @@ async fn echo_with_logprobs_scores_the_prompt_tokens() {
         assert!((a - b).abs() < 1e-4, "token {i}: {a} vs {b}");
     }
 
+    // max_tokens 0 with echo: the prompt alone, scored the same.
+    let (status, scored) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 0, "logprobs": 2, "echo": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{scored}");
+    assert_eq!(scored["choices"][0]["text"], json!(decoded));
+    assert_eq!(scored["usage"]["completion_tokens"], 0);
+    let only = &scored["choices"][0]["logprobs"];
+    assert_eq!(only["tokens"].as_array().unwrap().len(), prompt.len());
+    for i in 1..prompt.len() {
+        let (a, b) = (
+            only["token_logprobs"][i].as_f64().unwrap(),
+            lp["token_logprobs"][i].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-4, "token {i}: {a} vs {b}");
+    }
+    for (body, param) in [
+        (
+            json!({"prompt": prompt, "max_tokens": 0, "echo": true, "stream": true}),
+            "max_tokens",
+        ),
+        (json!({"prompt": prompt, "max_tokens": 0}), "max_tokens"),
+    ] {
+        let (status, r) = s.post("/v1/completions", &body).await;
+        assert_eq!(
+            (status, r["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{body}"
+        );
+    }
+
     // Streamed: the same arrays, the prompt's with the first chunk.
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);

@@ -1,6 +1,7 @@
 //! `POST /v1/completions`. With `echo`, the prompt's text goes before each choice's, and with
 //! `echo` and `logprobs` its tokens' log-probabilities before the choice's (the first prompt
-//! token's null), as OpenAI's legacy completions and vLLM do.
+//! token's null), as OpenAI's legacy completions and vLLM do; `max_tokens` 0 with `echo` scores
+//! the prompt alone (one token is generated and left out).
 
 use std::sync::Arc;
 
@@ -122,9 +123,22 @@ async fn run(
     if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
     }
+    // `max_tokens` 0 with `echo`: the prompt alone (its logprobs, the usual way to score a text).
+    let score_only = request.echo && request.sampling.max_tokens == Some(0);
+    if score_only && request.sampling.stream {
+        return Err(ApiError::invalid_param(
+            "max_tokens",
+            "max_tokens 0 (echo: the prompt alone) is not supported when streaming",
+        ));
+    }
+    let max_tokens = if score_only {
+        Some(1)
+    } else {
+        request.sampling.max_tokens.or(Some(16))
+    };
     let mut generation = validation::generation(
         &request.sampling,
-        request.sampling.max_tokens.or(Some(16)),
+        max_tokens,
         "max_tokens",
         request.logprobs,
         "logprobs",
@@ -229,8 +243,21 @@ async fn run(
         .collect(&state, |index, output| {
             let echo = echo_of.get(index).map(|(p, n)| (&p[..], *n));
             apply(&state, &mut choices[index], output, want_logprobs, echo);
+            if score_only {
+                // Keep the prompt's part only.
+                let choice = &mut choices[index];
+                choice.text.clear();
+                if let Some(lp) = choice.logprobs.as_mut() {
+                    let keep = echo.map_or(0, |(p, _)| p.len());
+                    lp.tokens.truncate(keep);
+                    lp.token_logprobs.truncate(keep);
+                    lp.top_logprobs.truncate(keep);
+                    lp.text_offset.truncate(keep);
+                }
+            }
         })
         .await?;
+    let completion_tokens = if score_only { 0 } else { completion_tokens };
     drop(guard);
     let response = CompletionResponse {
         id,
