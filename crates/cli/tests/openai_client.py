@@ -2,7 +2,8 @@
 
 Checks: greedy completions equal the transformers goldens' text (plain and streamed, with
 stream_options.include_usage); a chat call returns the same text as a completion of its rendered
-template (rendered by the server's /tokenize); /metrics parses with prometheus_client's reference
+template (rendered by the server's /tokenize); scoring a text with echo + logprobs + max_tokens 0
+ranks the golden continuation first at each of its places; /metrics parses with prometheus_client's reference
 parser and its counters match what this script sent.
 Usage: openai_client.py BASE_URL GOLDEN_JSON MODEL_NAME
 """
@@ -84,6 +85,23 @@ assert text == chat.choices[0].message.content, (text, chat.choices[0].message.c
 assert usage.completion_tokens == 24
 sent_prompt_tokens += usage.prompt_tokens
 sent_completion_tokens += 24
+sent_requests += 1
+
+# Scoring a text (echo with logprobs and max_tokens 0, as evaluation harnesses do): the golden's
+# greedy continuation, appended to its prompt, is the most likely token at each of its places.
+case = golden["cases"][0]
+ids = case["prompt_token_ids"] + case["greedy_token_ids"][:16]
+r = client.completions.create(
+    model=model, prompt=ids, max_tokens=0, echo=True, logprobs=1, temperature=0
+)
+lp = r.choices[0].logprobs
+assert len(lp.token_logprobs) == len(ids) and lp.token_logprobs[0] is None, lp
+assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens == len(ids), r.usage
+for i in range(len(case["prompt_token_ids"]), len(ids)):
+    (best,) = lp.top_logprobs[i].values()
+    assert abs(best - lp.token_logprobs[i]) < 1e-4, (i, best, lp.token_logprobs[i])
+sent_prompt_tokens += len(ids)
+sent_completion_tokens += 1  # the engine generates one token, left out of the answer
 sent_requests += 1
 
 # Errors come back as the client's typed exceptions.
