@@ -280,6 +280,20 @@ mod tests {
         out
     }
 
+    /// The text parsed whole, then streamed a character at a time, gives `want`.
+    fn check_whole_and_by_char(parser: ToolCallParser, text: &str, want: &[Piece]) {
+        assert_eq!(merged(parse_all(parser, text)), want, "{text}");
+        let mut streaming = StreamingToolParser::new(parser);
+        let mut out = Vec::new();
+        let mut start = 0;
+        for end in (1..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+            streaming.push(&text[start..end], &mut out);
+            start = end;
+        }
+        streaming.finish(&mut out);
+        assert_eq!(merged(out), want, "{text} streamed");
+    }
+
     fn hermes_cases() -> Vec<(&'static str, Vec<Piece>)> {
         vec![
             ("Just text, no <tool_ call.", vec![content("Just text, no <tool_ call.")]),
@@ -366,21 +380,7 @@ mod tests {
             ("", vec![]),
         ];
         for (text, want) in cases {
-            assert_eq!(
-                merged(parse_all(ToolCallParser::Llama3Json, text)),
-                want,
-                "{text}"
-            );
-            // Streamed a byte-boundary at a time.
-            let mut parser = StreamingToolParser::new(ToolCallParser::Llama3Json);
-            let mut out = Vec::new();
-            let mut start = 0;
-            for end in (1..=text.len()).filter(|&i| text.is_char_boundary(i)) {
-                parser.push(&text[start..end], &mut out);
-                start = end;
-            }
-            parser.finish(&mut out);
-            assert_eq!(merged(out), want, "{text} streamed");
+            check_whole_and_by_char(ToolCallParser::Llama3Json, text, &want);
         }
     }
 
@@ -401,20 +401,7 @@ mod tests {
             ("[TOOL_CALLS", vec![content("[TOOL_CALLS")]),
         ];
         for (text, want) in cases {
-            assert_eq!(
-                merged(parse_all(ToolCallParser::Mistral, text)),
-                want,
-                "{text}"
-            );
-            let mut parser = StreamingToolParser::new(ToolCallParser::Mistral);
-            let mut out = Vec::new();
-            let mut start = 0;
-            for end in (1..=text.len()).filter(|&i| text.is_char_boundary(i)) {
-                parser.push(&text[start..end], &mut out);
-                start = end;
-            }
-            parser.finish(&mut out);
-            assert_eq!(merged(out), want, "{text} streamed");
+            check_whole_and_by_char(ToolCallParser::Mistral, text, &want);
         }
     }
 
