@@ -38,33 +38,63 @@ pub fn tool_mode(
     tool_choice: Option<&Value>,
     auto: Option<ToolCallParser>,
 ) -> Result<ToolMode, ApiError> {
-    let has_tools = tools.is_some_and(|t| !t.is_empty());
-    let choice = tool_choice.filter(|c| !c.is_null());
-    let wants_auto = match choice {
-        None => has_tools && auto.is_some(),
-        Some(Value::String(mode)) => mode == "auto",
-        Some(_) => false,
+    // Every tool must be well-formed, whether or not it is called.
+    let functions = tools
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| function(i, tool))
+        .collect::<Result<Vec<_>, _>>()?;
+    let invalid = |message: String| ApiError::invalid_param("tool_choice", message);
+    let name = match tool_choice.filter(|c| !c.is_null()) {
+        // OpenAI's default: "auto" when there are tools (if this server can parse calls).
+        None => {
+            return Ok(match auto {
+                Some(parser) if !functions.is_empty() => ToolMode::Auto(parser),
+                _ => ToolMode::Text,
+            })
+        }
+        Some(Value::String(mode)) => match mode.as_str() {
+            "none" => return Ok(ToolMode::Text),
+            "auto" => {
+                return match auto {
+                    Some(parser) if !functions.is_empty() => Ok(ToolMode::Auto(parser)),
+                    Some(_) => Ok(ToolMode::Text),
+                    None => Err(invalid(
+                        "tool_choice \"auto\" needs the server started with --enable-auto-tool-choice and --tool-call-parser (hermes, llama3_json or mistral: the model's tool-call format); use \"required\" or name a function".into(),
+                    )),
+                }
+            }
+            "required" => match &functions[..] {
+                [] => return Err(invalid("tool_choice \"required\" needs tools".into())),
+                [(name, _)] => name.clone(),
+                _ => return any_call(functions),
+            },
+            other => return Err(invalid(format!("{CHOICES}, got {other:?}"))),
+        },
+        Some(named) => named
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .filter(|_| named.get("type").and_then(Value::as_str) == Some("function"))
+            .ok_or_else(|| invalid(format!("{CHOICES}, got {named}")))?
+            .to_string(),
     };
-    if choice.is_some_and(|c| c == "required") && tools.is_some_and(|t| t.len() > 1) {
-        return any_call(tools.unwrap_or_default());
-    }
-    if !wants_auto {
-        return Ok(match forced_call(tools, choice)? {
-            Some(call) => ToolMode::Forced(call),
-            None => ToolMode::Text,
-        });
-    }
-    // The tools must be well-formed even when none is called.
-    forced_call(tools, None)?;
-    match auto {
-        Some(parser) if has_tools => Ok(ToolMode::Auto(parser)),
-        Some(_) => Ok(ToolMode::Text),
-        None => Err(ApiError::invalid_param(
-            "tool_choice",
-            "tool_choice \"auto\" needs the server started with --enable-auto-tool-choice and --tool-call-parser (hermes, llama3_json or mistral: the model's tool-call format); use \"required\" or name a function",
-        )),
-    }
+    let (i, (name, parameters)) = functions
+        .into_iter()
+        .enumerate()
+        .find(|(_, (n, _))| *n == name)
+        .ok_or_else(|| invalid(format!("tool_choice names {name:?}, which is not in tools")))?;
+    Schema::compile(&parameters).map_err(|e| {
+        ApiError::invalid_param("tools", format!("tools[{i}].function.parameters: {e}"))
+    })?;
+    Ok(ToolMode::Forced(ForcedCall {
+        name,
+        parameters: parameters.to_string(),
+    }))
 }
+
+/// What `tool_choice` may be.
+const CHOICES: &str = "tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}";
 
 /// The function a request must call.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,16 +106,16 @@ pub struct ForcedCall {
 
 /// `"required"` with several tools: one object whose one key is a function's name and whose
 /// value is an instance of its parameters.
-fn any_call(tools: &[Value]) -> Result<ToolMode, ApiError> {
+fn any_call(functions: Vec<(String, Value)>) -> Result<ToolMode, ApiError> {
     let mut properties = serde_json::Map::new();
-    for (i, tool) in tools.iter().enumerate() {
-        let (name, parameters) = function(i, tool)?;
-        if properties.insert(name.clone(), parameters).is_some() {
+    for (i, (name, parameters)) in functions.into_iter().enumerate() {
+        if properties.contains_key(&name) {
             return Err(ApiError::invalid_param(
                 "tools",
                 format!("tools[{i}].function.name {name:?} is not unique"),
             ));
         }
+        properties.insert(name, parameters);
     }
     let schema = json!({"type": "object", "minProperties": 1, "maxProperties": 1,
                         "properties": properties});
@@ -96,64 +126,6 @@ fn any_call(tools: &[Value]) -> Result<ToolMode, ApiError> {
         )
     })?;
     Ok(ToolMode::ForcedAny(schema.to_string()))
-}
-
-/// Checks `tools` and a `tool_choice` other than `"auto"`; `Some` when the request forces a call.
-fn forced_call(
-    tools: Option<&[Value]>,
-    tool_choice: Option<&Value>,
-) -> Result<Option<ForcedCall>, ApiError> {
-    let tools = tools.unwrap_or_default();
-    let functions = tools
-        .iter()
-        .enumerate()
-        .map(|(i, tool)| function(i, tool))
-        .collect::<Result<Vec<_>, _>>()?;
-    let choice = tool_choice.filter(|c| !c.is_null());
-    let invalid = |message: String| ApiError::invalid_param("tool_choice", message);
-    let name = match choice {
-        None => return Ok(None),
-        Some(Value::String(mode)) => match mode.as_str() {
-            "none" => return Ok(None),
-            "required" => match &functions[..] {
-                [(name, _)] => name.clone(),
-                [] => return Err(invalid("tool_choice \"required\" needs tools".into())),
-                _ => {
-                    return Err(invalid(format!(
-                        "tool_choice \"required\" is supported with one tool, got {}; name the function instead",
-                        functions.len()
-                    )))
-                }
-            },
-            other => {
-                return Err(invalid(format!(
-                    "tool_choice must be \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {other:?}"
-                )))
-            }
-        },
-        Some(named) => named
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .filter(|_| named.get("type").and_then(Value::as_str) == Some("function"))
-            .ok_or_else(|| {
-                invalid(format!(
-                    "tool_choice must be \"none\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {named}"
-                ))
-            })?
-            .to_string(),
-    };
-    let (i, (name, parameters)) = functions
-        .into_iter()
-        .enumerate()
-        .find(|(_, (n, _))| *n == name)
-        .ok_or_else(|| invalid(format!("tool_choice names {name:?}, which is not in tools")))?;
-    Schema::compile(&parameters).map_err(|e| {
-        ApiError::invalid_param("tools", format!("tools[{i}].function.parameters: {e}"))
-    })?;
-    Ok(Some(ForcedCall {
-        name,
-        parameters: parameters.to_string(),
-    }))
 }
 
 /// Tool `i`'s function name and parameters schema (an empty schema or none: any object).
@@ -182,6 +154,17 @@ fn function(i: usize, tool: &Value) -> Result<(String, Value), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The call a request forces, on a server without a tool-call parser.
+    fn forced_call(
+        tools: Option<&[Value]>,
+        tool_choice: Option<&Value>,
+    ) -> Result<Option<ForcedCall>, ApiError> {
+        Ok(match tool_mode(tools, tool_choice, None)? {
+            ToolMode::Forced(call) => Some(call),
+            _ => None,
+        })
+    }
 
     fn tool(name: &str) -> Value {
         json!({"type": "function", "function": {"name": name, "parameters": {

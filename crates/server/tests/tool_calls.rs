@@ -53,6 +53,35 @@ fn check_arguments(arguments: &str) {
     assert!(args["on"].is_boolean());
 }
 
+/// One streamed choice (by index), seen through its chunks: its tool-call deltas, its content,
+/// and its finish reasons.
+struct Streamed<'a> {
+    calls: Vec<&'a Value>,
+    content: String,
+    reasons: Vec<&'a Value>,
+}
+
+fn streamed(chunks: &[Value], index: u64) -> Streamed<'_> {
+    let of_choice = || {
+        chunks
+            .iter()
+            .map(|c| &c["choices"][0])
+            .filter(move |c| c["index"] == index)
+    };
+    Streamed {
+        calls: of_choice()
+            .filter_map(|c| c["delta"].get("tool_calls"))
+            .collect(),
+        content: of_choice()
+            .filter_map(|c| c["delta"]["content"].as_str())
+            .collect(),
+        reasons: of_choice()
+            .map(|c| &c["finish_reason"])
+            .filter(|r| !r.is_null())
+            .collect(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_function_comes_back_as_a_tool_call() {
     let s = server().await;
@@ -196,21 +225,11 @@ async fn with_a_parser_auto_is_the_default_and_plain_text_stays_content() {
         assert_eq!(r["choices"][0]["finish_reason"], "length", "{r}");
 
         body["stream"] = json!(true);
-        let streamed = chunks(&s.stream("/v1/chat/completions", &body).await);
-        let content: String = streamed
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-            .collect();
-        assert_eq!(content, text, "{choice}");
-        assert!(streamed
-            .iter()
-            .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
-        let reasons: Vec<&Value> = streamed
-            .iter()
-            .map(|c| &c["choices"][0]["finish_reason"])
-            .filter(|r| !r.is_null())
-            .collect();
-        assert_eq!(reasons, [&json!("length")]);
+        let all = chunks(&s.stream("/v1/chat/completions", &body).await);
+        let one = streamed(&all, 0);
+        assert_eq!(one.content, text, "{choice}");
+        assert!(one.calls.is_empty());
+        assert_eq!(one.reasons, [&json!("length")]);
     }
     // "none" and a named function behave as without a parser.
     let (status, r) = s
@@ -263,30 +282,18 @@ async fn a_call_in_the_text_comes_back_as_tool_calls() {
     check_arguments(call["function"]["arguments"].as_str().unwrap());
 
     body["stream"] = json!(true);
-    let streamed = chunks(&s.stream("/v1/chat/completions", &body).await);
-    let calls: Vec<&Value> = streamed
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
-        .collect();
-    assert_eq!(calls.len(), 1, "{streamed:?}");
-    let call = &calls[0][0];
+    let all = chunks(&s.stream("/v1/chat/completions", &body).await);
+    let one = streamed(&all, 0);
+    assert_eq!(one.calls.len(), 1, "{all:?}");
+    let call = &one.calls[0][0];
     assert_eq!(
         (&call["index"], &call["function"]["name"]),
         (&json!(0), &json!("set_light"))
     );
     assert!(call["id"].as_str().unwrap().starts_with("call"));
     check_arguments(call["function"]["arguments"].as_str().unwrap());
-    let content: String = streamed
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    assert_eq!(content, "");
-    let reasons: Vec<&Value> = streamed
-        .iter()
-        .map(|c| &c["choices"][0]["finish_reason"])
-        .filter(|r| !r.is_null())
-        .collect();
-    assert_eq!(reasons, [&json!("tool_calls")]);
+    assert_eq!(one.content, "");
+    assert_eq!(one.reasons, [&json!("tool_calls")]);
     s.stop().await;
 }
 
@@ -315,26 +322,16 @@ async fn required_with_several_tools_calls_one_of_them() {
     }
     assert_eq!(names.len(), 2);
 
-    let streamed = chunks(
+    let all = chunks(
         &s.stream("/v1/chat/completions", &request(json!("required"), true))
             .await,
     );
     for index in 0..2 {
-        let calls: Vec<&Value> = streamed
-            .iter()
-            .filter(|c| c["choices"][0]["index"] == index)
-            .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
-            .collect();
-        assert_eq!(calls.len(), 1, "{streamed:?}");
-        let name = calls[0][0]["function"]["name"].as_str().unwrap();
+        let one = streamed(&all, index);
+        assert_eq!(one.calls.len(), 1, "{all:?}");
+        let name = one.calls[0][0]["function"]["name"].as_str().unwrap();
         assert!(["set_light", "ping"].contains(&name), "{name}");
-        let reasons: Vec<&Value> = streamed
-            .iter()
-            .filter(|c| c["choices"][0]["index"] == index)
-            .map(|c| &c["choices"][0]["finish_reason"])
-            .filter(|r| !r.is_null())
-            .collect();
-        assert_eq!(reasons, [&json!("tool_calls")]);
+        assert_eq!(one.reasons, [&json!("tool_calls")]);
     }
     s.stop().await;
 }

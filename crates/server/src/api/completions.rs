@@ -36,6 +36,14 @@ impl CompletionLogprobs {
         self.top_logprobs.extend(other.top_logprobs.iter().cloned());
         self.text_offset.extend(&other.text_offset);
     }
+
+    /// Keeps the first `n` tokens' entries.
+    pub fn truncate(&mut self, n: usize) {
+        self.tokens.truncate(n);
+        self.token_logprobs.truncate(n);
+        self.top_logprobs.truncate(n);
+        self.text_offset.truncate(n);
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -108,12 +108,10 @@ async fn run(
     )?;
     // A forced call's arguments follow its schema; several forced functions are generated as
     // `{"name": {arguments}}` and parsed like an "auto" answer.
+    // `forced`: the name of the function a request must call.
     let (forced, auto, forced_schema) = match mode {
         ToolMode::Text => (None, None, None),
-        ToolMode::Forced(call) => {
-            let schema = call.parameters.clone();
-            (Some(call), None, Some(schema))
-        }
+        ToolMode::Forced(ForcedCall { name, parameters }) => (Some(name), None, Some(parameters)),
         ToolMode::ForcedAny(schema) => (None, Some(ToolCallParser::NamedObject), Some(schema)),
         ToolMode::Auto(parser) => (None, Some(parser), None),
     };
@@ -197,12 +195,12 @@ async fn run(
                         content: Some(String::new()),
                         tool_calls: None,
                     },
-                    Some(call) => Delta {
+                    Some(name) => Delta {
                         role: Some("assistant"),
                         content: None,
                         tool_calls: Some(vec![json!({
                             "index": 0, "id": call_ids[*index], "type": "function",
-                            "function": {"name": call.name, "arguments": ""},
+                            "function": {"name": name, "arguments": ""},
                         })]),
                     },
                 };
@@ -215,47 +213,22 @@ async fn run(
             }
             let lp = apply(&chunk_state, choice, output, want_logprobs);
             if let Some(parser) = parsers[*index].as_mut() {
-                let mut pieces = Vec::new();
-                parser.push(&output.text, &mut pieces);
-                if choice.finish_reason.is_some() {
-                    parser.finish(&mut pieces);
+                let finishing = choice.finish_reason.is_some();
+                let mut deltas =
+                    auto_deltas(parser, &output.text, finishing, &mut calls_sent[*index]);
+                // Logprobs of text held back (a possible tag) still go out with their token.
+                if deltas.is_empty() && lp.is_some() {
+                    deltas.push(Delta {
+                        content: Some(String::new()),
+                        ..Delta::default()
+                    });
                 }
                 let mut lp = lp;
-                for piece in pieces {
-                    let delta = match piece {
-                        Piece::Content(text) if text.is_empty() => continue,
-                        Piece::Content(text) => Delta {
-                            content: Some(text),
-                            ..Delta::default()
-                        },
-                        Piece::Call(call) => {
-                            calls_sent[*index] += 1;
-                            Delta {
-                                tool_calls: Some(vec![json!({
-                                    "index": calls_sent[*index] - 1, "id": random_id("call"),
-                                    "type": "function",
-                                    "function": {"name": call.name, "arguments": call.arguments},
-                                })]),
-                                ..Delta::default()
-                            }
-                        }
-                    };
+                for delta in deltas {
                     chunks.push(chunk(ChatChunkChoice {
                         index: *index,
                         delta,
                         logprobs: lp.take().map(|lp| ChatLogprobs { content: vec![lp] }),
-                        finish_reason: None,
-                    }));
-                }
-                // Logprobs of text held back (a possible tag) still go out with their token.
-                if let Some(lp) = lp {
-                    chunks.push(chunk(ChatChunkChoice {
-                        index: *index,
-                        delta: Delta {
-                            content: Some(String::new()),
-                            ..Delta::default()
-                        },
-                        logprobs: Some(ChatLogprobs { content: vec![lp] }),
                         finish_reason: None,
                     }));
                 }
@@ -283,7 +256,7 @@ async fn run(
                 let reason = if calls_sent[*index] > 0 {
                     Some("tool_calls")
                 } else {
-                    finish_reason(choice.finish_reason, forced.as_ref())
+                    finish_reason(choice.finish_reason, forced.is_some())
                 };
                 chunks.push(chunk(ChatChunkChoice {
                     index: *index,
@@ -329,14 +302,14 @@ async fn run(
                         tool_calls: None,
                     },
                     (None, Some(parser)) => auto_message(parser, c.text),
-                    (Some(call), _) => AssistantMessage {
+                    (Some(name), _) => AssistantMessage {
                         role: "assistant",
                         content: None,
                         tool_calls: Some(vec![ToolCall {
                             id: call_ids[index].clone(),
                             kind: "function",
                             function: FunctionCall {
-                                name: call.name.clone(),
+                                name: name.clone(),
                                 arguments: c.text,
                             },
                         }]),
@@ -349,7 +322,7 @@ async fn run(
                     finish_reason: if called {
                         Some("tool_calls")
                     } else {
-                        finish_reason(c.finish_reason, forced.as_ref())
+                        finish_reason(c.finish_reason, forced.is_some())
                     },
                     message,
                     logprobs: c.logprobs,
@@ -395,14 +368,46 @@ fn auto_message(parser: ToolCallParser, text: String) -> AssistantMessage {
 
 /// A forced call that completed its arguments finishes with `"tool_calls"` (OpenAI's reason for
 /// a message that calls tools); anything else as generated.
-fn finish_reason(
-    reason: Option<&'static str>,
-    forced: Option<&ForcedCall>,
-) -> Option<&'static str> {
+fn finish_reason(reason: Option<&'static str>, forced: bool) -> Option<&'static str> {
     match (reason, forced) {
-        (Some("stop"), Some(_)) => Some("tool_calls"),
+        (Some("stop"), true) => Some("tool_calls"),
         _ => reason,
     }
+}
+
+/// The deltas of an "auto" choice's new text: content as the parser passes it on, then each
+/// call once complete, numbered from `calls_sent` (which it advances).
+fn auto_deltas(
+    parser: &mut StreamingToolParser,
+    text: &str,
+    finishing: bool,
+    calls_sent: &mut usize,
+) -> Vec<Delta> {
+    let mut pieces = Vec::new();
+    parser.push(text, &mut pieces);
+    if finishing {
+        parser.finish(&mut pieces);
+    }
+    pieces
+        .into_iter()
+        .filter_map(|piece| match piece {
+            Piece::Content(text) if text.is_empty() => None,
+            Piece::Content(text) => Some(Delta {
+                content: Some(text),
+                ..Delta::default()
+            }),
+            Piece::Call(call) => {
+                *calls_sent += 1;
+                Some(Delta {
+                    tool_calls: Some(vec![json!({
+                        "index": *calls_sent - 1, "id": random_id("call"), "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    })]),
+                    ..Delta::default()
+                })
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -248,11 +248,7 @@ async fn run(
                 let choice = &mut choices[index];
                 choice.text.clear();
                 if let Some(lp) = choice.logprobs.as_mut() {
-                    let keep = echo.map_or(0, |(p, _)| p.len());
-                    lp.tokens.truncate(keep);
-                    lp.token_logprobs.truncate(keep);
-                    lp.top_logprobs.truncate(keep);
-                    lp.text_offset.truncate(keep);
+                    lp.truncate(echo.map_or(0, |(p, _)| p.len()));
                 }
             }
         })
