@@ -4,8 +4,9 @@
 //!
 //! For a few activation rows (decode) the `stream_*` kernels instead walk a task's consecutive
 //! blocks as one sequential stream, one block at a time with four accumulators per row (so the
-//! hardware sees one stream per thread, prefetched 4 KiB ahead): this reads weights faster than
-//! several interleaved block streams.
+//! hardware sees one stream per thread): this reads weights faster than several interleaved block
+//! streams. The f32/bf16 and k-quant streams also prefetch 4 KiB ahead; the Q8_0 stream leaves
+//! its two streams (weights, scales) to the hardware prefetchers, which read them faster.
 //!
 //! Three inner operations share the loops:
 //! - f32 weights: `vfmadd` with the broadcast activation;
@@ -265,13 +266,18 @@ pub(super) unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
 }
 
 /// The Q8_0 stream kernel (decode): consecutive blocks one at a time, two integer accumulators
-/// per row, weights and scales prefetched ahead.
+/// per row.
+///
+/// No software prefetch: the hardware prefetchers alone read the weight and scale streams
+/// faster. The 4 KiB-ahead prefetch this kernel had (as the f32/bf16 streams, where dropping it
+/// changes nothing) cost the 135M decode 11% of its matmul time (6–12% of tok/s) whenever the
+/// machine's two threads sit on different CCDs, its fast memory state (decode windows
+/// alternating in one process; `docs/BENCHMARKS.md`, "the Q8_0 stream without prefetch").
 ///
 /// # Safety
 /// As [`tile_q8`]; `t.w` starts `blocks` consecutive blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
-    prefetch_stream_start(t.w);
     for b in 0..blocks {
         let w = t.w.add(b * t.block_stride);
         let mut acc = [[_mm512_setzero_ps(); 1]; MR];
@@ -280,10 +286,6 @@ pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
             let mut odd = [_mm512_setzero_si512(); MR];
             for s in (0..Q8_STEPS).step_by(2) {
                 let line = w.add((g * Q8_STEPS + s) * 64);
-                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(STREAM_PREFETCH_BYTES) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(
-                    line.wrapping_add(STREAM_PREFETCH_BYTES + 64) as *const i8
-                );
                 let w0 = _mm512_load_si512(line as *const __m512i);
                 let w1 = _mm512_load_si512(line.add(64) as *const __m512i);
                 for i in 0..MR {
@@ -296,11 +298,6 @@ pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
                         _mm512_set1_epi32(x.add(1).read_unaligned()),
                     );
                 }
-            }
-            if g % 2 == 0 {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    t.scales.wrapping_add(b * t.scale_stride + g * 32 + 512) as *const i8,
-                );
             }
             let scales = q8_scales(t, b, g);
             for i in 0..MR {
