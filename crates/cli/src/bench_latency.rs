@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use clap::Args;
 use pagoda_core::SamplingParams;
-use pagoda_model::bandwidth::measure_read_bandwidth;
+use pagoda_model::bandwidth::{measure_core_round_trip_ns, measure_read_bandwidth};
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
 use pagoda_model::ModelRunner;
 use serde::Serialize;
@@ -59,6 +59,9 @@ struct Report {
     decode_bandwidth_fraction: f64,
     /// Each run against its own probe (diagnostic: the machine's bandwidth drifts).
     decode_bandwidth_fraction_runs: Vec<f64>,
+    /// After each run: a cache line's round trip between two pinned threads, ns (which CPUs the
+    /// VM's threads share: see `measure_core_round_trip_ns`); null where it cannot be measured.
+    core_round_trip_ns_runs: Vec<Option<f64>>,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -140,10 +143,12 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     // against each run's own probe are reported too.
     let mut bandwidth_runs = Vec::new();
     let mut fraction_runs = Vec::new();
+    let mut round_trip_runs = Vec::new();
     let mut threads = 1;
     for _ in 0..args.iterations.max(1) {
         let (p, d) = run_once(runner, &prompt, args.output_len)?;
         let probe = measure_read_bandwidth(args.probe_mib << 20, 5);
+        round_trip_runs.push(measure_core_round_trip_ns());
         threads = probe.threads;
         let bound = probe.best_gb_s * 1e9 / (weight_bytes + kv_bytes) as f64;
         prefill_runs.push(p);
@@ -172,6 +177,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         decode_bound_tok_s: bound,
         decode_bandwidth_fraction: decode / bound,
         decode_bandwidth_fraction_runs: fraction_runs,
+        core_round_trip_ns_runs: round_trip_runs,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -208,6 +214,15 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
                 .decode_bandwidth_fraction_runs
                 .iter()
                 .map(|f| format!("{:.0} %", f * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "core round trip       {} (after each run; ≈ 80 ns: threads on one CCD, ≈ 340 ns: on two, the faster memory state here)",
+            report
+                .core_round_trip_ns_runs
+                .iter()
+                .map(|t| t.map_or("n/a".to_string(), |ns| format!("{ns:.0} ns")))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
