@@ -270,9 +270,10 @@ pub(super) unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
 ///
 /// No software prefetch: the hardware prefetchers alone read the weight and scale streams
 /// faster. The 4 KiB-ahead prefetch this kernel had (as the f32/bf16 streams, where dropping it
-/// changes nothing) cost the 135M decode 11% of its matmul time (6–12% of tok/s) whenever the
-/// machine's two threads sit on different CCDs, its fast memory state (decode windows
-/// alternating in one process; `docs/BENCHMARKS.md`, "the Q8_0 stream without prefetch").
+/// changes nothing) cost the 135M decode 11% of its matmul time (a median 8% of its tok/s)
+/// whenever the machine's two threads sit on different CCDs, its fast memory state (decode
+/// windows alternating in one process; `docs/BENCHMARKS.md`, "the Q8_0 stream without
+/// prefetch").
 ///
 /// # Safety
 /// As [`tile_q8`]; `t.w` starts `blocks` consecutive blocks.
