@@ -50,11 +50,12 @@ impl Default for EngineConfig {
     }
 }
 
-/// A request sampled in this step: its first logits row and the drafts verified after it.
+/// A request sampled in this step: its first logits row and how many of its drafts
+/// (`spec_token_ids`, still in place while the step samples) are verified after it.
 struct ToSample {
     id: RequestId,
     first_row: usize,
-    drafts: Vec<TokenId>,
+    num_drafts: usize,
 }
 
 struct Detok {
@@ -299,7 +300,7 @@ impl LlmEngine {
                 sampling.push(ToSample {
                     id: s.id,
                     first_row: logits_rows.len(),
-                    drafts: r.spec_token_ids[..s.num_spec_tokens].to_vec(),
+                    num_drafts: s.num_spec_tokens,
                 });
                 logits_rows.extend((0..=s.num_spec_tokens).map(|j| start + real - 1 + j));
             }
@@ -348,14 +349,13 @@ impl LlmEngine {
         let mut sampled: Vec<(RequestId, SampledToken)> = Vec::with_capacity(logits_rows.len());
         let mut forked = Vec::new();
         let mut history = Vec::new();
-        for ToSample {
+        for &ToSample {
             id,
             first_row,
-            drafts,
+            num_drafts,
         } in &sampling
         {
-            let id = *id;
-            let children = if drafts.is_empty() {
+            let children = if num_drafts == 0 {
                 self.scheduler.take_forks(id)
             } else {
                 Vec::new()
@@ -369,7 +369,9 @@ impl LlmEngine {
                     .rngs
                     .get_mut(&rid)
                     .expect("invariant: every live request has an rng");
-                for (j, row) in (*first_row..=first_row + drafts.len()).enumerate() {
+                // Only a request without forks has drafts, so a fork's slice is empty.
+                let drafts = &r.spec_token_ids[..num_drafts];
+                for (j, row) in (first_row..=first_row + num_drafts).enumerate() {
                     // The output so far: the request's, then (past the first row) the tokens
                     // sampled before in this step.
                     let output_ids: &[TokenId] = if j == 0 { &r.output_ids } else { &history };
