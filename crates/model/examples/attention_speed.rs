@@ -43,7 +43,8 @@ fn main() {
         let blocks: usize = seqs_spec.iter().map(|s| s.0.div_ceil(bs)).sum();
         let g = KvGeometry {
             block_size: bs,
-            num_blocks: blocks,
+            // At least 4096 blocks: a pool the size of the engine's, on huge pages like it.
+            num_blocks: blocks.max(4096),
             num_kv_heads: kv_heads,
             head_dim: hd,
         };

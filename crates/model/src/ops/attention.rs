@@ -9,8 +9,9 @@
 //! rows, so every K/V block is loaded once per item, and works through its keys a chunk at a time:
 //! scores for the chunk (`q · Kᵀ`, dimension-major K tiles, no horizontal sums), causal mask and
 //! online softmax per row (running max, running sum, rescaled accumulator), then `p · V`. When a
-//! call has too few items for the threads (one or two decoding sequences), long key ranges are
-//! split across items and the partial softmax states merged afterwards (flash-decoding).
+//! call has too few items for the threads (one or two decoding sequences), the items' keys are cut
+//! into one task per thread and the partial softmax states of an item cut in two are merged
+//! afterwards (flash-decoding).
 //!
 //! The inner tiles are AVX-512 register tiles where the CPU has it and `head_dim` is a multiple of
 //! 16, and portable loops otherwise; both read K/V as stored (f32, bf16, f16, int8) and widen in
@@ -202,7 +203,12 @@ fn run<E: KvElement>(
         if work < 50_000 || items.len() == 1 || pool::global().threads() == 1 {
             (0..items.len()).for_each(run);
         } else {
-            pool::global().parallel_for(items.len(), &run);
+            if plan.tasks.is_empty() {
+                pool::global().parallel_for(items.len(), &run);
+            } else {
+                let tasks = &plan.tasks;
+                pool::global().parallel_for(tasks.len(), &|t| tasks[t].clone().for_each(run));
+            }
         }
         for (item, parts) in &plan.splits {
             let seq = &seqs[item.seq];
