@@ -103,6 +103,12 @@ fn synth_model_writes_a_loadable_model_and_bench_latency_reports_json() {
         );
     }
     assert_eq!(report["dtype"], "bf16");
+    // The strict bound is the best probe of the invocation, the one before the first run included.
+    let before = report["bandwidth_before_gb_s"]
+        .as_f64()
+        .expect("probe before the runs");
+    let best = report["bandwidth_gb_s"].as_f64().expect("best probe");
+    assert!(before > 0.0 && best >= before, "{report}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
