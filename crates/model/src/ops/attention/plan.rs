@@ -207,13 +207,18 @@ pub(super) fn combine(
 mod tests {
     use super::*;
 
-    fn decode_plan(kv_heads: usize, context: usize, threads: usize) -> Plan {
-        let g = KvGeometry {
+    /// Blocks of 16 tokens, head_dim 64.
+    fn geometry(num_kv_heads: usize, num_blocks: usize) -> KvGeometry {
+        KvGeometry {
             block_size: 16,
-            num_blocks: 64,
-            num_kv_heads: kv_heads,
+            num_blocks,
+            num_kv_heads,
             head_dim: 64,
-        };
+        }
+    }
+
+    fn decode_plan(kv_heads: usize, context: usize, threads: usize) -> Plan {
+        let g = geometry(kv_heads, 64);
         let table: Vec<u32> = (0..context.div_ceil(16) as u32).collect();
         let seq = SeqAttention {
             query_start: 0,
@@ -314,12 +319,7 @@ mod tests {
         assert_covers(&plan, &[100], 3);
         assert_eq!(plan.tasks.len(), 2);
 
-        let g = KvGeometry {
-            block_size: 16,
-            num_blocks: 64,
-            num_kv_heads: 3,
-            head_dim: 64,
-        };
+        let g = geometry(3, 64);
         let table: Vec<u32> = (0..32).collect();
         let prefill = SeqAttention {
             query_start: 0,
@@ -337,12 +337,7 @@ mod tests {
     /// invariant and spread the work evenly.
     #[test]
     fn mixed_small_batches_are_covered_and_balanced() {
-        let g = KvGeometry {
-            block_size: 16,
-            num_blocks: 256,
-            num_kv_heads: 2,
-            head_dim: 64,
-        };
+        let g = geometry(2, 256);
         let table: Vec<u32> = (0..256).collect();
         for (specs, threads) in [
             (vec![(1000, 1), (40, 1)], 2),
