@@ -144,7 +144,8 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     if avx512::supports(hd) {
         kernels.push(Kernels::Avx512);
     }
-    // Unsplit, and split as for 2 and 8 threads (fewer items than threads × 4 split long keys).
+    // Unsplit, and as planned for 2 and 8 threads (fewer items than threads × 4 are cut into one
+    // task per thread, items split across tasks).
     for (kernel, threads) in kernels.into_iter().flat_map(|k| [(k, 1), (k, 2), (k, 8)]) {
         let mut out = vec![f32::NAN; total_q * heads * hd];
         let layer = &cache.layers[0];
