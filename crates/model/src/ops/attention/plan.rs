@@ -1,14 +1,15 @@
 //! Work planning for paged attention: one item per (sequence, KV head, tile of queries), and when
-//! a call has too few items for the threads (one or two decoding sequences), one task per thread
-//! instead: the items' keys laid end to end and cut into equal shares on block boundaries, an item
-//! cut in two leaving partial softmax states that are merged afterwards (flash-decoding).
+//! a call is all decodes, or has too few items for the threads, one task per thread instead: the
+//! items' keys laid end to end and cut into equal shares on block boundaries, an item cut in two
+//! leaving partial softmax states that are merged afterwards (flash-decoding).
 
 use super::{exp_nonpositive, AttentionShape, SeqAttention};
 use crate::kv_cache::KvGeometry;
 
 /// Queries per work item.
 pub(super) const QUERY_TILE: usize = 16;
-/// A call with fewer items than this many per thread is cut into one task per thread.
+/// A call with prefill chunks and fewer items than this many per thread is cut into one task per
+/// thread (a call of decodes only always is).
 const ITEMS_PER_THREAD: usize = 4;
 /// Smallest share of a task (keys × queries): shorter calls get fewer tasks.
 const MIN_TASK_WORK: usize = 128;
@@ -41,7 +42,8 @@ pub(super) struct Plan {
 }
 
 /// Fills `plan` with one item per (sequence, KV head, query tile), or with one task per thread
-/// (see [`cut_into_tasks`]) when there are too few items for the threads.
+/// (see [`cut_into_tasks`]) when every item is a single decoding query or there are too few items
+/// for the threads.
 pub(super) fn plan_items(
     plan: &mut Plan,
     seqs: &[SeqAttention<'_>],
@@ -74,7 +76,8 @@ pub(super) fn plan_items(
             }
         }
     }
-    if threads <= 1 || plan.items.len() >= threads * ITEMS_PER_THREAD {
+    let decodes_only = plan.items.iter().all(|it| it.queries.1 - it.queries.0 == 1);
+    if threads <= 1 || (!decodes_only && plan.items.len() >= threads * ITEMS_PER_THREAD) {
         return;
     }
     cut_into_tasks(plan, g.block_size, threads);
@@ -87,7 +90,13 @@ pub(super) fn plan_items(
 /// Measured on the 135M shape (3 KV heads, 2 threads, one sequence decoding at 600 tokens of
 /// context): 4 parts in 2 tasks and 1 merge instead of 6 items of ≈ 300 keys and 3 merges took
 /// 13% less time per call with K/V from memory, 7% in cache (`attention_speed`); decode steps
-/// 2% less (steps alternating between the two plans).
+/// 2% less (steps alternating between the two plans). Batches of 3 to 48 decoding sequences
+/// (9 to 144 items, each claimed by a read-modify-write the two cores pass back and forth):
+/// 2–9% less from memory, 2–17% in cache, as two tasks; a decode step of 16 sequences (135M
+/// Q8_0, prompts of 128) 3% less (steps alternating between the two rules, 16 windows).
+///
+/// Prefill chunks keep one task per item: their items are large and unequal (causal), and the
+/// kernel pool's claims balance them as they go.
 fn cut_into_tasks(plan: &mut Plan, block_size: usize, threads: usize) {
     let whole = std::mem::take(&mut plan.items);
     let rows = |it: &Item| it.queries.1 - it.queries.0;
@@ -232,20 +241,32 @@ mod tests {
     }
 
     /// Every whole item's keys are covered once, in order, by block-aligned parts; split items
-    /// have one slot per part; tasks are consecutive runs of parts covering every item.
-    fn assert_covers(plan: &Plan, contexts: &[usize], kv_heads: usize) {
+    /// have one slot per part; tasks are consecutive runs of parts covering every item. `seqs`
+    /// are (context, queries).
+    fn assert_covers(plan: &Plan, seqs: &[(usize, usize)], kv_heads: usize) {
         let mut next_key = std::collections::HashMap::new();
         for p in &plan.items {
-            let at = next_key.entry((p.seq, p.kv_head)).or_insert(0);
+            let at = next_key.entry((p.seq, p.kv_head, p.queries)).or_insert(0);
             assert_eq!(p.keys.0, *at, "parts follow each other");
             assert!(p.keys.0 % 16 == 0 && p.keys.1 > p.keys.0);
             *at = p.keys.1;
         }
-        for (s, &ctx) in contexts.iter().enumerate() {
+        let mut whole_items = 0;
+        for (s, &(ctx, nq)) in seqs.iter().enumerate() {
             for h in 0..kv_heads {
-                assert_eq!(next_key.get(&(s, h)), Some(&ctx), "sequence {s} head {h}");
+                for t0 in (0..nq).step_by(QUERY_TILE) {
+                    let t1 = (t0 + QUERY_TILE).min(nq);
+                    let end = next_key.get(&(s, h, (t0, t1)));
+                    assert_eq!(
+                        end,
+                        Some(&(ctx - nq + t1)),
+                        "sequence {s} head {h} queries {t0}"
+                    );
+                    whole_items += 1;
+                }
             }
         }
+        assert_eq!(next_key.len(), whole_items, "no stray parts");
         let mut slots: Vec<usize> = plan.items.iter().filter_map(|p| p.split).collect();
         slots.sort_unstable();
         slots.dedup();
@@ -277,7 +298,7 @@ mod tests {
         for (kv_heads, threads) in [(3, 2), (4, 2), (1, 2), (3, 4), (5, 2), (2, 3)] {
             let plan = decode_plan(kv_heads, 600, threads);
             let at = format!("{kv_heads} KV heads, {threads} threads");
-            assert_covers(&plan, &[600], kv_heads);
+            assert_covers(&plan, &[(600, 1)], kv_heads);
             assert_eq!(plan.tasks.len(), threads, "{at}");
             let share = kv_heads * 600 / threads;
             for t in &plan.tasks {
@@ -301,22 +322,23 @@ mod tests {
             .collect();
         assert_eq!(keys, [(0, 0, 600), (1, 0, 304), (1, 304, 600), (2, 0, 600)]);
         assert_eq!(plan.splits.len(), 1);
-        // Enough items for the threads (4 per thread): one task each, none split.
+        // Decodes only, however many: still one task per thread, whole items where they fit.
         let plan = decode_plan(8, 600, 2);
-        assert_covers(&plan, &[600], 8);
-        assert!(plan.tasks.is_empty() && plan.splits.is_empty());
+        assert_covers(&plan, &[(600, 1)], 8);
+        assert_eq!(plan.tasks.len(), 2);
+        assert!(plan.splits.is_empty());
     }
 
-    /// Short contexts get fewer tasks (each at least `MIN_TASK_WORK`); a call with many items
-    /// (a prefill) keeps one task per item.
+    /// Short contexts get fewer tasks (each at least `MIN_TASK_WORK`); a call with many prefill
+    /// items keeps one task per item.
     #[test]
     fn short_calls_get_fewer_tasks_and_prefills_none() {
         let plan = decode_plan(1, 200, 4);
-        assert_covers(&plan, &[200], 1);
+        assert_covers(&plan, &[(200, 1)], 1);
         assert_eq!(plan.tasks.len(), 1);
         assert!(plan.splits.is_empty());
         let plan = decode_plan(3, 100, 2);
-        assert_covers(&plan, &[100], 3);
+        assert_covers(&plan, &[(100, 1)], 3);
         assert_eq!(plan.tasks.len(), 2);
 
         let g = geometry(3, 64);
@@ -344,6 +366,8 @@ mod tests {
             (vec![(300, 3), (17, 1)], 3),
             (vec![(1, 1)], 2),
             (vec![(129, 1), (129, 1)], 4),
+            (vec![(600, 1); 20], 2),
+            (vec![(300, 100), (50, 1)], 2),
         ] {
             let mut start = 0;
             let seqs: Vec<SeqAttention> = specs
@@ -361,14 +385,21 @@ mod tests {
                 .collect();
             let mut plan = Plan::default();
             plan_items(&mut plan, &seqs, g, threads);
-            let contexts: Vec<usize> = specs.iter().map(|s| s.0).collect();
-            assert_covers(&plan, &contexts, 2);
+            assert_covers(&plan, &specs, 2);
             let work = |p: &Item| (p.keys.1 - p.keys.0) * (p.queries.1 - p.queries.0);
             let total: usize = plan.items.iter().map(work).sum();
             for t in &plan.tasks {
                 let w: usize = plan.items[t.clone()].iter().map(work).sum();
                 let share = total / plan.tasks.len();
                 assert!(w.abs_diff(share) <= 16 * 3, "{specs:?}: {w} vs {share}");
+            }
+            let decodes_only = specs.iter().all(|s| s.1 == 1);
+            if decodes_only && total >= threads * MIN_TASK_WORK {
+                assert_eq!(plan.tasks.len(), threads, "{specs:?}");
+                assert!(plan.splits.len() < threads, "{specs:?}");
+            }
+            if !decodes_only && plan.items.len() >= threads * ITEMS_PER_THREAD {
+                assert!(plan.tasks.is_empty() && plan.splits.is_empty(), "{specs:?}");
             }
         }
     }
