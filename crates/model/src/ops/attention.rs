@@ -9,9 +9,9 @@
 //! rows, so every K/V block is loaded once per item, and works through its keys a chunk at a time:
 //! scores for the chunk (`q · Kᵀ`, dimension-major K tiles, no horizontal sums), causal mask and
 //! online softmax per row (running max, running sum, rescaled accumulator), then `p · V`. When a
-//! call has too few items for the threads (one or two decoding sequences), the items' keys are cut
-//! into one task per thread and the partial softmax states of an item cut in two are merged
-//! afterwards (flash-decoding).
+//! call is decodes only (or has too few items for the threads), the items' keys are cut into one
+//! task per thread and the partial softmax states of an item cut in two are merged afterwards
+//! (flash-decoding).
 //!
 //! The inner tiles are AVX-512 register tiles where the CPU has it and `head_dim` is a multiple of
 //! 16, and portable loops otherwise; both read K/V as stored (f32, bf16, f16, int8) and widen in
