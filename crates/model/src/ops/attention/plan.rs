@@ -92,7 +92,7 @@ pub(super) fn plan_items(
 /// 13% less time per call with K/V from memory, 7% in cache (`attention_speed`); decode steps
 /// 2% less (steps alternating between the two plans). Batches of 3 to 48 decoding sequences
 /// (9 to 144 items, each claimed by a read-modify-write the two cores pass back and forth):
-/// 2–9% less from memory, 2–17% in cache, as two tasks; a decode step of 16 sequences (135M
+/// 2–8% less from memory, 3–18% in cache, as two tasks; a decode step of 16 sequences (135M
 /// Q8_0, prompts of 128) 3% less (steps alternating between the two rules, 16 windows).
 ///
 /// Prefill chunks keep one task per item: their items are large and unequal (causal), and the
