@@ -39,6 +39,9 @@ pub(super) struct Plan {
     pub partials: Vec<f32>,
     /// Ranges of `items` that each run as one pool task; empty when every item is its own task.
     pub tasks: Vec<std::ops::Range<usize>>,
+    /// The whole items while [`cut_into_tasks`] cuts them (kept for its allocation: `items` and
+    /// this swap buffers, so a step's planning allocates nothing once warm).
+    whole: Vec<Item>,
 }
 
 /// Fills `plan` with one item per (sequence, KV head, query tile), or with one task per thread
@@ -98,7 +101,16 @@ pub(super) fn plan_items(
 /// Prefill chunks keep one task per item: their items are large and unequal (causal), and the
 /// kernel pool's claims balance them as they go.
 fn cut_into_tasks(plan: &mut Plan, block_size: usize, threads: usize) {
-    let whole = std::mem::take(&mut plan.items);
+    std::mem::swap(&mut plan.items, &mut plan.whole);
+    let Plan {
+        items,
+        splits,
+        tasks,
+        whole,
+        ..
+    } = plan;
+    items.clear();
+    let whole = &*whole;
     let rows = |it: &Item| it.queries.1 - it.queries.0;
     let work = |it: &Item| it.keys.1 * rows(it);
     let total: usize = whole.iter().map(work).sum();
@@ -126,37 +138,37 @@ fn cut_into_tasks(plan: &mut Plan, block_size: usize, threads: usize) {
         } else {
             start_of(t + 1)
         };
-        let first = plan.items.len();
+        let first = items.len();
         for (i, item) in whole.iter().enumerate().take(to.0 + 1).skip(from.0) {
             let lo = if i == from.0 { from.1 } else { 0 };
             let hi = if i == to.0 { to.1 } else { item.keys.1 };
             if hi > lo {
-                plan.items.push(Item {
+                items.push(Item {
                     keys: (lo, hi),
                     ..*item
                 });
             }
         }
-        if plan.items.len() > first {
-            plan.tasks.push(first..plan.items.len());
+        if items.len() > first {
+            tasks.push(first..items.len());
         }
         from = to;
     }
     // Parts of one item are adjacent: an item in more than one part leaves partial states.
     let mut slot = 0;
     let mut i = 0;
-    while i < plan.items.len() {
-        let it = plan.items[i];
+    while i < items.len() {
+        let it = items[i];
         let same = |p: &Item| (p.seq, p.kv_head, p.queries) == (it.seq, it.kv_head, it.queries);
-        let end = i + plan.items[i..].iter().take_while(|p| same(p)).count();
+        let end = i + items[i..].iter().take_while(|p| same(p)).count();
         if end - i > 1 {
-            for part in &mut plan.items[i..end] {
+            for part in &mut items[i..end] {
                 part.split = Some(slot);
                 slot += 1;
             }
-            plan.splits.push((
+            splits.push((
                 Item {
-                    keys: (0, plan.items[end - 1].keys.1),
+                    keys: (0, items[end - 1].keys.1),
                     ..it
                 },
                 i..end,
