@@ -147,7 +147,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     // moment). Per-run fractions against the better of each run's two probes are reported too.
     let bytes_per_token = (weight_bytes + kv_bytes) as f64;
     let before = measure_read_bandwidth(args.probe_mib << 20, 5);
-    let mut threads = before.threads;
+    let threads = before.threads;
     let mut previous_probe = before.best_gb_s;
     let mut bandwidth_runs = Vec::new();
     let mut fraction_runs = Vec::new();
@@ -156,7 +156,6 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         let (p, d) = run_once(runner, &prompt, args.output_len)?;
         let probe = measure_read_bandwidth(args.probe_mib << 20, 5);
         round_trip_runs.push(measure_core_round_trip_ns());
-        threads = probe.threads;
         let bound = previous_probe.max(probe.best_gb_s) * 1e9 / bytes_per_token;
         previous_probe = probe.best_gb_s;
         prefill_runs.push(p);

@@ -65,8 +65,8 @@ pub fn measure_read_bandwidth(buffer_bytes: usize, passes: usize) -> Bandwidth {
 ///
 /// It tells apart the placements of a small VM's vCPUs, which decide both how fast memory is
 /// and what every exchange between the kernel threads costs. On the 2-vCPU AMD EPYC this project
-/// is measured on: ≈ 80 ns with both vCPUs on one CCD (whose link to memory caps the probe at
-/// ≈ 30–38 GB/s), ≈ 340 ns on two CCDs (two links: ≈ 55–69 GB/s, each exchange 4× dearer).
+/// is measured on: ≈ 60–170 ns with both vCPUs on one CCD (whose link to memory caps the probe
+/// at ≈ 30–38 GB/s), ≈ 300–430 ns on two CCDs (two links: ≈ 45–69 GB/s, each exchange dearer).
 pub fn measure_core_round_trip_ns() -> Option<f64> {
     #[cfg(target_os = "linux")]
     {

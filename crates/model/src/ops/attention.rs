@@ -202,13 +202,11 @@ fn run<E: KvElement>(
         // kept contexts up to 347 tokens serial).
         if work < 50_000 || items.len() == 1 || pool::global().threads() == 1 {
             (0..items.len()).for_each(run);
+        } else if plan.tasks.is_empty() {
+            pool::global().parallel_for(items.len(), &run);
         } else {
-            if plan.tasks.is_empty() {
-                pool::global().parallel_for(items.len(), &run);
-            } else {
-                let tasks = &plan.tasks;
-                pool::global().parallel_for(tasks.len(), &|t| tasks[t].clone().for_each(run));
-            }
+            let tasks = &plan.tasks;
+            pool::global().parallel_for(tasks.len(), &|t| tasks[t].clone().for_each(run));
         }
         for (item, parts) in &plan.splits {
             let seq = &seqs[item.seq];

@@ -131,7 +131,7 @@ fn cut_into_tasks(plan: &mut Plan, block_size: usize, threads: usize) {
         }
         (whole.len(), 0)
     };
-    let mut from = start_of(0);
+    let mut from = (0, 0);
     for t in 0..n_tasks {
         let to = if t + 1 == n_tasks {
             (whole.len(), 0)
