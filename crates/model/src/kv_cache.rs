@@ -1,7 +1,7 @@
 //! Paged KV cache storage: per layer, a pool of fixed-size blocks for K and for V.
 //!
 //! Layout of each layer's pool: one tile of `block_size × head_dim` values per (block, KV head),
-//! tiles ordered `[num_blocks, num_kv_heads]`. V tiles are slot-major (`[block_size][head_dim]`:
+//! tiles ordered `[num_kv_heads, num_blocks]` (head-major, see [`KvGeometry::tile`]). V tiles are slot-major (`[block_size][head_dim]`:
 //! one token's values contiguous, for the `p · V` accumulation); K tiles are dimension-major
 //! (`[head_dim][block_size]`: one dimension of 16 consecutive keys in one vector, so `q · Kᵀ`
 //! needs no horizontal sums). A token lives at a *slot* `block_id * block_size + offset`; the
