@@ -6,6 +6,7 @@
 //! [`model::StepBatch`] (flattened tokens + per-sequence block tables) and returns logits for the
 //! rows to sample; [`sampler::Sampler`] turns each row into a token.
 
+pub mod ab;
 pub mod bandwidth;
 pub mod builtin;
 pub mod config;
