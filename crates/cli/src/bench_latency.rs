@@ -11,6 +11,7 @@ use clap::Args;
 use pagoda_core::SamplingParams;
 use pagoda_model::bandwidth::{measure_core_round_trip_ns, measure_read_bandwidth};
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
+use pagoda_model::ops::pool::JobTimeline;
 use pagoda_model::ModelRunner;
 use serde::Serialize;
 
@@ -32,9 +33,41 @@ pub struct LatencyArgs {
     /// Bandwidth probe buffer, MiB.
     #[arg(long, default_value_t = 1024)]
     pub probe_mib: usize,
+    /// After the measured runs, one more with the kernel pool's jobs timed: per decoded token,
+    /// the parallel jobs, the time inside them, the time between them (the calling thread alone:
+    /// norms, RoPE, activation quantization, sampling) and the workers' idle time inside jobs.
+    #[arg(long)]
+    pub timeline: bool,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The kernel pool's jobs per decoded token, from the `--timeline` run.
+#[derive(Serialize)]
+struct TimelineReport {
+    jobs_per_token: f64,
+    inside_jobs_ms_per_token: f64,
+    /// From a job's join to the next job's publication: the calling thread alone.
+    outside_jobs_ms_per_token: f64,
+    /// Outside ÷ (inside + outside).
+    outside_jobs_fraction: f64,
+    /// Summed over the workers.
+    workers_idle_ms_per_token: f64,
+}
+
+impl TimelineReport {
+    fn new(t: &JobTimeline, tokens: usize) -> Self {
+        let per_token = |d: std::time::Duration| d.as_secs_f64() * 1e3 / tokens.max(1) as f64;
+        let (inside, outside) = (per_token(t.inside_jobs), per_token(t.between_jobs));
+        Self {
+            jobs_per_token: t.jobs as f64 / tokens.max(1) as f64,
+            inside_jobs_ms_per_token: inside,
+            outside_jobs_ms_per_token: outside,
+            outside_jobs_fraction: outside / (inside + outside).max(1e-12),
+            workers_idle_ms_per_token: per_token(t.workers_idle),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -66,6 +99,8 @@ struct Report {
     /// After each run: a cache line's round trip between two pinned threads, ns (which CPUs the
     /// VM's threads share: see `measure_core_round_trip_ns`); null where it cannot be measured.
     core_round_trip_ns_runs: Vec<Option<f64>>,
+    /// With `--timeline`: the pool's jobs in one more run (null otherwise).
+    timeline: Option<TimelineReport>,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -81,12 +116,14 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// One run: (prefill tok/s, decode tok/s).
+/// One run: (prefill tok/s, decode tok/s, and with `timeline` the pool's jobs over the decode
+/// steps with the number of tokens they decoded).
 fn run_once(
     runner: &mut ModelRunner,
     prompt: &[u32],
     output_len: usize,
-) -> anyhow::Result<(f64, f64)> {
+    timeline: bool,
+) -> anyhow::Result<(f64, f64, Option<TimelineReport>)> {
     let request = GenerationRequest {
         prompt_ids: prompt.to_vec(),
         params: SamplingParams {
@@ -99,16 +136,22 @@ fn run_once(
     };
     let start = Instant::now();
     let mut stamps = Vec::with_capacity(output_len + 1);
+    let pool = pagoda_model::ops::pool::global();
     generate(runner, &[request], &options, |_| {
-        stamps.push(Instant::now())
+        stamps.push(Instant::now());
+        if timeline && stamps.len() == 1 {
+            pool.timeline_start(); // the prompt is in: decode steps from here
+        }
     })?;
+    let jobs = timeline.then(|| pool.timeline_stop());
     let (first, last) = match (stamps.first(), stamps.last()) {
         (Some(f), Some(l)) => (*f, *l),
         _ => anyhow::bail!("no tokens were generated"),
     };
     let prefill = prompt.len() as f64 / (first - start).as_secs_f64();
     let decode = (stamps.len() - 1) as f64 / (last - first).as_secs_f64().max(1e-9);
-    Ok((prefill, decode))
+    let jobs = jobs.map(|t| TimelineReport::new(&t, stamps.len() - 1));
+    Ok((prefill, decode, jobs))
 }
 
 pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
@@ -135,7 +178,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         })
         .collect();
     // Warm-up: touches the weights, the thread pool and the KV pages this run uses.
-    run_once(runner, &prompt, 8)?;
+    run_once(runner, &prompt, 8, false)?;
     let mut prefill_runs = Vec::new();
     let mut decode_runs = Vec::new();
     let weight_bytes = runner.model.weight_bytes_per_step();
@@ -153,7 +196,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     let mut fraction_runs = Vec::new();
     let mut round_trip_runs = Vec::new();
     for _ in 0..args.iterations.max(1) {
-        let (p, d) = run_once(runner, &prompt, args.output_len)?;
+        let (p, d, _) = run_once(runner, &prompt, args.output_len, false)?;
         let probe = measure_read_bandwidth(args.probe_mib << 20, 5);
         round_trip_runs.push(measure_core_round_trip_ns());
         let bound = previous_probe.max(probe.best_gb_s) * 1e9 / bytes_per_token;
@@ -163,6 +206,11 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         bandwidth_runs.push(probe.best_gb_s);
         fraction_runs.push(d / bound);
     }
+    let timeline = if args.timeline {
+        run_once(runner, &prompt, args.output_len, true)?.2
+    } else {
+        None
+    };
     let bandwidth_gb_s = bandwidth_runs
         .iter()
         .copied()
@@ -189,6 +237,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         decode_bandwidth_fraction: decode / bound,
         decode_bandwidth_fraction_runs: fraction_runs,
         core_round_trip_ns_runs: round_trip_runs,
+        timeline,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -237,6 +286,16 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(t) = &report.timeline {
+            println!(
+                "pool timeline         {:.1} parallel jobs per token: {:.3} ms inside them, {:.3} ms between them ({:.1} %: the calling thread alone), workers idle {:.3} ms inside jobs (one more run, timed)",
+                t.jobs_per_token,
+                t.inside_jobs_ms_per_token,
+                t.outside_jobs_ms_per_token,
+                t.outside_jobs_fraction * 100.0,
+                t.workers_idle_ms_per_token
+            );
+        }
     }
     Ok(())
 }

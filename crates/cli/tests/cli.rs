@@ -90,6 +90,7 @@ fn synth_model_writes_a_loadable_model_and_bench_latency_reports_json() {
                 "8",
                 "--iterations",
                 "1",
+                "--timeline",
             ])
             .args(["--probe-mib", "64", "--json", "--model"])
             .arg(&dir),
@@ -109,6 +110,24 @@ fn synth_model_writes_a_loadable_model_and_bench_latency_reports_json() {
         .expect("probe before the runs");
     let best = report["bandwidth_gb_s"].as_f64().expect("best probe");
     assert!(before > 0.0 && best >= before, "{report}");
+    // The timed run: the caller's time between jobs is a share of the two, and each worker idles
+    // at most the whole of every job.
+    let timeline = &report["timeline"];
+    let value = |key: &str| timeline[key].as_f64().unwrap_or(f64::NAN);
+    let threads = report["threads"].as_f64().expect("threads");
+    assert!(value("jobs_per_token") >= 0.0, "{timeline}");
+    if value("jobs_per_token") > 1.0 {
+        assert!(value("outside_jobs_ms_per_token") > 0.0, "{timeline}");
+    }
+    assert!(
+        (0.0..=1.0).contains(&value("outside_jobs_fraction")),
+        "{timeline}"
+    );
+    assert!(
+        value("workers_idle_ms_per_token")
+            <= value("inside_jobs_ms_per_token") * (threads - 1.0) + 1e-9,
+        "{timeline}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -9,9 +9,14 @@
 //! waits for a worker to join a job, only for claimed tasks to finish, so a worker the OS did
 //! not schedule (a busy machine) costs nothing but its share of the parallelism.
 
+mod timeline;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+pub use timeline::JobTimeline;
+use timeline::Timeline;
 
 /// A job as seen by workers: a type-erased `&(dyn Fn(usize) + Sync)` valid while its generation
 /// is current and tasks remain.
@@ -34,6 +39,7 @@ struct Shared {
     /// Tasks of the current job that have finished.
     done: AtomicUsize,
     stop: AtomicBool,
+    timeline: Timeline,
 }
 
 /// A fixed set of spinning workers plus the calling thread.
@@ -58,13 +64,14 @@ impl KernelPool {
             job: Mutex::new(None),
             done: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            timeline: Timeline::new(threads.max(1) - 1),
         });
         let workers = (1..threads.max(1))
             .map(|i| {
                 let shared = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name(format!("pagoda-kernel-{i}"))
-                    .spawn(move || worker(&shared))
+                    .spawn(move || worker(&shared, i - 1))
                     .expect("invariant: the OS can start kernel threads")
             })
             .collect();
@@ -78,6 +85,16 @@ impl KernelPool {
     /// Threads that take part in a job, the caller included.
     pub fn threads(&self) -> usize {
         self.workers.len() + 1
+    }
+
+    /// Starts timing the parallel jobs (see [`JobTimeline`]), from zero.
+    pub fn timeline_start(&self) {
+        self.shared.timeline.start();
+    }
+
+    /// Stops timing and returns the totals since [`Self::timeline_start`].
+    pub fn timeline_stop(&self) -> JobTimeline {
+        self.shared.timeline.stop()
     }
 
     /// Runs `f(i)` for every `i < n_tasks`, spread over the pool; returns when all are done.
@@ -106,8 +123,9 @@ impl KernelPool {
             n_tasks,
             generation,
         });
+        let published_ns = s.timeline.on().then(|| s.timeline.now_ns());
         s.claim.store(generation << TASK_BITS, Ordering::Release);
-        run_tasks(s, f, n_tasks, generation);
+        run_tasks(s, f, n_tasks, generation, None);
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) != n_tasks {
             spins = spins.wrapping_add(1);
@@ -118,11 +136,21 @@ impl KernelPool {
                 std::hint::spin_loop();
             }
         }
+        if let Some(published_ns) = published_ns {
+            s.timeline.job_joined(generation, published_ns);
+        }
     }
 }
 
-/// Claims and runs tasks of job `generation` until none remain.
-fn run_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize, generation: u64) {
+/// Claims and runs tasks of job `generation` until none remain; `worker` is the worker's index
+/// (`None` for the caller).
+fn run_tasks(
+    s: &Shared,
+    f: &(dyn Fn(usize) + Sync),
+    n_tasks: usize,
+    generation: u64,
+    worker: Option<usize>,
+) {
     let mut cur = s.claim.load(Ordering::Acquire);
     loop {
         if cur >> TASK_BITS != generation || (cur & TASK_MASK) as usize >= n_tasks {
@@ -133,7 +161,12 @@ fn run_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize, generation:
             .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => {
+                let timed = worker.filter(|_| s.timeline.on());
+                let start_ns = timed.map(|_| s.timeline.now_ns());
                 f((cur & TASK_MASK) as usize);
+                if let (Some(w), Some(start_ns)) = (timed, start_ns) {
+                    s.timeline.task_done(w, generation, start_ns);
+                }
                 s.done.fetch_add(1, Ordering::Release);
                 cur = s.claim.load(Ordering::Acquire);
             }
@@ -142,7 +175,7 @@ fn run_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize, generation:
     }
 }
 
-fn worker(s: &Shared) {
+fn worker(s: &Shared, index: usize) {
     let mut seen = 0u64;
     loop {
         let idle_since = Instant::now();
@@ -172,7 +205,7 @@ fn worker(s: &Shared) {
         if let Some(job) = job.filter(|j| j.generation == generation) {
             // SAFETY: tasks are claimed against `job.generation`; see `parallel_for`.
             let f = unsafe { &*job.func };
-            run_tasks(s, f, job.n_tasks, job.generation);
+            run_tasks(s, f, job.n_tasks, job.generation, Some(index));
         }
     }
 }
@@ -233,6 +266,35 @@ mod tests {
                 "n = {n}"
             );
         }
+    }
+
+    fn spin_for(d: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[test]
+    fn the_timeline_counts_jobs_and_the_time_between_them() {
+        let pool = KernelPool::new(2);
+        pool.parallel_for(2, &|_| {}); // before the start: not counted
+        pool.timeline_start();
+        for _ in 0..10 {
+            pool.parallel_for(2, &|_| spin_for(Duration::from_micros(300)));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        pool.parallel_for(1, &|_| {}); // one task runs inline: not a job
+        let t = pool.timeline_stop();
+        pool.parallel_for(2, &|_| {}); // after the stop: not counted
+        assert_eq!(t.jobs, 10, "{t:?}");
+        assert_eq!(t.workers, 1);
+        // Two tasks of 300 µs per job, whoever ran them; 1 ms of sleep between jobs.
+        assert!(t.inside_jobs >= Duration::from_micros(3000), "{t:?}");
+        assert!(t.between_jobs >= Duration::from_millis(9), "{t:?}");
+        // A worker idles at most the whole of each job.
+        assert!(t.workers_idle <= t.inside_jobs, "{t:?}");
+        assert_eq!(pool.timeline_stop(), t);
     }
 
     #[test]
