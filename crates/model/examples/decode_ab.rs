@@ -69,7 +69,8 @@ fn interleaved(
     (ta, tb)
 }
 
-/// One whole generation per variant, in the order given; times of the decode steps.
+/// One whole generation per variant, in the order given; half of each one's decode time (as the
+/// interleaved mode gives each variant half of the steps).
 fn whole(runner: &mut ModelRunner, request: &GenerationRequest, order: [u32; 2]) -> [f64; 2] {
     let options = GenerateOptions {
         prefill_chunk: request.prompt_ids.len(),

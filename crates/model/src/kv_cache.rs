@@ -1,13 +1,13 @@
 //! Paged KV cache storage: per layer, a pool of fixed-size blocks for K and for V.
 //!
 //! Layout of each layer's pool: one tile of `block_size × head_dim` values per (block, KV head),
-//! tiles ordered `[num_kv_heads, num_blocks]` (head-major, see [`KvGeometry::tile`]). V tiles are slot-major (`[block_size][head_dim]`:
-//! one token's values contiguous, for the `p · V` accumulation); K tiles are dimension-major
-//! (`[head_dim][block_size]`: one dimension of 16 consecutive keys in one vector, so `q · Kᵀ`
-//! needs no horizontal sums). A token lives at a *slot* `block_id * block_size + offset`; the
-//! forward writes new K/V at the slots of a slot mapping and attention reads through block
-//! tables. Which blocks a sequence owns is the block manager's business (engine crate); this
-//! module only stores values.
+//! tiles ordered `[num_kv_heads, num_blocks]` (head-major, see [`KvGeometry::tile`]). V tiles are
+//! slot-major (`[block_size][head_dim]`: one token's values contiguous, for the `p · V`
+//! accumulation); K tiles are dimension-major (`[head_dim][block_size]`: one dimension of 16
+//! consecutive keys in one vector, so `q · Kᵀ` needs no horizontal sums). A token lives at a
+//! *slot* `block_id * block_size + offset`; the forward writes new K/V at the slots of a slot
+//! mapping and attention reads through block tables. Which blocks a sequence owns is the block
+//! manager's business (engine crate); this module only stores values.
 //!
 //! Values are stored as f32, bf16, f16 or int8 ([`KvCacheDtype`]). int8 keeps one f32 scale per
 //! token and KV head for K and for V (symmetric, `absmax / 127`): finer than a scale per block,

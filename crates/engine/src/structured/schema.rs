@@ -14,7 +14,7 @@
 
 use serde_json::{json, Map, Value};
 
-/// Index of a node in [`Schema::nodes`].
+/// Index of a node in a [`Schema`]'s node list.
 pub type NodeId = u16;
 
 /// Most properties of one object, and most values of one `enum` (bit sets of 64).

@@ -161,10 +161,11 @@ fn run_tasks(
             .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => {
-                let timed = worker.filter(|_| s.timeline.on());
-                let start_ns = timed.map(|_| s.timeline.now_ns());
+                let timed = worker
+                    .filter(|_| s.timeline.on())
+                    .map(|w| (w, s.timeline.now_ns()));
                 f((cur & TASK_MASK) as usize);
-                if let (Some(w), Some(start_ns)) = (timed, start_ns) {
+                if let Some((w, start_ns)) = timed {
                     s.timeline.task_done(w, generation, start_ns);
                 }
                 s.done.fetch_add(1, Ordering::Release);

@@ -6,10 +6,10 @@
 //! reduction, one weight cache line and one broadcast activation per step and row. For m ≤ 4
 //! (decode) each thread instead streams its contiguous range of blocks once for all rows (one
 //! sequential stream per thread, which the memory system serves fastest; a thread that finishes
-//! first takes the rest of another's range from its end, see [`ranges`]); for larger m, tiles of
-//! up to 12 rows × 2 blocks (24 accumulators, the weight lines reused from L1 across the rows)
-//! over (row block, weight panel chunk) tasks. Every task writes its own output columns of its own
-//! rows.
+//! first takes the rest of another's range from its end, see the `ranges` module); for larger m,
+//! tiles of up to 12 rows × 2 blocks (24 accumulators, the weight lines reused from L1 across the
+//! rows) over (row block, weight panel chunk) tasks. Every task writes its own output columns of
+//! its own rows.
 //!
 //! bf16 weights are multiplied with activations rounded to bf16 (as PyTorch's bf16 matmul and
 //! llama.cpp do), Q8_0 and Q4_K weights with activations quantized to Q8_0 per 32 values (as

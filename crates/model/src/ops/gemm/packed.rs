@@ -21,7 +21,7 @@
 //! `d`, then their `dmin` (f16), then the 8 sub-blocks' scales and the 8 mins (one byte per row):
 //! exactly the file's numbers, unpacked. `k` must be a multiple of 256.
 //!
-//! Q6_K extends the Q4_K lines with two lines of high bits per group; see [`q6k`].
+//! Q6_K extends the Q4_K lines with two lines of high bits per group; see the `q6k` module.
 
 mod q6k;
 
