@@ -68,6 +68,17 @@ unsafe fn store_block<const MR: usize>(acc: &[[__m512; 1]; MR], t: &TileArgs, b:
     store_tile(acc, &block);
 }
 
+/// The line at `offset` in each of the next panel's blocks, into L2 (see [`TileArgs::next_panel`]).
+#[inline(always)]
+unsafe fn prefetch_next_panel<const NV: usize>(t: &TileArgs, offset: usize) {
+    if !t.next_panel.is_null() {
+        for v in 0..NV.min(t.next_blocks) {
+            let line = t.next_panel.wrapping_add(v * t.block_stride + offset);
+            _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
+        }
+    }
+}
+
 macro_rules! tile_kernel {
     ($(#[$doc:meta])* $name:ident, $features:literal, |$acc:ident, $w:ident, $x:ident| $op:expr) => {
         $(#[$doc])*
@@ -77,6 +88,7 @@ macro_rules! tile_kernel {
         pub(super) unsafe fn $name<const MR: usize, const NV: usize>(t: &TileArgs) {
             let mut acc = [[_mm512_setzero_ps(); NV]; MR];
             for s in 0..t.steps {
+                prefetch_next_panel::<NV>(t, s * 64);
                 let mut w = [_mm512_setzero_si512(); NV];
                 for (v, wv) in w.iter_mut().enumerate() {
                     let line = t.w.add(v * t.block_stride + s * 64);
@@ -241,6 +253,7 @@ pub(super) unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
     for g in 0..t.groups {
         let mut dot = [[_mm512_setzero_si512(); NV]; MR];
         for s in 0..Q8_STEPS {
+            prefetch_next_panel::<NV>(t, (g * Q8_STEPS + s) * 64);
             let w: [__m512i; NV] = std::array::from_fn(|v| {
                 _mm512_load_si512(
                     t.w.add(v * t.block_stride + (g * Q8_STEPS + s) * 64) as *const __m512i

@@ -63,6 +63,10 @@ pub(crate) struct TileArgs {
     /// Q6_K only: per activation row (`2 * groups` apart) the sums of each 16 quantized values.
     pub x_sums16: *const i32,
     pub groups: usize,
+    /// AVX-512 f32/bf16/Q8_0 tiles: the first of `next_blocks` packed blocks (laid out as `w`'s)
+    /// that the kernel prefetches into L2, line by line as it walks its own, or null for none.
+    pub next_panel: *const u8,
+    pub next_blocks: usize,
 }
 
 /// Storage type of packed weights.
@@ -427,6 +431,8 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
         x_sums: x_sums.get().wrapping_add(row * groups),
         x_sums16: x_sums16.get().wrapping_add(row * 2 * groups),
         groups,
+        next_panel: std::ptr::null(),
+        next_blocks: 0,
     };
     let for_tasks = |tasks: usize, task: &(dyn Fn(usize) + Sync)| {
         if tasks == 1 {
@@ -485,7 +491,8 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
         // Near-equal tiles of at most `mr_max` rows (fewer for Q8_0/Q4_K, which also keep integer
         // accumulators in registers).
         let tiles = rows.len().div_ceil(mr_max);
-        for p in c * chunk..((c + 1) * chunk).min(panels) {
+        let panels_end = ((c + 1) * chunk).min(panels);
+        for p in c * chunk..panels_end {
             let block0 = p * nv_max;
             let nv = nv_max.min(blocks - block0);
             let mut row = rows.start;
@@ -493,6 +500,12 @@ fn run(isa: Isa, a: Activations, m: usize, w: &PackedLinear, out: &mut [f32]) {
                 for tile in 0..tiles {
                     let mr = (rows.end - row).div_ceil(tiles - tile);
                     let mut a = args(block0, row, nv * packed::BLOCK_ROWS);
+                    // The panel's first tile reads it from memory; it also asks for the task's
+                    // next panel, which then arrives while this one's tiles compute.
+                    if tile == 0 && p + 1 < panels_end {
+                        a.next_panel = base.get().wrapping_add((block0 + nv) * block_stride);
+                        a.next_blocks = nv_max.min(blocks - block0 - nv);
+                    }
                     // SAFETY: the arguments describe this task's own rows and columns inside
                     // `x`, the packed weights (or their unpacked copy) and `out`; `isa` is
                     // supported by the caller's contract.
