@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use clap::Args;
 use pagoda_core::SamplingParams;
-use pagoda_model::bandwidth::{measure_core_round_trip_ns, measure_read_bandwidth};
+use pagoda_model::bandwidth::{measure_core_round_trip_ns, measure_read_bandwidth, MemoryState};
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
 use pagoda_model::ops::pool::JobTimeline;
 use pagoda_model::ModelRunner;
@@ -70,6 +70,61 @@ impl TimelineReport {
     }
 }
 
+/// Decode against the bandwidth of the same memory state (see [`MemoryState`]): the runs with a
+/// round trip in that state just before and just after them, and the best probe followed by one.
+#[derive(Serialize)]
+struct MemoryStateReport {
+    state: &'static str,
+    runs: usize,
+    /// Median of those runs.
+    decode_tok_s: f64,
+    bandwidth_gb_s: f64,
+    decode_bound_tok_s: f64,
+    decode_bandwidth_fraction: f64,
+}
+
+/// One measured run and the round trips measured just before and after it.
+struct StatedRun {
+    decode: f64,
+    round_trips: [Option<f64>; 2],
+}
+
+/// Per memory state with at least one run in it and a probe in it: see [`MemoryStateReport`].
+fn by_memory_state(
+    runs: &[StatedRun],
+    probes: &[(f64, Option<f64>)],
+    bytes_per_token: f64,
+) -> Vec<MemoryStateReport> {
+    let in_state = |ns: Option<f64>, state| ns.map(MemoryState::from_round_trip_ns) == Some(state);
+    MemoryState::ALL
+        .iter()
+        .filter_map(|&state| {
+            let decodes: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.round_trips.iter().all(|&ns| in_state(ns, state)))
+                .map(|r| r.decode)
+                .collect();
+            let bandwidth = probes
+                .iter()
+                .filter(|(_, ns)| in_state(*ns, state))
+                .map(|(gb_s, _)| *gb_s)
+                .reduce(f64::max)?;
+            if decodes.is_empty() {
+                return None;
+            }
+            let (decode, bound) = (median(&decodes), bandwidth * 1e9 / bytes_per_token);
+            Some(MemoryStateReport {
+                state: state.name(),
+                runs: decodes.len(),
+                decode_tok_s: decode,
+                bandwidth_gb_s: bandwidth,
+                decode_bound_tok_s: bound,
+                decode_bandwidth_fraction: decode / bound,
+            })
+        })
+        .collect()
+}
+
 #[derive(Serialize)]
 struct Report {
     model: String,
@@ -98,7 +153,11 @@ struct Report {
     decode_bandwidth_fraction_runs: Vec<f64>,
     /// After each run: a cache line's round trip between two pinned threads, ns (which CPUs the
     /// VM's threads share: see `measure_core_round_trip_ns`); null where it cannot be measured.
+    /// Each follows that run's probe; `core_round_trip_before_ns` follows the first probe.
     core_round_trip_ns_runs: Vec<Option<f64>>,
+    core_round_trip_before_ns: Option<f64>,
+    /// The fraction per memory state (diagnostic; the headline fraction stays the strict one).
+    memory_states: Vec<MemoryStateReport>,
     /// With `--timeline`: the pool's jobs in one more run (null otherwise).
     timeline: Option<TimelineReport>,
 }
@@ -190,6 +249,9 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     // moment). Per-run fractions against the better of each run's two probes are reported too.
     let bytes_per_token = (weight_bytes + kv_bytes) as f64;
     let before = measure_read_bandwidth(args.probe_mib << 20, 5);
+    let round_trip_before = measure_core_round_trip_ns();
+    let mut probes = vec![(before.best_gb_s, round_trip_before)];
+    let mut stated_runs = Vec::new();
     let threads = before.threads;
     let mut previous_probe = before.best_gb_s;
     let mut bandwidth_runs = Vec::new();
@@ -198,7 +260,13 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     for _ in 0..args.iterations.max(1) {
         let (p, d, _) = run_once(runner, &prompt, args.output_len, false)?;
         let probe = measure_read_bandwidth(args.probe_mib << 20, 5);
-        round_trip_runs.push(measure_core_round_trip_ns());
+        let round_trip = measure_core_round_trip_ns();
+        stated_runs.push(StatedRun {
+            decode: d,
+            round_trips: [probes.last().and_then(|p| p.1), round_trip],
+        });
+        probes.push((probe.best_gb_s, round_trip));
+        round_trip_runs.push(round_trip);
         let bound = previous_probe.max(probe.best_gb_s) * 1e9 / bytes_per_token;
         previous_probe = probe.best_gb_s;
         prefill_runs.push(p);
@@ -237,6 +305,8 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         decode_bandwidth_fraction: decode / bound,
         decode_bandwidth_fraction_runs: fraction_runs,
         core_round_trip_ns_runs: round_trip_runs,
+        core_round_trip_before_ns: round_trip_before,
+        memory_states: by_memory_state(&stated_runs, &probes, bytes_per_token),
         timeline,
     };
     if args.json {
@@ -278,7 +348,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
                 .join(", ")
         );
         println!(
-            "core round trip       {} (after each run; ≈ 60–170 ns: threads on one CCD, ≈ 300–430 ns: on two, the faster memory state here)",
+            "core round trip       {} (after each run; ≈ 60–170 ns: threads on one CCD, ≈ 300–630 ns: on two, the faster memory state here)",
             report
                 .core_round_trip_ns_runs
                 .iter()
@@ -286,6 +356,16 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        for m in &report.memory_states {
+            println!(
+                "in state {:<12} {} run(s): decode {:.1} tok/s = {:.1} % of the best probe in that state ({:.1} GB/s)",
+                m.state,
+                m.runs,
+                m.decode_tok_s,
+                m.decode_bandwidth_fraction * 100.0,
+                m.bandwidth_gb_s
+            );
+        }
         if let Some(t) = &report.timeline {
             println!(
                 "pool timeline         {:.1} parallel jobs per token: {:.3} ms inside them, {:.3} ms between them ({:.1} %: the calling thread alone), workers idle {:.3} ms inside jobs (one more run, timed)",
@@ -298,4 +378,45 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_state_sets_its_own_runs_against_its_own_best_probe() {
+        let (one, two) = (Some(100.0), Some(450.0));
+        let run = |decode, before, after| StatedRun {
+            decode,
+            round_trips: [before, after],
+        };
+        let runs = [
+            run(40.0, one, one),
+            run(60.0, one, two), // straddles the states: in neither
+            run(50.0, two, two),
+            run(44.0, one, one),
+            run(30.0, None, None),
+        ];
+        let probes = [
+            (45.0, one),
+            (80.0, two),
+            (48.0, one),
+            (70.0, two),
+            (90.0, None),
+        ];
+        let states = by_memory_state(&runs, &probes, 1e9);
+        assert_eq!(states.len(), 2);
+        let (a, b) = (&states[0], &states[1]);
+        assert_eq!((a.state, a.runs, a.decode_tok_s), ("one_ccd", 2, 42.0));
+        assert_eq!((a.bandwidth_gb_s, a.decode_bound_tok_s), (48.0, 48.0));
+        assert!((a.decode_bandwidth_fraction - 42.0 / 48.0).abs() < 1e-12);
+        assert_eq!(
+            (b.state, b.runs, b.decode_tok_s, b.bandwidth_gb_s),
+            ("two_ccd", 1, 50.0, 80.0)
+        );
+        // No run wholly in a state, or no probe in it: no entry.
+        assert!(by_memory_state(&runs[1..2], &probes, 1e9).is_empty());
+        assert!(by_memory_state(&runs[..1], &probes[1..2], 1e9).is_empty());
+    }
 }

@@ -110,6 +110,24 @@ fn synth_model_writes_a_loadable_model_and_bench_latency_reports_json() {
         .expect("probe before the runs");
     let best = report["bandwidth_gb_s"].as_f64().expect("best probe");
     assert!(before > 0.0 && best >= before, "{report}");
+    // Per memory state: only runs wholly in it, each state's bound from a probe no better than
+    // the strict one.
+    let states = report["memory_states"].as_array().expect("memory_states");
+    let mut runs_in_states = 0;
+    for state in states {
+        let value = |key: &str| state[key].as_f64().unwrap_or(f64::NAN);
+        runs_in_states += state["runs"].as_u64().expect("runs");
+        assert!(
+            value("bandwidth_gb_s") > 0.0 && value("bandwidth_gb_s") <= best,
+            "{state}"
+        );
+        let fraction = value("decode_tok_s") / value("decode_bound_tok_s");
+        assert!(
+            (value("decode_bandwidth_fraction") - fraction).abs() < 1e-9,
+            "{state}"
+        );
+    }
+    assert!(runs_in_states <= report["iterations"].as_u64().expect("iterations"));
     // The timed run: the caller's time between jobs is a share of the two, and each worker idles
     // at most the whole of every job.
     let timeline = &report["timeline"];

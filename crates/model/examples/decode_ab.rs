@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use pagoda_core::SamplingParams;
 use pagoda_model::ab::set_variant;
-use pagoda_model::bandwidth::measure_core_round_trip_ns;
+use pagoda_model::bandwidth::{measure_core_round_trip_ns, TWO_CCD_ROUND_TRIP_NS};
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
 use pagoda_model::{load_model_dir, ModelRunner, RunnerOptions};
 
@@ -169,7 +169,7 @@ fn main() {
             half / tb,
             tb / ta
         );
-        if round_trip > 200.0 {
+        if round_trip > TWO_CCD_ROUND_TRIP_NS {
             two_ccd.push(tb / ta)
         } else {
             one_ccd.push(tb / ta)

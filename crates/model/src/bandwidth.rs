@@ -66,7 +66,8 @@ pub fn measure_read_bandwidth(buffer_bytes: usize, passes: usize) -> Bandwidth {
 /// It tells apart the placements of a small VM's vCPUs, which decide both how fast memory is
 /// and what every exchange between the kernel threads costs. On the 2-vCPU AMD EPYC this project
 /// is measured on: ≈ 60–170 ns with both vCPUs on one CCD (whose link to memory caps the probe
-/// at ≈ 30–38 GB/s), ≈ 300–430 ns on two CCDs (two links: ≈ 45–69 GB/s, each exchange dearer).
+/// at ≈ 30–38 GB/s on the Zen 4 host, ≈ 40–51 GB/s on the Zen 5 one), ≈ 300–630 ns on two CCDs
+/// (two links: ≈ 45–69 GB/s on Zen 4, ≈ 60–92 GB/s on Zen 5; each exchange dearer).
 pub fn measure_core_round_trip_ns() -> Option<f64> {
     #[cfg(target_os = "linux")]
     {
@@ -75,6 +76,38 @@ pub fn measure_core_round_trip_ns() -> Option<f64> {
     #[cfg(not(target_os = "linux"))]
     {
         None
+    }
+}
+
+/// Above this round trip (ns) the two threads sit on two CCDs; see [`MemoryState`].
+pub const TWO_CCD_ROUND_TRIP_NS: f64 = 200.0;
+
+/// Which of the project's VM's two placements a round trip shows: both vCPUs on one CCD (one
+/// link to memory, cheap exchanges) or on two (both links, dear exchanges). The placement changes
+/// within seconds to minutes, and the bandwidth with it (by up to 2×), so a decode is best set
+/// against a probe taken in the same state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryState {
+    OneCcd,
+    TwoCcd,
+}
+
+impl MemoryState {
+    pub const ALL: [MemoryState; 2] = [MemoryState::OneCcd, MemoryState::TwoCcd];
+
+    pub fn from_round_trip_ns(ns: f64) -> Self {
+        if ns > TWO_CCD_ROUND_TRIP_NS {
+            MemoryState::TwoCcd
+        } else {
+            MemoryState::OneCcd
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryState::OneCcd => "one_ccd",
+            MemoryState::TwoCcd => "two_ccd",
+        }
     }
 }
 
