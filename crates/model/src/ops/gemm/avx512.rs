@@ -6,7 +6,9 @@
 //! blocks as one sequential stream, one block at a time with four accumulators per row (so the
 //! hardware sees one stream per thread): this reads weights faster than several interleaved block
 //! streams. The f32/bf16 and k-quant streams also prefetch 4 KiB ahead; the Q8_0 stream leaves
-//! its two streams (weights, scales) to the hardware prefetchers, which read them faster.
+//! its two streams (weights, scales) to the hardware prefetchers, which read them faster. The
+//! f32/bf16 and Q8_0 tiles prefetch the next panel a task will read, if any, into L2
+//! (`TileArgs::next_panel`).
 //!
 //! Three inner operations share the loops:
 //! - f32 weights: `vfmadd` with the broadcast activation;
@@ -278,20 +280,56 @@ pub(super) unsafe fn tile_q8<const MR: usize, const NV: usize>(t: &TileArgs) {
     store_tile(&acc, t);
 }
 
+/// Whether the Q8_0 stream kernel prefetches (see [`stream_q8`]): everywhere but on AMD CPU
+/// family 0x19 (Zen 3 and 4).
+fn q8_stream_prefetch() -> bool {
+    static PREFETCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PREFETCH.get_or_init(|| {
+        // SAFETY: CPUID exists on every x86_64 CPU; leaves 0 and 1 are always valid.
+        #[allow(unused_unsafe)]
+        let (vendor, signature) = unsafe { (__cpuid(0), __cpuid(1).eax) };
+        let amd = [vendor.ebx, vendor.edx, vendor.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163];
+        q8_stream_prefetch_on(amd, signature)
+    })
+}
+
+/// [`q8_stream_prefetch`] for a CPU of this vendor and CPUID leaf 1 signature (`eax`).
+fn q8_stream_prefetch_on(amd: bool, signature: u32) -> bool {
+    let base = (signature >> 8) & 0xf;
+    let family = if base == 0xf {
+        base + ((signature >> 20) & 0xff)
+    } else {
+        base
+    };
+    !(amd && family == 0x19)
+}
+
+#[cfg(test)]
+#[test]
+fn the_q8_stream_prefetches_except_on_amd_family_0x19() {
+    assert!(!q8_stream_prefetch_on(true, 0x00a1_0f11)); // Zen 4 (family 0xF + 0x0A)
+    assert!(!q8_stream_prefetch_on(true, 0x00a2_0f10)); // Zen 3
+    assert!(q8_stream_prefetch_on(true, 0x00b0_0f21)); // Zen 5 (0xF + 0x0B = 0x1A)
+    assert!(q8_stream_prefetch_on(true, 0x0083_0f10)); // Zen 2 (0x17)
+    assert!(q8_stream_prefetch_on(false, 0x00a1_0f11)); // not AMD
+}
+
 /// The Q8_0 stream kernel (decode): consecutive blocks one at a time, two integer accumulators
 /// per row.
 ///
-/// No software prefetch: the hardware prefetchers alone read the weight and scale streams
-/// faster. The 4 KiB-ahead prefetch this kernel had (as the f32/bf16 streams, where dropping it
-/// changes nothing) cost the 135M decode 11% of its matmul time (a median 8% of its tok/s)
-/// whenever the machine's two threads sit on different CCDs, its fast memory state (decode
-/// windows alternating in one process; `docs/BENCHMARKS.md`, "the Q8_0 stream without
-/// prefetch").
+/// Software prefetch 4 KiB ahead (and the scale line of the groups there) depends on the CPU.
+/// On the Zen 4 host this project was first measured on, the weights' prefetch cost the 135M
+/// decode 11% of its matmul time (a median 8% of its tok/s) whenever the two threads sat on
+/// different CCDs (`docs/BENCHMARKS.md`, "the Q8_0 stream without prefetch"), so AMD family 0x19
+/// leaves both streams to the hardware prefetchers. On the Zen 5 host (family 0x1A) weights and
+/// scales prefetched took 0.83× (two CCDs) / 0.91× (one) the decode step time on TinyLlama Q8_0
+/// and 0.94× on 135M Q8_0 (decode windows alternating in one process; "2026-12-07").
 ///
 /// # Safety
 /// As [`tile_q8`]; `t.w` starts `blocks` consecutive blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
+    let prefetch = q8_stream_prefetch();
     for b in 0..blocks {
         let w = t.w.add(b * t.block_stride);
         let mut acc = [[_mm512_setzero_ps(); 1]; MR];
@@ -300,6 +338,16 @@ pub(super) unsafe fn stream_q8<const MR: usize>(t: &TileArgs, blocks: usize) {
             let mut odd = [_mm512_setzero_si512(); MR];
             for s in (0..Q8_STEPS).step_by(2) {
                 let line = w.add((g * Q8_STEPS + s) * 64);
+                if prefetch {
+                    let ahead = line.wrapping_add(STREAM_PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
+                    if s == 0 && g % 2 == 0 {
+                        // The scale line of the groups whose weights that reaches (8 ahead).
+                        let scales = t.scales.wrapping_add(b * t.scale_stride + (g + 8) * 32);
+                        _mm_prefetch::<_MM_HINT_T0>(scales as *const i8);
+                    }
+                }
                 let w0 = _mm512_load_si512(line as *const __m512i);
                 let w1 = _mm512_load_si512(line.add(64) as *const __m512i);
                 for i in 0..MR {
