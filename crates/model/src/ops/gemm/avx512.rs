@@ -5,10 +5,10 @@
 //! For a few activation rows (decode) the `stream_*` kernels instead walk a task's consecutive
 //! blocks as one sequential stream, one block at a time with four accumulators per row (so the
 //! hardware sees one stream per thread): this reads weights faster than several interleaved block
-//! streams. The f32/bf16 and k-quant streams also prefetch 4 KiB ahead; the Q8_0 stream leaves
-//! its two streams (weights, scales) to the hardware prefetchers, which read them faster. The
-//! f32/bf16 and Q8_0 tiles prefetch the next panel a task will read, if any, into L2
-//! (`TileArgs::next_panel`).
+//! streams. The f32/bf16 and k-quant streams also prefetch 4 KiB ahead; so does the Q8_0 stream
+//! (weights and scales), except on AMD family 0x19, where the hardware prefetchers alone read its
+//! two streams faster (see [`stream_q8`]). The f32/bf16 and Q8_0 tiles prefetch the next panel a
+//! task will read, if any, into L2 (`TileArgs::next_panel`).
 //!
 //! Three inner operations share the loops:
 //! - f32 weights: `vfmadd` with the broadcast activation;
