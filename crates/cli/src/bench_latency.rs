@@ -12,6 +12,7 @@ use pagoda_core::SamplingParams;
 use pagoda_model::bandwidth::{measure_core_round_trip_ns, measure_read_bandwidth, MemoryState};
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
 use pagoda_model::ops::pool::JobTimeline;
+use pagoda_model::synth::random_prompt;
 use pagoda_model::ModelRunner;
 use serde::Serialize;
 
@@ -83,26 +84,25 @@ struct MemoryStateReport {
     decode_bandwidth_fraction: f64,
 }
 
-/// One measured run and the round trips measured just before and after it.
-struct StatedRun {
-    decode: f64,
-    round_trips: [Option<f64>; 2],
-}
+/// A probe's best GB/s and the round trip measured just after it (see [`run`]).
+type Probe = (f64, Option<f64>);
 
-/// Per memory state with at least one run in it and a probe in it: see [`MemoryStateReport`].
+/// Per memory state with at least one run wholly in it: see [`MemoryStateReport`].
+/// Run `i` (decode tok/s `decodes[i]`) lies between `probes[i]` and `probes[i + 1]`.
 fn by_memory_state(
-    runs: &[StatedRun],
-    probes: &[(f64, Option<f64>)],
+    decodes: &[f64],
+    probes: &[Probe],
     bytes_per_token: f64,
 ) -> Vec<MemoryStateReport> {
     let in_state = |ns: Option<f64>, state| ns.map(MemoryState::from_round_trip_ns) == Some(state);
     MemoryState::ALL
         .iter()
         .filter_map(|&state| {
-            let decodes: Vec<f64> = runs
+            let decodes: Vec<f64> = decodes
                 .iter()
-                .filter(|r| r.round_trips.iter().all(|&ns| in_state(ns, state)))
-                .map(|r| r.decode)
+                .zip(probes.windows(2))
+                .filter(|(_, around)| around.iter().all(|p| in_state(p.1, state)))
+                .map(|(&decode, _)| decode)
                 .collect();
             let bandwidth = probes
                 .iter()
@@ -225,17 +225,8 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
             config.max_context_len
         );
     }
-    // Random prompt tokens (speed does not depend on them), avoiding the first ids (specials).
-    let vocab = config.vocab_size as u64;
-    let mut state = 0x9e3779b97f4a7c15u64;
-    let prompt: Vec<u32> = (0..args.input_len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (3 + (state >> 33) % (vocab - 3)) as u32
-        })
-        .collect();
+    // Random prompt tokens: speed does not depend on them.
+    let prompt = random_prompt(args.input_len, config.vocab_size);
     // Warm-up: touches the weights, the thread pool and the KV pages this run uses.
     run_once(runner, &prompt, 8, false)?;
     let mut prefill_runs = Vec::new();
@@ -248,43 +239,33 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     // strict choice: the fraction is never flattered by a probe that happened to land in a slow
     // moment). Per-run fractions against the better of each run's two probes are reported too.
     let bytes_per_token = (weight_bytes + kv_bytes) as f64;
-    let before = measure_read_bandwidth(args.probe_mib << 20, 5);
-    let round_trip_before = measure_core_round_trip_ns();
-    let mut probes = vec![(before.best_gb_s, round_trip_before)];
-    let mut stated_runs = Vec::new();
-    let threads = before.threads;
-    let mut previous_probe = before.best_gb_s;
-    let mut bandwidth_runs = Vec::new();
-    let mut fraction_runs = Vec::new();
-    let mut round_trip_runs = Vec::new();
+    // Each probe is followed by the round trip that tells the memory state it saw.
+    let probe = || -> Probe {
+        let bandwidth = measure_read_bandwidth(args.probe_mib << 20, 5).best_gb_s;
+        (bandwidth, measure_core_round_trip_ns())
+    };
+    let mut probes = vec![probe()];
     for _ in 0..args.iterations.max(1) {
         let (p, d, _) = run_once(runner, &prompt, args.output_len, false)?;
-        let probe = measure_read_bandwidth(args.probe_mib << 20, 5);
-        let round_trip = measure_core_round_trip_ns();
-        stated_runs.push(StatedRun {
-            decode: d,
-            round_trips: [probes.last().and_then(|p| p.1), round_trip],
-        });
-        probes.push((probe.best_gb_s, round_trip));
-        round_trip_runs.push(round_trip);
-        let bound = previous_probe.max(probe.best_gb_s) * 1e9 / bytes_per_token;
-        previous_probe = probe.best_gb_s;
+        probes.push(probe());
         prefill_runs.push(p);
         decode_runs.push(d);
-        bandwidth_runs.push(probe.best_gb_s);
-        fraction_runs.push(d / bound);
     }
+    let (before, after_runs) = (probes[0], &probes[1..]);
+    let fraction_runs = decode_runs
+        .iter()
+        .zip(probes.windows(2))
+        .map(|(d, around)| d / (around[0].0.max(around[1].0) * 1e9 / bytes_per_token))
+        .collect();
     let timeline = if args.timeline {
         run_once(runner, &prompt, args.output_len, true)?.2
     } else {
         None
     };
-    let bandwidth_gb_s = bandwidth_runs
-        .iter()
-        .copied()
-        .fold(before.best_gb_s, f64::max);
+    let bandwidth_gb_s = probes.iter().map(|p| p.0).fold(0.0, f64::max);
     let decode = median(&decode_runs);
     let bound = bandwidth_gb_s * 1e9 / bytes_per_token;
+    let memory_states = by_memory_state(&decode_runs, &probes, bytes_per_token);
     let report = Report {
         model: loaded.name.clone(),
         dtype: runner.model.weight_kind().name(),
@@ -297,16 +278,16 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         prefill_tok_s_runs: prefill_runs,
         decode_tok_s_runs: decode_runs,
         bandwidth_gb_s,
-        bandwidth_before_gb_s: before.best_gb_s,
-        bandwidth_gb_s_runs: bandwidth_runs,
+        bandwidth_before_gb_s: before.0,
+        bandwidth_gb_s_runs: after_runs.iter().map(|p| p.0).collect(),
         weight_bytes_per_token: weight_bytes,
         kv_bytes_per_token: kv_bytes,
         decode_bound_tok_s: bound,
         decode_bandwidth_fraction: decode / bound,
         decode_bandwidth_fraction_runs: fraction_runs,
-        core_round_trip_ns_runs: round_trip_runs,
-        core_round_trip_before_ns: round_trip_before,
-        memory_states: by_memory_state(&stated_runs, &probes, bytes_per_token),
+        core_round_trip_ns_runs: after_runs.iter().map(|p| p.1).collect(),
+        core_round_trip_before_ns: before.1,
+        memory_states,
         timeline,
     };
     if args.json {
@@ -326,7 +307,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         );
         println!(
             "memory read bandwidth {:.1} GB/s (best of the probes before the first run and after each, each best of 5, {} MiB, {} threads)",
-            report.bandwidth_gb_s, args.probe_mib, threads
+            report.bandwidth_gb_s, args.probe_mib, report.threads
         );
         println!(
             "bytes read per token  {:.1} MB weights + {:.1} MB KV",
@@ -387,21 +368,19 @@ mod tests {
     #[test]
     fn each_state_sets_its_own_runs_against_its_own_best_probe() {
         let (one, two) = (Some(100.0), Some(450.0));
-        let run = |decode, before, after| StatedRun {
-            decode,
-            round_trips: [before, after],
-        };
+        // Run i lies between probes i and i + 1.
         let runs = [
-            run(40.0, one, one),
-            run(60.0, one, two), // straddles the states: in neither
-            run(50.0, two, two),
-            run(44.0, one, one),
-            run(30.0, None, None),
+            40.0, // one CCD before and after
+            44.0, // one CCD before and after
+            60.0, // straddles the states: in neither
+            50.0, // two CCDs before and after
+            30.0, // no round trip after it
         ];
         let probes = [
             (45.0, one),
-            (80.0, two),
             (48.0, one),
+            (46.0, one),
+            (80.0, two),
             (70.0, two),
             (90.0, None),
         ];
@@ -415,8 +394,8 @@ mod tests {
             (b.state, b.runs, b.decode_tok_s, b.bandwidth_gb_s),
             ("two_ccd", 1, 50.0, 80.0)
         );
-        // No run wholly in a state, or no probe in it: no entry.
-        assert!(by_memory_state(&runs[1..2], &probes, 1e9).is_empty());
-        assert!(by_memory_state(&runs[..1], &probes[1..2], 1e9).is_empty());
+        // No run wholly in a state (across a change, or without a round trip): no entry.
+        assert!(by_memory_state(&runs[2..3], &probes[2..4], 1e9).is_empty());
+        assert!(by_memory_state(&runs[4..], &probes[4..], 1e9).is_empty());
     }
 }

@@ -20,6 +20,7 @@ use pagoda_core::SamplingParams;
 use pagoda_model::ab::set_variant;
 use pagoda_model::bandwidth::{measure_core_round_trip_ns, TWO_CCD_ROUND_TRIP_NS};
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
+use pagoda_model::synth::random_prompt;
 use pagoda_model::{load_model_dir, ModelRunner, RunnerOptions};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -105,16 +106,7 @@ fn main() {
     let mut loaded =
         load_model_dir(std::path::Path::new(path), &RunnerOptions::default()).expect("model loads");
     let runner = &mut loaded.runner;
-    let vocab = runner.config().vocab_size as u64;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let prompt_ids: Vec<u32> = (0..prompt_len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (3 + (state >> 33) % (vocab - 3)) as u32
-        })
-        .collect();
+    let prompt_ids = random_prompt(prompt_len, runner.config().vocab_size);
     let request = |tokens: usize| GenerationRequest {
         prompt_ids: prompt_ids.clone(),
         params: SamplingParams {

@@ -258,3 +258,19 @@ pub fn build_in_memory(
 
 #[cfg(test)]
 mod tests;
+
+/// `len` pseudo-random prompt token ids below `vocab_size`, skipping ids 0–2 (the specials of
+/// the synthetic tokenizers), the same for every call: speed measurements need a prompt of a
+/// given length, not a meaningful one.
+pub fn random_prompt(len: usize, vocab_size: usize) -> Vec<u32> {
+    let vocab = vocab_size as u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (3 + (state >> 33) % vocab.saturating_sub(3).max(1)) as u32
+        })
+        .collect()
+}
