@@ -159,8 +159,7 @@ pub struct KvGeometry {
 impl KvGeometry {
     /// Offset of the (block, kv head) tile in a layer pool. Pools are head-major: one KV head's
     /// tiles of consecutive blocks are adjacent, so an attention item (one KV head) over a
-    /// sequence whose blocks were allocated in order reads one sequential stream, which the
-    /// hardware prefetchers follow.
+    /// sequence whose blocks were allocated in order reads one sequential stream.
     #[inline]
     pub fn tile(&self, block: usize, head: usize) -> usize {
         (head * self.num_blocks + block) * self.block_size * self.head_dim

@@ -425,29 +425,23 @@ unsafe fn attend<T: Tiles, E: KvElement>(
     while c0 < k_hi {
         let keys_here = chunk_keys.min(k_hi - c0);
         let blocks = &seq.block_table[c0 / bs..(c0 + keys_here).div_ceil(bs)];
-        // A KV head's tiles of consecutive blocks are adjacent in the pool (head-major), so
-        // where a sequence's blocks follow each other the hardware prefetchers stream them, and
-        // software prefetches only get in their way. Where a block sits elsewhere the hardware
-        // cannot guess it: the K pass prefetches such a K tile PREFETCH_BLOCKS ahead (and, near
-        // its end, the first V tiles, whose stream starts cold), the V pass such a V tile.
+        // Every tile is prefetched PREFETCH_BLOCKS tiles ahead of its pass, in the order the
+        // passes read them: K tiles, then (near the K pass's end) the chunk's first V tiles, then
+        // (near the V pass's end) the next chunk's first K tiles. The hardware prefetchers alone,
+        // even over a sequence's adjacent tiles, left the K/V reads bound by memory latency.
         let tile_of = |block: u32| g.tile(block as usize, item.kv_head);
         let tile_len = bs * hd;
         let ahead = PREFETCH_BLOCKS.min(blocks.len());
-        let jumps = |b: usize| b == 0 || blocks[b] != blocks[b - 1].wrapping_add(1);
         if c0 == k_lo {
-            // The item's first tiles, and the first chunk's scattered ones, into L2 at once
-            // (many misses in flight).
-            for (b, &block) in blocks.iter().enumerate() {
-                if b < ahead || jumps(b) {
-                    prefetch_l2(&pools.k[tile_of(block)..][..tile_len]);
-                    prefetch_l2(&pools.v[tile_of(block)..][..tile_len]);
-                }
+            // The item's first tiles into L2 at once (many misses in flight).
+            for &block in &blocks[..ahead] {
+                prefetch_l2(&pools.k[tile_of(block)..][..tile_len]);
+                prefetch_l2(&pools.v[tile_of(block)..][..tile_len]);
             }
         }
         for (b, &block) in blocks.iter().enumerate() {
             match blocks.get(b + ahead) {
-                Some(&next) if jumps(b + ahead) => prefetch(&pools.k[tile_of(next)..][..tile_len]),
-                Some(_) => {}
+                Some(&next) => prefetch(&pools.k[tile_of(next)..][..tile_len]),
                 None => prefetch(&pools.v[tile_of(blocks[b + ahead - blocks.len()])..][..tile_len]),
             }
             let slots = bs.min(keys_here - b * bs);
@@ -488,8 +482,7 @@ unsafe fn attend<T: Tiles, E: KvElement>(
             .min(k_hi.saturating_sub(c0 + keys_here).div_ceil(bs))];
         for (b, &block) in blocks.iter().enumerate() {
             match blocks.get(b + ahead) {
-                Some(&next) if jumps(b + ahead) => prefetch(&pools.v[tile_of(next)..][..tile_len]),
-                Some(_) => {}
+                Some(&next) => prefetch(&pools.v[tile_of(next)..][..tile_len]),
                 None => {
                     if let Some(&next) = next_chunk.get(b + ahead - blocks.len()) {
                         prefetch(&pools.k[tile_of(next)..][..tile_len]);
