@@ -514,3 +514,55 @@ fn scores_are_the_logprobs_sampling_reports() {
     // Ids outside the vocabulary have no probability.
     assert_eq!(s.score(&logits, 300, 0).logprob, f32::NEG_INFINITY);
 }
+
+/// The scan `argmax` replaced: first index of the largest value, NaN never chosen, 0 when nothing
+/// is above -inf.
+fn argmax_by_scan(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > f32::NEG_INFINITY && (xs[best].is_nan() || x > xs[best]) {
+            best = i;
+        }
+    }
+    best
+}
+
+proptest! {
+    #[test]
+    fn vectorized_argmax_agrees_with_a_scan(
+        values in prop::collection::vec(
+            prop_oneof![
+                4 => (-3i32..3).prop_map(|v| v as f32),
+                1 => Just(f32::NEG_INFINITY),
+                1 => Just(f32::INFINITY),
+                1 => Just(f32::NAN),
+                1 => Just(-0.0f32),
+            ],
+            0..70,
+        )
+    ) {
+        let got = if values.is_empty() { 0 } else { argmax(&values) };
+        prop_assert_eq!(got, argmax_by_scan(&values), "{:?}", values);
+    }
+}
+
+#[test]
+fn plain_greedy_takes_the_same_token_as_the_sanitizing_path() {
+    for seed in 0..20 {
+        let mut logits = random_logits(seed, 1000 + seed as usize);
+        // NaNs and ties: NaN never wins, the lowest id wins a tie.
+        logits[seed as usize * 7] = f32::NAN;
+        let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        logits[900 - seed as usize] = top;
+        let plain = SamplingParams::greedy(1);
+        // A bias on an id past the vocabulary changes nothing but takes the copying path.
+        let copied = SamplingParams {
+            logit_bias: vec![(5000, 1.0)],
+            ..SamplingParams::greedy(1)
+        };
+        assert_eq!(
+            token(&logits, &plain, &[], &[]),
+            token(&logits, &copied, &[], &[])
+        );
+    }
+}
