@@ -5,6 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::element::KvElement;
+use super::Spread;
 
 /// Whether these tiles serve `head_dim` on this CPU.
 pub(super) fn supports(head_dim: usize) -> bool {
@@ -15,6 +16,7 @@ pub(super) fn supports(head_dim: usize) -> bool {
         && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn scores_tile<E: KvElement, const RT: usize>(
@@ -25,12 +27,14 @@ unsafe fn scores_tile<E: KvElement, const RT: usize>(
     mask: u16,
     dst: *mut f32,
     dst_stride: usize,
+    ahead: Spread,
 ) {
     // Even and odd dimensions in separate accumulators: twice the independent FMA chains, so a
     // decode's few rows (a GQA group) are not bound by the FMA latency.
     let mut even = [_mm512_setzero_ps(); RT];
     let mut odd = [_mm512_setzero_ps(); RT];
     for d in (0..hd).step_by(2) {
+        ahead.step(d / 2, hd / 2);
         let keys_even = E::load16(k.add(d * block_size), mask);
         let keys_odd = E::load16(k.add((d + 1) * block_size), mask);
         for r in 0..RT {
@@ -61,8 +65,11 @@ pub(super) unsafe fn scores<E: KvElement>(
     slots: usize,
     dst: *mut f32,
     dst_stride: usize,
+    ahead: Spread,
 ) {
     debug_assert!(qs.len() >= rows * hd && k_tile.len() >= hd * block_size);
+    // The first tile call spreads the prefetches of `ahead`.
+    let mut ahead = Some(ahead);
     for j0 in (0..slots).step_by(16) {
         let mask = (((1u32 << 16.min(slots - j0)) - 1) & 0xffff) as u16;
         let k = k_tile.as_ptr().add(j0);
@@ -70,15 +77,16 @@ pub(super) unsafe fn scores<E: KvElement>(
         while r < rows {
             let rt = 8.min(rows - r);
             let (q, out) = (qs.as_ptr().add(r * hd), dst.add(r * dst_stride + j0));
+            let pf = ahead.take().unwrap_or(Spread::NONE);
             match rt {
-                1 => scores_tile::<E, 1>(q, hd, k, block_size, mask, out, dst_stride),
-                2 => scores_tile::<E, 2>(q, hd, k, block_size, mask, out, dst_stride),
-                3 => scores_tile::<E, 3>(q, hd, k, block_size, mask, out, dst_stride),
-                4 => scores_tile::<E, 4>(q, hd, k, block_size, mask, out, dst_stride),
-                5 => scores_tile::<E, 5>(q, hd, k, block_size, mask, out, dst_stride),
-                6 => scores_tile::<E, 6>(q, hd, k, block_size, mask, out, dst_stride),
-                7 => scores_tile::<E, 7>(q, hd, k, block_size, mask, out, dst_stride),
-                _ => scores_tile::<E, 8>(q, hd, k, block_size, mask, out, dst_stride),
+                1 => scores_tile::<E, 1>(q, hd, k, block_size, mask, out, dst_stride, pf),
+                2 => scores_tile::<E, 2>(q, hd, k, block_size, mask, out, dst_stride, pf),
+                3 => scores_tile::<E, 3>(q, hd, k, block_size, mask, out, dst_stride, pf),
+                4 => scores_tile::<E, 4>(q, hd, k, block_size, mask, out, dst_stride, pf),
+                5 => scores_tile::<E, 5>(q, hd, k, block_size, mask, out, dst_stride, pf),
+                6 => scores_tile::<E, 6>(q, hd, k, block_size, mask, out, dst_stride, pf),
+                7 => scores_tile::<E, 7>(q, hd, k, block_size, mask, out, dst_stride, pf),
+                _ => scores_tile::<E, 8>(q, hd, k, block_size, mask, out, dst_stride, pf),
             }
             r += rt;
         }
@@ -93,6 +101,7 @@ unsafe fn accumulate_tile<E: KvElement, const NW: usize, const RT: usize>(
     v: *const E,
     slots: usize,
     acc: *mut f32,
+    ahead: Spread,
 ) {
     let hd = NW * 16;
     let mut a = [[_mm512_setzero_ps(); NW]; RT];
@@ -102,6 +111,7 @@ unsafe fn accumulate_tile<E: KvElement, const NW: usize, const RT: usize>(
         }
     }
     for j in 0..slots {
+        ahead.step(j, slots);
         let vr: [__m512; NW] = std::array::from_fn(|w| E::load16(v.add(j * hd + w * 16), 0xffff));
         for (r, row) in a.iter_mut().enumerate() {
             let pb = _mm512_set1_ps(*p.add(r * p_stride + j));
@@ -121,6 +131,7 @@ unsafe fn accumulate_tile<E: KvElement, const NW: usize, const RT: usize>(
 ///
 /// # Safety
 /// As `portable::accumulate`; the CPU has AVX-512F and `supports(hd)`.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn accumulate<E: KvElement>(
@@ -131,8 +142,11 @@ pub(super) unsafe fn accumulate<E: KvElement>(
     slots: usize,
     hd: usize,
     acc: &mut [f32],
+    ahead: Spread,
 ) {
     debug_assert!(acc.len() >= rows * hd && v_tile.len() >= slots * hd);
+    // The first tile call spreads the prefetches of `ahead`.
+    let mut ahead = Some(ahead);
     let nw = hd / 16;
     let max_rt = if nw <= 4 { 4 } else { 2 };
     let v = v_tile.as_ptr();
@@ -140,9 +154,10 @@ pub(super) unsafe fn accumulate<E: KvElement>(
     while r < rows {
         let rt = max_rt.min(rows - r);
         let (pr, ar) = (p.add(r * p_stride), acc.as_mut_ptr().add(r * hd));
+        let pf = ahead.take().unwrap_or(Spread::NONE);
         macro_rules! tile {
             ($nw:literal, $rt:literal) => {
-                accumulate_tile::<E, $nw, $rt>(pr, p_stride, v, slots, ar)
+                accumulate_tile::<E, $nw, $rt>(pr, p_stride, v, slots, ar, pf)
             };
         }
         match (nw, rt) {
