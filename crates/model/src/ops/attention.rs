@@ -97,7 +97,7 @@ impl Spread {
             };
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (i, n);
+        let _ = (self.base, self.lines, i, n);
     }
 }
 
