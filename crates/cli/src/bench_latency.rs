@@ -104,14 +104,15 @@ fn by_memory_state(
                 .filter(|(_, around)| around.iter().all(|p| in_state(p.1, state)))
                 .map(|(&decode, _)| decode)
                 .collect();
+            if decodes.is_empty() {
+                return None;
+            }
+            // A run wholly in the state has probes in it on both sides.
             let bandwidth = probes
                 .iter()
                 .filter(|(_, ns)| in_state(*ns, state))
                 .map(|(gb_s, _)| *gb_s)
                 .reduce(f64::max)?;
-            if decodes.is_empty() {
-                return None;
-            }
             let (decode, bound) = (median(&decodes), bandwidth * 1e9 / bytes_per_token);
             Some(MemoryStateReport {
                 state: state.name(),

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use pagoda_core::SamplingParams;
 use pagoda_model::ab::set_variant;
-use pagoda_model::bandwidth::{measure_core_round_trip_ns, TWO_CCD_ROUND_TRIP_NS};
+use pagoda_model::bandwidth::{measure_core_round_trip_ns, MemoryState};
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
 use pagoda_model::synth::random_prompt;
 use pagoda_model::{load_model_dir, ModelRunner, RunnerOptions};
@@ -161,10 +161,9 @@ fn main() {
             half / tb,
             tb / ta
         );
-        if round_trip > TWO_CCD_ROUND_TRIP_NS {
-            two_ccd.push(tb / ta)
-        } else {
-            one_ccd.push(tb / ta)
+        match MemoryState::from_round_trip_ns(round_trip) {
+            MemoryState::TwoCcd => two_ccd.push(tb / ta),
+            MemoryState::OneCcd => one_ccd.push(tb / ta),
         }
     }
     println!("all windows: B/A time {:.4}", sum_b / sum_a);

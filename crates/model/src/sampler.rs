@@ -318,20 +318,17 @@ fn argmax(xs: &[f32]) -> usize {
         }
     }
     let tail = xs.len() - chunks.remainder().len();
-    let mut winner = (f32::NEG_INFINITY, usize::MAX);
+    // Nothing above -inf (all -inf or NaN) leaves the first index, as the scan gave; a -inf
+    // candidate never displaces it (no index is below 0).
+    let mut winner = (f32::NEG_INFINITY, 0);
     let candidates = best.into_iter().zip(at);
     let rest = chunks.remainder().iter().enumerate();
     for (x, i) in candidates.chain(rest.map(|(i, &x)| (x, tail + i))) {
-        if x > f32::NEG_INFINITY && (x > winner.0 || (x == winner.0 && i < winner.1)) {
+        if x > winner.0 || (x == winner.0 && i < winner.1) {
             winner = (x, i);
         }
     }
-    // Nothing above -inf (all -inf or NaN): the first index, as the scan gave.
-    if winner.1 == usize::MAX {
-        0
-    } else {
-        winner.1
-    }
+    winner.1
 }
 
 /// Larger logit first, lower id first among equals: one total order for every selection.
