@@ -5,11 +5,13 @@
 //! `bound tok/s = read GB/s ÷ bytes read per token`; the fraction says how close the forward pass
 //! gets to the machine's limit.
 
+mod aligned;
+
 use std::time::Instant;
 
 use clap::Args;
 use pagoda_core::SamplingParams;
-use pagoda_model::bandwidth::{measure_core_round_trip_ns, measure_read_bandwidth, MemoryState};
+use pagoda_model::bandwidth::{measure_core_round_trip_ns, MemoryState, ReadProbe};
 use pagoda_model::generate::{generate, GenerateOptions, GenerationRequest};
 use pagoda_model::ops::pool::JobTimeline;
 use pagoda_model::synth::random_prompt;
@@ -34,6 +36,11 @@ pub struct LatencyArgs {
     /// Bandwidth probe buffer, MiB.
     #[arg(long, default_value_t = 1024)]
     pub probe_mib: usize,
+    /// After the measured runs, one more that pauses for a bandwidth probe every this many decoded
+    /// tokens and sets each stretch against the probes beside it (0: no such run). The headline
+    /// fraction stays the strict one.
+    #[arg(long, default_value_t = 16)]
+    pub aligned_segment: usize,
     /// After the measured runs, one more with the kernel pool's jobs timed: per decoded token,
     /// the parallel jobs, the time inside them, the time between them (the calling thread alone:
     /// norms, RoPE, activation quantization, sampling) and the workers' idle time inside jobs.
@@ -159,6 +166,8 @@ struct Report {
     core_round_trip_before_ns: Option<f64>,
     /// The fraction per memory state (diagnostic; the headline fraction stays the strict one).
     memory_states: Vec<MemoryStateReport>,
+    /// With `--aligned-segment N` (N > 0): one more run with a probe every N decoded tokens.
+    aligned: Option<aligned::AlignedReport>,
     /// With `--timeline`: the pool's jobs in one more run (null otherwise).
     timeline: Option<TimelineReport>,
 }
@@ -241,8 +250,9 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     // moment). Per-run fractions against the better of each run's two probes are reported too.
     let bytes_per_token = (weight_bytes + kv_bytes) as f64;
     // Each probe is followed by the round trip that tells the memory state it saw.
+    let buffer = ReadProbe::new(args.probe_mib << 20);
     let probe = || -> Probe {
-        let bandwidth = measure_read_bandwidth(args.probe_mib << 20, 5).best_gb_s;
+        let bandwidth = buffer.measure(5).best_gb_s;
         (bandwidth, measure_core_round_trip_ns())
     };
     let mut probes = vec![probe()];
@@ -258,6 +268,19 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         .zip(probes.windows(2))
         .map(|(d, around)| d / (around[0].0.max(around[1].0) * 1e9 / bytes_per_token))
         .collect();
+    let kv_per_position = runner.kv.bytes_per_token(&config) as f64;
+    let aligned = (args.aligned_segment > 0)
+        .then(|| {
+            aligned::run(
+                runner,
+                &prompt,
+                args.output_len,
+                args.aligned_segment,
+                &buffer,
+                |context| weight_bytes as f64 + kv_per_position * context as f64,
+            )
+        })
+        .transpose()?;
     let timeline = if args.timeline {
         run_once(runner, &prompt, args.output_len, true)?.2
     } else {
@@ -289,6 +312,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         core_round_trip_ns_runs: after_runs.iter().map(|p| p.1).collect(),
         core_round_trip_before_ns: before.1,
         memory_states,
+        aligned,
         timeline,
     };
     if args.json {
@@ -346,6 +370,19 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
                 m.decode_tok_s,
                 m.decode_bandwidth_fraction * 100.0,
                 m.bandwidth_gb_s
+            );
+        }
+        if let Some(a) = &report.aligned {
+            println!(
+                "aligned decode        {:.1} tok/s, {:.1} % of the probes beside each stretch of {} tokens (probes {} GB/s; one more run)",
+                a.decode_tok_s,
+                a.decode_bandwidth_fraction * 100.0,
+                a.segment_tokens,
+                a.probe_gb_s
+                    .iter()
+                    .map(|g| format!("{g:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         if let Some(t) = &report.timeline {

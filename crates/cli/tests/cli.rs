@@ -91,6 +91,8 @@ fn synth_model_writes_a_loadable_model_and_bench_latency_reports_json() {
                 "--iterations",
                 "1",
                 "--timeline",
+                "--aligned-segment",
+                "3",
             ])
             .args(["--probe-mib", "64", "--json", "--model"])
             .arg(&dir),
@@ -128,6 +130,30 @@ fn synth_model_writes_a_loadable_model_and_bench_latency_reports_json() {
         );
     }
     assert!(runs_in_states <= report["iterations"].as_u64().expect("iterations"));
+    // The aligned run: 8 decoded tokens in stretches of 3, 3 and 2, a probe before the first and
+    // after each, and the whole fraction between the stretches' own.
+    let aligned = &report["aligned"];
+    assert_eq!(aligned["segment_tokens"], 3, "{aligned}");
+    let probes = aligned["probe_gb_s"].as_array().expect("probe_gb_s");
+    assert_eq!(probes.len(), 4, "{aligned}");
+    assert!(probes.iter().all(|g| g.as_f64().is_some_and(|g| g > 0.0)));
+    let per_stretch: Vec<f64> = aligned["decode_bandwidth_fraction_segments"]
+        .as_array()
+        .expect("per stretch")
+        .iter()
+        .filter_map(|f| f.as_f64())
+        .collect();
+    assert_eq!(per_stretch.len(), 3, "{aligned}");
+    let whole = aligned["decode_bandwidth_fraction"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let (low, high) = per_stretch
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(l, h), &f| (l.min(f), h.max(f)));
+    assert!(
+        whole > 0.0 && whole >= low - 1e-9 && whole <= high + 1e-9,
+        "{aligned}"
+    );
     // The timed run: the caller's time between jobs is a share of the two, and each worker idles
     // at most the whole of every job.
     let timeline = &report["timeline"];

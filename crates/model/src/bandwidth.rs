@@ -21,40 +21,60 @@ pub struct Bandwidth {
 
 /// Reads `buffer_bytes` (≥ 8× L3 is sensible; 512 MiB by default) `passes` times.
 pub fn measure_read_bandwidth(buffer_bytes: usize, passes: usize) -> Bandwidth {
-    let len = buffer_bytes / 4;
-    // Backed like the weights (huge pages where available) and written with non-zero values so
-    // every page is really there.
-    let mut buf = crate::hugepages::huge_vec(len);
-    buf.extend((0..len).map(|i| (i & 7) as f32));
-    let threads = pool::global().threads();
-    // Two long contiguous ranges per thread: one sequential stream each, as the decode kernels
-    // read weights (more, shorter ranges read measurably slower here).
-    let chunk = len.div_ceil(threads * 2).div_ceil(64) * 64;
-    let mut best = f64::INFINITY;
-    let mut sink = 0f32;
-    for _ in 0..passes.max(1) {
-        let start = Instant::now();
-        let tasks = len.div_ceil(chunk);
-        let sums: Vec<std::sync::atomic::AtomicU32> =
-            (0..tasks).map(|_| Default::default()).collect();
-        pool::global().parallel_for(tasks, &|t| {
-            let part = &buf[t * chunk..((t + 1) * chunk).min(len)];
-            sums[t].store(
-                sum_chunk(part).to_bits(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        });
-        sink += sums
-            .iter()
-            .map(|s| f32::from_bits(s.load(std::sync::atomic::Ordering::Relaxed)))
-            .sum::<f32>();
-        best = best.min(start.elapsed().as_secs_f64());
+    ReadProbe::new(buffer_bytes).measure(passes)
+}
+
+/// A probe buffer kept for repeated measurements: probes taken between the steps of a decode
+/// (see `pagoda bench latency`) reuse its pages instead of touching a fresh buffer each time.
+pub struct ReadProbe {
+    buf: Vec<f32>,
+}
+
+impl ReadProbe {
+    /// Allocates and writes `buffer_bytes` (rounded down to whole f32 values).
+    pub fn new(buffer_bytes: usize) -> Self {
+        let len = buffer_bytes / 4;
+        // Backed like the weights (huge pages where available) and written with non-zero values
+        // so every page is really there.
+        let mut buf = crate::hugepages::huge_vec(len);
+        buf.extend((0..len).map(|i| (i & 7) as f32));
+        Self { buf }
     }
-    std::hint::black_box(sink);
-    Bandwidth {
-        best_gb_s: (len * 4) as f64 / best / 1e9,
-        buffer_bytes: len * 4,
-        threads,
+
+    /// Reads the whole buffer `passes` times (at least once) with every pool thread; the best
+    /// pass counts.
+    pub fn measure(&self, passes: usize) -> Bandwidth {
+        let (buf, len) = (&self.buf, self.buf.len());
+        let threads = pool::global().threads();
+        // Two long contiguous ranges per thread: one sequential stream each, as the decode
+        // kernels read weights (more, shorter ranges read measurably slower here).
+        let chunk = (len.div_ceil(threads * 2).div_ceil(64) * 64).max(64);
+        let mut best = f64::INFINITY;
+        let mut sink = 0f32;
+        for _ in 0..passes.max(1) {
+            let start = Instant::now();
+            let tasks = len.div_ceil(chunk);
+            let sums: Vec<std::sync::atomic::AtomicU32> =
+                (0..tasks).map(|_| Default::default()).collect();
+            pool::global().parallel_for(tasks, &|t| {
+                let part = &buf[t * chunk..((t + 1) * chunk).min(len)];
+                sums[t].store(
+                    sum_chunk(part).to_bits(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            });
+            sink += sums
+                .iter()
+                .map(|s| f32::from_bits(s.load(std::sync::atomic::Ordering::Relaxed)))
+                .sum::<f32>();
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(sink);
+        Bandwidth {
+            best_gb_s: (len * 4) as f64 / best / 1e9,
+            buffer_bytes: len * 4,
+            threads,
+        }
     }
 }
 
