@@ -185,14 +185,9 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// One run: (prefill tok/s, decode tok/s, and with `timeline` the pool's jobs over the decode
-/// steps with the number of tokens they decoded).
-fn run_once(
-    runner: &mut ModelRunner,
-    prompt: &[u32],
-    output_len: usize,
-    timeline: bool,
-) -> anyhow::Result<(f64, f64, Option<TimelineReport>)> {
+/// The measured runs' request: the whole prompt in one prefill step, then `output_len` greedy
+/// tokens whatever they are (the first generated token is the prefill's).
+fn measured_request(prompt: &[u32], output_len: usize) -> (GenerationRequest, GenerateOptions) {
     let request = GenerationRequest {
         prompt_ids: prompt.to_vec(),
         params: SamplingParams {
@@ -203,6 +198,18 @@ fn run_once(
     let options = GenerateOptions {
         prefill_chunk: prompt.len(),
     };
+    (request, options)
+}
+
+/// One run: (prefill tok/s, decode tok/s, and with `timeline` the pool's jobs over the decode
+/// steps with the number of tokens they decoded).
+fn run_once(
+    runner: &mut ModelRunner,
+    prompt: &[u32],
+    output_len: usize,
+    timeline: bool,
+) -> anyhow::Result<(f64, f64, Option<TimelineReport>)> {
+    let (request, options) = measured_request(prompt, output_len);
     let start = Instant::now();
     let mut stamps = Vec::with_capacity(output_len + 1);
     let pool = pagoda_model::ops::pool::global();
