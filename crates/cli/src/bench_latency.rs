@@ -37,8 +37,8 @@ pub struct LatencyArgs {
     #[arg(long, default_value_t = 1024)]
     pub probe_mib: usize,
     /// After the measured runs, one more that pauses for a bandwidth probe every this many decoded
-    /// tokens and sets each stretch against the probes beside it (0: no such run). The headline
-    /// fraction stays the strict one.
+    /// tokens and sets each stretch against the probes beside it (0, or `--output-len 0`: no such
+    /// run). The headline fraction stays the strict one.
     #[arg(long, default_value_t = 16)]
     pub aligned_segment: usize,
     /// After the measured runs, one more with the kernel pool's jobs timed: per decoded token,
@@ -276,7 +276,8 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         .map(|(d, around)| d / (around[0].0.max(around[1].0) * 1e9 / bytes_per_token))
         .collect();
     let kv_per_position = runner.kv.bytes_per_token(&config) as f64;
-    let aligned = (args.aligned_segment > 0)
+    // (Nothing to align without decoded tokens.)
+    let aligned = (args.aligned_segment > 0 && args.output_len > 0)
         .then(|| {
             aligned::run(
                 runner,
