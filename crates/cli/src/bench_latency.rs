@@ -250,7 +250,8 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     let mut decode_runs = Vec::new();
     let weight_bytes = runner.model.weight_bytes_per_step();
     // The average decode step attends over the prompt plus half the output.
-    let kv_bytes = runner.kv.bytes_per_token(&config) * (args.input_len + args.output_len / 2);
+    let kv_per_position = runner.kv.bytes_per_token(&config);
+    let kv_bytes = kv_per_position * (args.input_len + args.output_len / 2);
     // This machine's bandwidth drifts by 2× within a minute: a probe precedes the first run and
     // follows every run, and the bound uses the best any probe of the invocation read (the
     // strict choice: the fraction is never flattered by a probe that happened to land in a slow
@@ -275,7 +276,6 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         .zip(probes.windows(2))
         .map(|(d, around)| d / (around[0].0.max(around[1].0) * 1e9 / bytes_per_token))
         .collect();
-    let kv_per_position = runner.kv.bytes_per_token(&config) as f64;
     // (Nothing to align without decoded tokens.)
     let aligned = (args.aligned_segment > 0 && args.output_len > 0)
         .then(|| {
@@ -285,7 +285,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
                 args.output_len,
                 args.aligned_segment,
                 &buffer,
-                |context| weight_bytes as f64 + kv_per_position * context as f64,
+                |context| (weight_bytes + kv_per_position * context) as f64,
             )
         })
         .transpose()?;

@@ -69,7 +69,7 @@ pub(super) unsafe fn scores<E: KvElement>(
 ) {
     debug_assert!(qs.len() >= rows * hd && k_tile.len() >= hd * block_size);
     // The first tile call spreads the prefetches of `ahead`.
-    let mut ahead = Some(ahead);
+    let mut pf = ahead;
     for j0 in (0..slots).step_by(16) {
         let mask = (((1u32 << 16.min(slots - j0)) - 1) & 0xffff) as u16;
         let k = k_tile.as_ptr().add(j0);
@@ -77,7 +77,6 @@ pub(super) unsafe fn scores<E: KvElement>(
         while r < rows {
             let rt = 8.min(rows - r);
             let (q, out) = (qs.as_ptr().add(r * hd), dst.add(r * dst_stride + j0));
-            let pf = ahead.take().unwrap_or(Spread::NONE);
             match rt {
                 1 => scores_tile::<E, 1>(q, hd, k, block_size, mask, out, dst_stride, pf),
                 2 => scores_tile::<E, 2>(q, hd, k, block_size, mask, out, dst_stride, pf),
@@ -88,6 +87,7 @@ pub(super) unsafe fn scores<E: KvElement>(
                 7 => scores_tile::<E, 7>(q, hd, k, block_size, mask, out, dst_stride, pf),
                 _ => scores_tile::<E, 8>(q, hd, k, block_size, mask, out, dst_stride, pf),
             }
+            pf = Spread::NONE;
             r += rt;
         }
     }
@@ -146,7 +146,7 @@ pub(super) unsafe fn accumulate<E: KvElement>(
 ) {
     debug_assert!(acc.len() >= rows * hd && v_tile.len() >= slots * hd);
     // The first tile call spreads the prefetches of `ahead`.
-    let mut ahead = Some(ahead);
+    let mut pf = ahead;
     let nw = hd / 16;
     let max_rt = if nw <= 4 { 4 } else { 2 };
     let v = v_tile.as_ptr();
@@ -154,7 +154,6 @@ pub(super) unsafe fn accumulate<E: KvElement>(
     while r < rows {
         let rt = max_rt.min(rows - r);
         let (pr, ar) = (p.add(r * p_stride), acc.as_mut_ptr().add(r * hd));
-        let pf = ahead.take().unwrap_or(Spread::NONE);
         macro_rules! tile {
             ($nw:literal, $rt:literal) => {
                 accumulate_tile::<E, $nw, $rt>(pr, p_stride, v, slots, ar, pf)
@@ -187,6 +186,7 @@ pub(super) unsafe fn accumulate<E: KvElement>(
             (8, _) => tile!(8, 2),
             _ => unreachable!("head_dim {hd} is not served by these tiles"),
         }
+        pf = Spread::NONE;
         r += rt;
     }
 }
